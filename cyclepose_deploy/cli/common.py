@@ -1,0 +1,44 @@
+"""What every subcommand shares: one-line user errors with exit code 2, and a console."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from cyclepose_deploy.errors import UserError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+console = Console(stderr=True)
+
+
+def user_errors(func: F) -> F:
+    """Print a UserError as `error: ...` on one line and exit 2; let real bugs raise."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            print("error: interrupted; partial outputs were removed", file=sys.stderr)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated integers, e.g. 1,8; got {text!r}") from None
+    if not values or min(values) < 1:
+        raise UserError(f"{what} must list positive integers, e.g. 1,8; got {text!r}")
+    return values

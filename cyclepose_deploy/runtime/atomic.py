@@ -1,0 +1,63 @@
+"""Write to a temporary name beside the target and rename when complete, so no half-written output remains."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from cyclepose_deploy.errors import UserError
+
+
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.partial-{os.getpid()}")
+
+
+def check_writable(path: str | Path) -> Path:
+    """Fail early, before hours of work, when the output folder is missing or read-only."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"output folder {parent} does not exist: create it or choose another path")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"cannot write to {parent}: choose a writable output path")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path; on success rename it to `path`, on any failure delete it."""
+    final = check_writable(path)
+    temp = _temp_name(final)
+    try:
+        yield temp
+        os.replace(temp, final)
+    except OSError as exc:
+        _remove(temp)
+        raise UserError(f"could not write {final}: {exc.strerror or exc}; free space or choose another path") from exc
+    except BaseException:
+        _remove(temp)
+        raise
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_dir():
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink()
+
+
+def write_atomic(path: str | Path, data: bytes) -> Path:
+    with atomic_path(path) as temp:
+        temp.write_bytes(data)
+    return Path(path)
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> Path:
+    return write_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
