@@ -1,9 +1,80 @@
-"""`cyclepose bench`: placeholder until its stage lands."""
+"""`cyclepose bench`: latency per batch and per tile, and throughput, for exported artifacts."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from cyclepose_deploy.cli.common import parse_int_list, user_errors
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("bench")(bench)
+
+
+@user_errors
+def bench(
+    engine: list[Path] = typer.Option(
+        ...,
+        "--engine",
+        help="Export folder (benches every verified artifact) or a .onnx/.engine file; repeatable.",
+    ),
+    tile: int = typer.Option(256, help="Tile side in pixels (a multiple of 16)."),
+    batch: str = typer.Option("1,8", help="Batch sizes, comma-separated."),
+    iters: int = typer.Option(20, min=1, help="Timed iterations per batch size."),
+    warmup: int = typer.Option(3, min=0, help="Untimed iterations first (caches, allocators, autotuning)."),
+    threads: int = typer.Option(None, min=1, help="CPU threads for ONNX Runtime (default: all cores)."),
+    providers: str = typer.Option("cpu", help="ONNX Runtime providers for .onnx: cpu, cuda, tensorrt."),
+    json_out: Path = typer.Option(None, "--json", help="Also write every figure to this JSON file."),
+) -> None:
+    """Time each artifact on a realistic normalised tile: min/median/p90/p95/p99/max latency
+    (nearest-rank percentiles, like trtexec), tiles/s and MPix/s."""
+    from cyclepose_deploy.runtime import benchmark
+    from cyclepose_deploy.runtime.atomic import check_writable, write_json_atomic
+
+    batches = parse_int_list(batch, "--batch")
+    if json_out is not None:
+        check_writable(json_out)
+    targets = benchmark.resolve_targets(engine)
+    provider_list = [p.strip() for p in providers.split(",") if p.strip()]
+    results = []
+    for target in targets:
+        with benchmark.open_runner(target, threads=threads, providers=provider_list) as runner:
+            results += benchmark.bench_runner(
+                runner, artifact=target.path, tile=tile, batches=batches, iters=iters, warmup=warmup
+            )
+    settings = dict(tile=tile, batches=batches, iters=iters, warmup=warmup)
+    settings.update(threads=threads, providers=provider_list)
+    report = benchmark.report(results, settings=settings)
+    print_table(report["results"])
+    if json_out is not None:
+        write_json_atomic(json_out, report)
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    """One row per artifact and batch: per-tile latency spread, throughput, and GPU phases when known."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="cyclepose bench: ms per tile unless noted; percentiles nearest-rank")
+    for name in ("artifact", "on", "prec", "N"):
+        table.add_column(name)
+    for name in ("batch med", "min", "med", "p90", "p95", "p99", "max", "tiles/s", "MPix/s", "GPU phases"):
+        table.add_column(name, justify="right")
+    for r in rows:
+        tile = r["latency_tile_ms"]
+        phases = " ".join(f"{k} {v['median']:.2f}" for k, v in r["phases_ms"].items())
+        table.add_row(
+            Path(r["artifact"]).name,
+            f"{r['backend'].split(':')[0]}/{r['device']}",
+            r["precision"],
+            str(r["batch"]),
+            f"{r['latency_batch_ms']['median']:.1f}",
+            *(f"{tile[k]:.2f}" for k in ("min", "median", "p90", "p95", "p99", "max")),
+            f"{r['throughput_tiles_per_s']:.1f}",
+            f"{r['throughput_mpix_per_s']:.2f}",
+            phases or "-",
+        )
+    Console(width=max(Console().width, 140)).print(table)

@@ -37,7 +37,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(temp, final)
     except OSError as exc:
         _remove(temp)
-        raise UserError(f"could not write {final}: {exc.strerror or exc}; free space or choose another path") from exc
+        raise UserError(
+            f"could not write {final}: {exc.strerror or exc}; free space or choose another path"
+        ) from exc
     except BaseException:
         _remove(temp)
         raise

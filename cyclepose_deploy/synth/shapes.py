@@ -61,7 +61,9 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return components == int(sizes.argmax())
 
 
-def paint_instance(labels: np.ndarray, mask: np.ndarray, top: int, left: int, label: int, max_overlap: float) -> bool:
+def paint_instance(
+    labels: np.ndarray, mask: np.ndarray, top: int, left: int, label: int, max_overlap: float
+) -> bool:
     """Paint `mask` at (top, left) onto free pixels of `labels` if it overlaps others by at most
     `max_overlap` of its area, so neighbours touch along a shared edge instead of overlapping."""
     h, w = mask.shape

@@ -1,0 +1,3 @@
+from cyclepose_deploy.cli import main
+
+main()

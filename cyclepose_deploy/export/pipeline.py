@@ -1,0 +1,223 @@
+"""`cyclepose export`, wired: checkpoint -> fp32 ONNX -> fp16 / int8 -> (engine), every artifact verified
+against torch on synthetic-slide tiles, then the manifest. A failed check fails the export, naming it."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.export import engine_step, tiles
+from cyclepose_deploy.export.loaders import OnnxFromTorch, SegmenterFromCheckpoint
+from cyclepose_deploy.export.profiles import DEFAULT, Profile
+from cyclepose_deploy.export.verify import Reference, Thresholds, make_reference, verify_runner
+from cyclepose_deploy.runtime.backends.base import Runner
+from cyclepose_deploy.runtime.manifest import Artifact, Manifest, TensorRTInfo, sha256_file
+
+PRECISIONS = ("fp32", "fp16", "int8")
+ONNX_NAMES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+FLOW_SCALE = 5.0
+
+
+@dataclass
+class ExportOptions:
+    checkpoint: Path
+    out_dir: Path
+    precisions: tuple[str, ...] = PRECISIONS
+    calib: list[Path] = field(default_factory=list)
+    profile: Profile = DEFAULT
+    engine: bool | None = None  # None: build when TensorRT and a GPU are present
+    opset: int = 17
+    verify_size: int = 512
+    verify_tile: int = 256
+    calib_tiles: int = 16
+    batch: int = 4
+    threads: int | None = None
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+
+@dataclass
+class ExportContext:
+    options: ExportOptions
+    net: Any
+    config: dict[str, Any]
+    channels: int
+    tiles: np.ndarray
+    reference: Reference
+    report: Callable[[str], None]
+    bn: dict[str, int] = field(default_factory=dict)
+
+
+def run_export(options: ExportOptions, report: Callable[[str], None] = print) -> Manifest:
+    """Write DIR/model*.onnx (+ engine) and DIR/manifest.json; raise UserError when a check fails."""
+    check_options(options)
+    options.out_dir.mkdir(parents=True, exist_ok=True)
+    net, config = SegmenterFromCheckpoint(options.checkpoint)()
+    channels = int(config["in_channels"])
+    fp32_path, bn = OnnxFromTorch(net, options.out_dir / ONNX_NAMES["fp32"], channels, options.opset)()
+    report(
+        f"fp32 ONNX: BatchNorm folded into convs: {bn['batchnorm_folded']} of {bn['batchnorm_total']} "
+        f"({bn['batchnorm_remaining']} pre-activation BNs cannot be folded)"
+    )
+    ctx = make_context(options, net, config, channels, report)
+    ctx.bn = bn
+    artifacts = [
+        verify_onnx(ctx, p, build_onnx(ctx, p, fp32_path)) for p in PRECISIONS if p in options.precisions
+    ]
+    trt_info = engine_artifact(ctx, artifacts)
+    manifest = make_manifest(ctx, artifacts, trt_info)
+    manifest.save(options.out_dir)
+    fail_on_errors(artifacts)
+    return manifest
+
+
+def check_options(options: ExportOptions) -> None:
+    unknown = [p for p in options.precisions if p not in PRECISIONS]
+    if unknown or not options.precisions:
+        raise UserError(
+            f"--precision {','.join(options.precisions)} is invalid: choose from fp32, fp16, int8"
+        )
+    if options.verify_tile % 16 or options.verify_size < options.verify_tile:
+        raise UserError("verification tile must be a multiple of 16 and no larger than the slide")
+    if options.engine and "fp16" not in options.precisions:
+        raise UserError("--engine is built from the fp16 ONNX: add fp16 to --precision")
+
+
+def make_context(
+    options: ExportOptions, net: Any, config: dict[str, Any], channels: int, report: Callable[[str], None]
+) -> ExportContext:
+    from cyclepose_deploy.export.torch_runner import TorchRunner
+
+    slide = tiles.synthetic_slide(options.verify_size, channels, seed=1)
+    verify_tiles = tiles.grid_tiles(slide, options.verify_tile)
+    reference = make_reference(
+        TorchRunner(net, channels, options.threads), verify_tiles, options.batch, FLOW_SCALE
+    )
+    report(
+        f"verification: {len(verify_tiles)} tiles of {options.verify_tile}px from a synthetic slide, "
+        f"{sum(int(lab.max()) for lab in reference.labels)} reference objects"
+    )
+    return ExportContext(options, net, config, channels, verify_tiles, reference, report)
+
+
+def build_onnx(ctx: ExportContext, precision: str, fp32_path: Path) -> Path:
+    dst = ctx.options.out_dir / ONNX_NAMES[precision]
+    if precision == "fp16":
+        from cyclepose_deploy.export.fp16 import convert_fp16
+
+        return convert_fp16(fp32_path, dst)
+    if precision == "int8":
+        from cyclepose_deploy.export.int8 import quantize_int8
+
+        return quantize_int8(fp32_path, dst, calibration_tiles(ctx))
+    return fp32_path
+
+
+def calibration_tiles(ctx: ExportContext) -> np.ndarray:
+    opts = ctx.options
+    if opts.calib:
+        images = tiles.read_images(opts.calib, ctx.channels)
+        source = f"{len(images)} --calib image(s)"
+    else:
+        images = [tiles.synthetic_slide(max(opts.verify_size, 2 * opts.profile.tile), ctx.channels, seed=7)]
+        source = "a synthetic slide (pass --calib IMAGE to use your own)"
+    tile = min(opts.profile.tile, min(min(i.shape[1:]) for i in images)) // 16 * 16
+    ctx.report(f"int8: calibrating on {opts.calib_tiles} tiles of {tile}px from {source}")
+    return tiles.cut_tiles(images, tile, opts.calib_tiles, seed=3)
+
+
+def verify_onnx(ctx: ExportContext, precision: str, path: Path) -> Artifact:
+    from cyclepose_deploy.runtime.backends.ort import OrtRunner
+
+    runner = OrtRunner(path, threads=ctx.options.threads, precision=precision)
+    return verified_artifact(ctx, runner, path, "onnx", precision)
+
+
+def verified_artifact(ctx: ExportContext, runner: Runner, path: Path, fmt: str, precision: str) -> Artifact:
+    opts = ctx.options
+    result = verify_runner(runner, ctx.reference, ctx.tiles, opts.batch, FLOW_SCALE, opts.thresholds)
+    ctx.report(result.summary())
+    return Artifact(path.name, fmt, precision, sha256_file(path), result.to_dict(), result.passed)
+
+
+def engine_artifact(ctx: ExportContext, artifacts: list[Artifact]) -> TensorRTInfo | None:
+    opts = ctx.options
+    fp16 = opts.out_dir / ONNX_NAMES["fp16"]
+    target = engine_step.EngineTarget(opts.checkpoint, opts.out_dir, fp16, opts.profile, ctx.channels)
+    if opts.engine is False:
+        return None
+    reason = engine_step.tensorrt_unavailable_reason()
+    if reason is None and "fp16" not in opts.precisions:
+        reason = "the fp16 ONNX was not requested (add fp16 to --precision)"
+    if reason is not None:
+        if opts.engine:
+            raise UserError(f"--engine: {reason}; run the export on the target GPU machine")
+        for line in engine_step.engine_instructions(target, reason):
+            ctx.report(line)
+        return None
+    path, info = engine_step.build_engine(target)
+    from cyclepose_deploy.runtime.backends.tensorrt import TensorRTRunner
+
+    artifacts.append(
+        verified_artifact(ctx, TensorRTRunner(path, info, ctx.channels), path, "tensorrt", "fp16")
+    )
+    return info
+
+
+def make_manifest(ctx: ExportContext, artifacts: list[Artifact], trt: TensorRTInfo | None) -> Manifest:
+    norm = ctx.config.get("normalization") or {"lower": 1.0, "upper": 99.0}
+    diameter = ctx.config.get("diameter") or [30.0, 30.0]
+    return Manifest(
+        channels=ctx.channels,
+        diameter=[float(d) for d in diameter],
+        normalization={k: float(v) for k, v in norm.items()},
+        source_sha256=sha256_file(ctx.options.checkpoint),
+        artifacts=artifacts,
+        flow_scale=FLOW_SCALE,
+        tensorrt=trt,
+        tools=tool_versions(trt),
+        export={"opset": ctx.options.opset, "profile": ctx.options.profile.name, **ctx.bn},
+    )
+
+
+def tool_versions(trt: TensorRTInfo | None) -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torch
+
+    from cyclepose_deploy import __version__ as own
+
+    tools = {
+        "cyclepose_deploy": own,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+    }
+    if trt is not None:
+        tools["tensorrt"] = trt.version
+    return tools
+
+
+def fail_on_errors(artifacts: list[Artifact]) -> None:
+    failed = [a for a in artifacts if not a.passed]
+    if failed:
+        details = "; ".join(failure_text(a) for a in failed)
+        raise UserError(
+            f"verification failed: {details}. The manifest marks them failed; retrain or export "
+            "fewer precisions (--precision)"
+        )
+
+
+def failure_text(art: Artifact) -> str:
+    v = art.verification
+    if v.get("kind") == "labels":
+        return f"{art.file} mask F1 {v['f1']:.4f} < {v['min_f1']} (short by {v['min_f1'] - v['f1']:.4f})"
+    ratio = v["max_abs"] / v["atol"]
+    return f"{art.file} max abs diff {v['max_abs']:.3g} > {v['atol']} ({ratio:.1f}x the limit)"

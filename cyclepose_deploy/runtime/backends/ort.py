@@ -1,0 +1,100 @@
+"""ONNX Runtime backend: CPU by default, CUDA / TensorRT execution providers where the install has them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.runtime import optional
+from cyclepose_deploy.runtime.backends.base import Runner
+
+PROVIDER_DEVICES = {
+    "CPUExecutionProvider": "cpu",
+    "CUDAExecutionProvider": "cuda",
+    "TensorrtExecutionProvider": "tensorrt",
+}
+ALIASES = {device: provider for provider, device in PROVIDER_DEVICES.items()}
+
+
+def resolve_providers(requested: list[str] | None, available: list[str]) -> list[str]:
+    """Map short names (cpu/cuda/tensorrt) to ORT providers; keep the available ones; CPU is the fallback."""
+    if not requested:
+        return ["CPUExecutionProvider"]
+    names = [ALIASES.get(p.lower(), p) for p in requested]
+    unknown = [n for n in names if n not in available]
+    if unknown and all(n in unknown for n in names):
+        raise UserError(
+            f"ONNX Runtime providers {unknown} are not available here (available: {available}): "
+            "install onnxruntime-gpu or choose cpu"
+        )
+    chosen = [n for n in names if n in available]
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+def precision_from_path(path: Path) -> str:
+    """model.fp16.onnx -> fp16, model.int8.onnx -> int8, else fp32."""
+    for tag in ("fp16", "int8"):
+        if f".{tag}." in path.name:
+            return tag
+    return "fp32"
+
+
+class OrtRunner(Runner):
+    """Runs an ONNX model with ONNX Runtime; `provider` says which execution provider actually ran it."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        providers: list[str] | None = None,
+        threads: int | None = None,
+        precision: str | None = None,
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UserError(f"ONNX model {self.path} not found: run `cyclepose export` first or fix the path")
+        super().__init__(f"ort:{self.path.name}", precision=precision or precision_from_path(self.path))
+        self.requested = providers
+        self.threads = threads
+        self.session: Any = None
+        self.provider: str | None = None
+        self.input_name = "image"
+        self.output_name = "flows"
+
+    def session_options(self, ort: Any) -> Any:
+        opts = ort.SessionOptions()
+        opts.enable_cpu_mem_arena = False  # the arena doubled peak RSS in an earlier attempt
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = self.threads or (os.cpu_count() or 1)
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        return opts
+
+    def activate_impl(self) -> None:
+        ort = optional.onnxruntime()
+        providers = resolve_providers(self.requested, list(ort.get_available_providers()))
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), sess_options=self.session_options(ort), providers=providers
+            )
+        except Exception as exc:  # ORT raises its own exception types for unreadable models
+            raise UserError(f"ONNX Runtime could not load {self.path}: {exc}; re-export the model") from None
+        self.provider = self.session.get_providers()[0]
+        self.device = PROVIDER_DEVICES.get(self.provider, self.provider)
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.output_name = self.session.get_outputs()[0].name
+        if isinstance(inp.shape[1], int):
+            self.channels = inp.shape[1]
+
+    def deactivate_impl(self) -> None:
+        self.session = None
+
+    def infer_impl(self, batch: np.ndarray) -> np.ndarray:
+        (out,) = self.session.run([self.output_name], {self.input_name: batch})
+        return np.asarray(out, dtype=np.float32)

@@ -1,0 +1,98 @@
+"""Dynamics on one chunk of a slide, with a halo, giving the same objects as a whole-image run.
+
+How the runtime uses it: cut the slide's (flows, cellprob) into cores on a grid, read each core
+with `chunk_halo(...)` extra pixels on every side (clipped at the slide edge), call `segment_chunk`
+and write the returned core. Each pixel's value is 1 + the global row-major index (gy * W + gx) of
+the seed of its object, 0 for background: the id is a property of the object, not of the chunk, so
+neighbouring chunks agree without talking to each other, and compacting ids to 1..N in ascending
+order gives exactly `flows_to_labels` on the whole image. An object is owned by the chunk whose core
+holds its seed (`owned_ids`), e.g. to count it once in an object table.
+
+Why the halo suffices: every rule in the pipeline is local (see masks.py and follow.py), so an object
+comes out the same as in the whole image when everything it depends on lies inside the chunk:
+- its pixels: an object touching the core lies within one diameter D of the core;
+- the trajectories ending near its seed: they start inside the objects around it and converge to
+  their centre within about one diameter (and never move further than niter pixels), so those
+  starting within min(D, niter) of the object are all that matter;
+- the histogram around its seed: the 5x5 peak test (2 px), the 5 rounds of growth of its seed and
+  of competing seeds (5 + 5 px), and bilinear interpolation (1 px): 16 px of slack covers them.
+Halo = D + min(D, niter) + 16. Trajectories that run into the chunk's edge end near that edge,
+more than D + 12 px from any seed that matters.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.runtime.dynamics.segment import DynamicsSettings, check_inputs, segment
+
+HALO_SLACK = 16
+
+
+def chunk_halo(max_diameter: float, niter: int = 200) -> int:
+    """Pixels of context on each side of a chunk's core so that chunked labels equal whole-image labels.
+
+    max_diameter: the largest extent of a nucleus in pixels (not the mean diameter).
+    """
+    if not max_diameter > 0:
+        raise UserError(f"max_diameter must be > 0 pixels, got {max_diameter}: pass the largest nucleus size")
+    extent = math.ceil(max_diameter)
+    return extent + min(extent, max(int(niter), 0)) + HALO_SLACK
+
+
+def segment_chunk(
+    flows: np.ndarray,
+    cellprob: np.ndarray,
+    *,
+    core: tuple[slice, slice],
+    origin: tuple[int, int],
+    image_shape: tuple[int, int],
+    **settings: Any,
+) -> np.ndarray:
+    """uint64 ids (1 + global linear index of the object's seed; 0 = background) for the core.
+
+    flows (2, h, w) UNIT-scale and cellprob (h, w) cover the core plus its halo; `core` selects the
+    core inside them, `origin` is the global (y, x) of their top-left pixel and `image_shape` the
+    slide's (H, W). settings: those of flows_to_labels (cellprob_threshold, flow_threshold, niter,
+    min_size, max_size_fraction).
+    """
+    params = DynamicsSettings(**settings)
+    flows, cellprob = check_inputs(flows, cellprob)
+    height, width = (int(v) for v in image_shape)
+    _check_placement(cellprob.shape, core, origin, (height, width))
+    labels, seeds = segment(flows, cellprob, params, image_area=height * width)
+    seed_y, seed_x = np.divmod(seeds, cellprob.shape[1])
+    ids = np.zeros(seeds.size + 1, np.uint64)
+    global_y, global_x = (seed_y + origin[0]).astype(np.uint64), (seed_x + origin[1]).astype(np.uint64)
+    ids[1:] = 1 + global_y * np.uint64(width) + global_x
+    return ids[labels[core]]
+
+
+def _check_placement(
+    shape: tuple[int, ...], core: tuple[slice, slice], origin: tuple[int, int], image_shape: tuple[int, int]
+) -> None:
+    for axis in range(2):
+        if core[axis].step not in (None, 1):
+            raise UserError("core slices must have step 1: pass slice(start, stop)")
+        if origin[axis] < 0 or origin[axis] + shape[axis] > image_shape[axis]:
+            raise UserError(
+                f"chunk at origin {origin} of shape {shape} does not fit in the image {image_shape}: "
+                "pass the global position of the chunk's top-left pixel"
+            )
+
+
+def owned_ids(ids: np.ndarray, core_origin: tuple[int, int], image_shape: tuple[int, int]) -> np.ndarray:
+    """Sorted unique ids in `ids` (a core as returned by segment_chunk, placed at global `core_origin`)
+    whose seed lies inside that core: the objects this chunk owns."""
+    unique = np.unique(ids)
+    unique = unique[unique > 0]
+    seed = unique - np.uint64(1)
+    gy = (seed // np.uint64(image_shape[1])).astype(np.int64)
+    gx = (seed % np.uint64(image_shape[1])).astype(np.int64)
+    inside = (gy >= core_origin[0]) & (gy < core_origin[0] + ids.shape[0])
+    inside &= (gx >= core_origin[1]) & (gx < core_origin[1] + ids.shape[1])
+    return unique[inside]

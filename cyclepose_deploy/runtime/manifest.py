@@ -1,0 +1,150 @@
+"""The export manifest: what the runtime needs to run an artifact, and hashes that stop a wrong one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cyclepose_deploy.errors import UserError
+
+SCHEMA = "cyclepose-manifest/1"
+MANIFEST_NAME = "manifest.json"
+FORMATS = ("onnx", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass
+class Artifact:
+    file: str
+    format: str
+    precision: str
+    sha256: str
+    verification: dict[str, Any] = field(default_factory=dict)
+    passed: bool = True
+
+
+@dataclass
+class TensorRTInfo:
+    """Engines only run on the TensorRT version and GPU they were built for."""
+
+    version: str
+    gpu: str
+    compute_capability: str
+    profile: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Manifest:
+    channels: int
+    diameter: list[float]
+    normalization: dict[str, float]
+    source_sha256: str
+    artifacts: list[Artifact]
+    input_name: str = "image"
+    output_name: str = "flows"
+    input_layout: str = "NCHW"
+    output_layout: str = "NCHW"
+    size_multiple: int = 16
+    flow_scale: float = 5.0
+    tensorrt: TensorRTInfo | None = None
+    tools: dict[str, str] = field(default_factory=dict)
+    export: dict[str, Any] = field(default_factory=dict)
+    schema: str = SCHEMA
+    root: Path | None = field(default=None, compare=False, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("root")
+        return {"schema": data.pop("schema"), **data}
+
+    def artifact(self, format: str, precision: str) -> Artifact:
+        """The artifact with this format and precision, or a UserError listing what the export holds."""
+        for art in self.artifacts:
+            if art.format == format and art.precision == precision:
+                return art
+        have = ", ".join(f"{a.format}/{a.precision}" for a in self.artifacts) or "nothing"
+        raise UserError(f"no {format} {precision} artifact here (it has {have}): export it or pick one")
+
+    def save(self, directory: str | Path) -> Path:
+        from cyclepose_deploy.runtime.atomic import write_json_atomic
+
+        return write_json_atomic(Path(directory) / MANIFEST_NAME, self.to_dict())
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest_from_dict(data: Any, where: str = "manifest") -> Manifest:
+    """Validate a parsed manifest; every problem is a UserError naming the field and the fix."""
+    if not isinstance(data, dict):
+        raise UserError(f"{where} is not a JSON object: re-export the model")
+    if data.get("schema") != SCHEMA:
+        raise UserError(f"{where} has schema {data.get('schema')!r}, this runtime reads {SCHEMA}: re-export")
+    try:
+        arts = [Artifact(**a) for a in data["artifacts"]]
+        trt = TensorRTInfo(**data["tensorrt"]) if data.get("tensorrt") else None
+        fields = {k: v for k, v in data.items() if k not in ("artifacts", "tensorrt")}
+        manifest = Manifest(artifacts=arts, tensorrt=trt, **fields)
+    except (KeyError, TypeError) as exc:
+        raise UserError(f"{where} is malformed ({exc}): re-export the model") from None
+    _check_values(manifest, where)
+    return manifest
+
+
+def _check_values(m: Manifest, where: str) -> None:
+    problems = []
+    if m.channels not in (1, 2):
+        problems.append(f"channels {m.channels} (need 1 or 2)")
+    if m.size_multiple < 1 or m.flow_scale <= 0:
+        problems.append("size_multiple/flow_scale must be positive")
+    if len(m.diameter) != 2:
+        problems.append("diameter must be [min, max]")
+    for art in m.artifacts:
+        if art.format not in FORMATS or art.precision not in PRECISIONS:
+            problems.append(f"artifact {art.file}: format/precision {art.format}/{art.precision}")
+        if len(art.sha256) != 64 or Path(art.file).name != art.file:
+            problems.append(f"artifact {art.file}: bad sha256 or a path instead of a file name")
+    if problems:
+        raise UserError(f"{where} is invalid: {'; '.join(problems)}: re-export the model")
+
+
+def load_manifest(directory: str | Path) -> Manifest:
+    """Read and validate DIR/manifest.json (DIR may also be the manifest file itself)."""
+    path = Path(directory)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    if not path.is_file():
+        raise UserError(f"no manifest at {path}: point to a folder written by `cyclepose export`")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}): re-export the model") from None
+    manifest = manifest_from_dict(data, str(path))
+    manifest.root = path.parent
+    return manifest
+
+
+def verify_artifact(manifest: Manifest, file: str | Path) -> Path:
+    """Return the artifact's path once its sha256 matches the manifest; refuse it otherwise."""
+    path = Path(file)
+    if not path.is_absolute() and manifest.root is not None and not path.exists():
+        path = manifest.root / path
+    listed = [a for a in manifest.artifacts if a.file == path.name]
+    if not listed:
+        raise UserError(f"{path.name} is not listed in the manifest: use an artifact from the same export")
+    if not path.is_file():
+        raise UserError(f"artifact {path} is missing: re-export with `cyclepose export`")
+    if sha256_file(path) != listed[0].sha256:
+        raise UserError(
+            f"artifact {path.name} does not match its manifest sha256 (modified or from another export): "
+            "re-export with `cyclepose export`"
+        )
+    return path

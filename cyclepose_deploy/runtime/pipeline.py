@@ -1,0 +1,180 @@
+"""`cyclepose infer` end to end: open the slide, pass 1 (chunks -> seed ids on disk), pass 2 (ids ->
+labels BigTIFF, object table, preview, probability), every output written atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.runtime.artifacts import Model
+from cyclepose_deploy.runtime.atomic import atomic_path, check_writable
+from cyclepose_deploy.runtime.chunks import Settings, chunk_windows, halo_for
+from cyclepose_deploy.runtime.grid import TileGrid
+from cyclepose_deploy.runtime.normalize import Normalization
+from cyclepose_deploy.runtime.objects import ObjectTable
+from cyclepose_deploy.runtime.preview import Preview
+from cyclepose_deploy.runtime.scratch import ScratchStore
+from cyclepose_deploy.runtime.slide import ScaledSource, Slide, Source, sample_normalization
+from cyclepose_deploy.runtime.stages import Pipeline
+from cyclepose_deploy.runtime.writer import StripObserver, label_strips, resampled_strips, write_tiled_tiff
+
+Progress = Callable[[str, int, int], None]  # (task, advance, total)
+
+
+@dataclass(frozen=True)
+class Outputs:
+    labels: Path
+    objects: Path | None = None
+    preview: Path | None = None
+    prob: Path | None = None
+
+    def all(self) -> list[Path]:
+        return [p for p in (self.labels, self.objects, self.preview, self.prob) if p is not None]
+
+
+@dataclass
+class Summary:
+    """What the run did, for the final report."""
+
+    objects: int
+    shape: tuple[int, int]
+    seconds: float
+    chunks: int
+    tiles_run: int
+    tiles_grid: int
+    times: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def mpix_per_s(self) -> float:
+        return self.shape[0] * self.shape[1] / 1e6 / max(self.seconds, 1e-9)
+
+    @property
+    def tile_overhead(self) -> float:
+        """Network tiles run more than once because chunk halos overlap (0.0 = none)."""
+        return self.tiles_run / max(self.tiles_grid, 1) - 1.0
+
+
+@contextlib.contextmanager
+def writing(what: object) -> Iterator[None]:
+    """Name the output that failed (full disk, quota, I/O error) in one line."""
+    try:
+        yield
+    except OSError as exc:
+        raise UserError(
+            f"could not write {what}: {exc.strerror or exc}; free space or choose another path"
+        ) from None
+
+
+def run_infer(
+    slide_path: str | Path,
+    model: Model,
+    outputs: Outputs,
+    settings: Settings,
+    channel: int | None = None,
+    diameter: float | None = None,
+    progress: Progress | None = None,
+) -> Summary:
+    """Segment a slide of any size in memory bounded by the chunk size."""
+    for path in outputs.all():
+        check_writable(path)
+    if len({p.resolve() for p in outputs.all()} | {Path(slide_path).resolve()}) != len(outputs.all()) + 1:
+        raise UserError("output paths must differ from each other and from the slide: choose distinct names")
+    if diameter is not None and diameter <= 0:
+        raise UserError(f"--diameter {diameter} must be positive (pixels), e.g. 17")
+    start = time.perf_counter()
+    slide = Slide(slide_path, channel)
+    try:
+        return _run(slide, model, outputs, settings, diameter, progress or (lambda *a: None), start)
+    finally:
+        slide.close()
+
+
+def _run(
+    slide: Slide,
+    model: Model,
+    outputs: Outputs,
+    settings: Settings,
+    diameter: float | None,
+    progress: Progress,
+    start: float,
+) -> Summary:
+    t0 = time.perf_counter()
+    norm = sample_normalization(slide, model.lower, model.upper)
+    source: Source = slide if diameter is None else ScaledSource(slide, model.train_diameter / diameter)
+    settings = replace(settings, flow_scale=model.flow_scale, max_diameter=model.diameter[1])
+    times = {"normalize": time.perf_counter() - t0}
+    with contextlib.ExitStack() as stack:
+        scratch = stack.enter_context(
+            tempfile.TemporaryDirectory(prefix=".cyclepose-", dir=outputs.labels.parent)
+        )
+        temps = {p: stack.enter_context(atomic_path(p)) for p in outputs.all()}
+        store = ScratchStore(scratch, source.shape, keep_prob=outputs.prob is not None)
+        runner = stack.enter_context(model.runner())
+        settings = replace(settings, channels=runner.channels or 1)
+        if runner.shape_limits is not None:
+            runner.shape_limits.check(
+                min(settings.batch, runner.shape_limits.max_batch), settings.tile, settings.tile
+            )
+        pipe, chunks = _pass_one(source, norm, runner, settings, store, progress)
+        times.update(pipe.times)
+        count = _pass_two(slide, norm, store, outputs, temps, progress, times)
+    grid = TileGrid(source.shape, settings.tile, settings.overlap)
+    return Summary(
+        count, slide.shape, time.perf_counter() - start, len(chunks), pipe.tiles_run, grid.total, times
+    )
+
+
+def _pass_one(
+    source: Source,
+    norm: Normalization,
+    runner: object,
+    settings: Settings,
+    store: ScratchStore,
+    progress: Progress,
+) -> tuple[Pipeline, list]:
+    chunks = chunk_windows(source.shape, settings.chunk, halo_for(settings))
+    pipe = Pipeline(source, norm, chunks, runner, settings, store.folder / "tiles")
+    total = pipe.plan.tiles_run
+    pipe.on_tiles = lambda n: progress("network", n, total)
+    with writing(f"temporary data in {store.folder.parent}"):
+        for result in pipe.results():
+            t = time.perf_counter()
+            store.write(result)
+            pipe.times["scratch"] += time.perf_counter() - t
+    return pipe, chunks
+
+
+def _pass_two(
+    slide: Slide,
+    norm: Normalization,
+    store: ScratchStore,
+    outputs: Outputs,
+    temps: dict[Path, Path],
+    progress: Progress,
+    times: dict[str, float],
+) -> int:
+    t = time.perf_counter()
+    table = store.id_table()
+    objects = ObjectTable(len(table), slide) if outputs.objects else None
+    preview = Preview(slide.shape, slide, norm) if outputs.preview else None
+    observers: list[StripObserver] = [o.observe for o in (objects, preview) if o is not None]
+    rows = slide.shape[0]
+    observers.append(lambda r0, strip: progress("labels", strip.shape[0], rows))
+    strips = label_strips(store.ids, table, slide.shape)
+    with writing(outputs.labels):
+        write_tiled_tiff(temps[outputs.labels], strips, slide.shape, "uint32", slide.pixel_size, observers)
+    if objects is not None and outputs.objects is not None:
+        objects.save_csv(temps[outputs.objects])
+    if preview is not None and outputs.preview is not None:
+        preview.save(temps[outputs.preview])
+    if store.prob is not None and outputs.prob is not None:
+        strips = resampled_strips(store.prob, slide.shape)
+        with writing(outputs.prob):
+            write_tiled_tiff(temps[outputs.prob], strips, slide.shape, "uint8", slide.pixel_size)
+    times["write"] = time.perf_counter() - t
+    return len(table)

@@ -1,0 +1,71 @@
+"""A downsampled PNG of the slide with object outlines, written without matplotlib or PIL."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from cyclepose_deploy.runtime.atomic import write_atomic
+from cyclepose_deploy.runtime.normalize import Normalization
+from cyclepose_deploy.runtime.slide import Source
+
+OUTLINE = np.array([255, 64, 64], np.uint8)
+
+
+class Preview:
+    """Collects every `step`-th pixel of image and labels as strips pass by; the longest side <= max_side."""
+
+    def __init__(
+        self, shape: tuple[int, int], source: Source, norm: Normalization, max_side: int = 1024
+    ) -> None:
+        self.step = max(1, -(-max(shape) // max_side))
+        self.source, self.norm = source, norm
+        self.shape = (-(-shape[0] // self.step), -(-shape[1] // self.step))
+        self.image = np.zeros(self.shape, np.uint8)
+        self.labels = np.zeros(self.shape, np.uint32)
+
+    def observe(self, r0: int, labels: np.ndarray) -> None:
+        first = -r0 % self.step
+        rows = np.arange(first, labels.shape[0], self.step)
+        if rows.size == 0:
+            return
+        out = (r0 + rows) // self.step
+        self.labels[out] = labels[rows, :: self.step]
+        raw = self.source.read(r0 + int(rows[0]), r0 + int(rows[-1]) + 1, 0, labels.shape[1])
+        raw = raw[rows - rows[0], :: self.step]
+        self.image[out] = np.clip(self.norm.apply(raw) * 255, 0, 255).astype(np.uint8)
+
+    def render(self) -> np.ndarray:
+        lab = self.labels
+        edge = np.zeros(lab.shape, bool)
+        edge[:-1] |= lab[:-1] != lab[1:]
+        edge[1:] |= lab[:-1] != lab[1:]
+        edge[:, :-1] |= lab[:, :-1] != lab[:, 1:]
+        edge[:, 1:] |= lab[:, :-1] != lab[:, 1:]
+        edge &= lab != 0
+        rgb = np.repeat(self.image[..., None], 3, axis=2)
+        rgb[edge] = OUTLINE
+        return rgb
+
+    def save(self, path: str | Path) -> None:
+        write_atomic(path, encode_png(self.render()))
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    """An 8-bit RGB PNG: signature, IHDR, one zlib IDAT (filter 0 per row), IEND."""
+    h, w, _ = rgb.shape
+    raw = np.concatenate([np.zeros((h, 1), np.uint8), rgb.reshape(h, w * 3)], axis=1).tobytes()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw, 6))
+        + chunk(b"IEND", b"")
+    )

@@ -1,0 +1,146 @@
+"""Pass 1 as a pipeline: reader -> network -> dynamics -> caller, each stage in its own thread with
+bounded queues, so the slowest stage sets the pace and memory stays bounded. The stages are the same
+functions `process_chunk` composes, so the threaded run and the pure worker agree."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from cyclepose_deploy.runtime.chunks import Chunk, ChunkResult, Settings, read_chunk, segment
+from cyclepose_deploy.runtime.grid import TileGrid
+from cyclepose_deploy.runtime.merger import Merger
+from cyclepose_deploy.runtime.normalize import Normalization
+from cyclepose_deploy.runtime.slide import Source
+from cyclepose_deploy.runtime.tilecache import TileCache, TilePlan
+
+DONE = object()
+Advance = Callable[[int], None]
+
+
+class Pipeline:
+    """Runs the chunks through three worker threads; `results()` yields ChunkResults in chunk order."""
+
+    def __init__(
+        self,
+        source: Source,
+        norm: Normalization,
+        chunks: list[Chunk],
+        runner: Any,
+        settings: Settings,
+        cache_dir: str | Path,
+        on_tiles: Advance | None = None,
+    ) -> None:
+        self.source, self.norm, self.chunks, self.runner, self.settings = (
+            source,
+            norm,
+            chunks,
+            runner,
+            settings,
+        )
+        self.grid = TileGrid(source.shape, settings.tile, settings.overlap)
+        self.plan = TilePlan(self.grid, chunks)
+        self.cache = TileCache(cache_dir, self.plan)
+        self.on_tiles = on_tiles or (lambda n: None)
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self.times: dict[str, float] = defaultdict(float)
+        self.tiles_run = 0
+        self.queues: list[queue.Queue[Any]] = [queue.Queue(maxsize=n) for n in (3, 3, 1)]
+
+    def results(self) -> Iterator[ChunkResult]:
+        workers = [self._reader, self._network, self._dynamics]
+        threads = [threading.Thread(target=self._guard, args=(w,), daemon=True) for w in workers]
+        for t in threads:
+            t.start()
+        try:
+            while (item := self._get(self.queues[2])) is not DONE:
+                yield item
+        finally:
+            self.stop.set()
+            for t in threads:
+                t.join()
+        if self.errors:
+            raise self.errors[0]
+
+    # plumbing ------------------------------------------------------------------------------------
+    def _guard(self, work: Callable[[], None]) -> None:
+        try:
+            work()
+        except BaseException as exc:  # handed to the caller's thread, which re-raises it
+            self.errors.append(exc)
+            self.stop.set()
+
+    def _put(self, q: queue.Queue, item: Any) -> None:
+        while not self.stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    def _get(self, q: queue.Queue) -> Any:
+        while True:
+            try:
+                return q.get(timeout=0.05)
+            except queue.Empty:
+                if self.stop.is_set():
+                    return DONE
+
+    def _timed(self, stage: str, start: float) -> None:
+        self.times[stage] += time.perf_counter() - start
+
+    # stages --------------------------------------------------------------------------------------
+    def _reader(self) -> None:
+        for chunk in self.chunks:
+            start = time.perf_counter()
+            skip = frozenset(self.plan.reuse[chunk.index])
+            for batch in read_chunk(self.source, self.norm, self.grid, chunk, self.settings, skip):
+                self._timed("read", start)
+                self._put(self.queues[0], (chunk, batch))
+                start = time.perf_counter()
+            self._put(self.queues[0], (chunk, None))
+        self._put(self.queues[0], DONE)
+
+    def _network(self) -> None:
+        while (item := self._get(self.queues[0])) is not DONE:
+            chunk, batch = item
+            if batch is not None:
+                start = time.perf_counter()
+                item = (chunk, (self.runner.infer(batch.images), batch))
+                self._timed("network", start)
+                self.tiles_run += len(batch.origins)
+                self.on_tiles(len(batch.origins))
+            self._put(self.queues[1], item)
+        self._put(self.queues[1], DONE)
+
+    def _dynamics(self) -> None:
+        merger: Merger | None = None
+        while (item := self._get(self.queues[1])) is not DONE:
+            chunk, payload = item
+            start = time.perf_counter()
+            if merger is None:
+                merger = Merger(self.grid, chunk.window)
+                for origin in self.plan.reuse[chunk.index]:
+                    merger.add(self.cache.take(origin), origin)
+            if payload is not None:
+                outputs, batch = payload
+                merger.add_batch(outputs, batch.origins)
+                for origin, output in zip(batch.origins, outputs, strict=True):
+                    self.cache.put(origin, output)
+                self._timed("blend", start)
+                continue
+            blended = merger.finalize()
+            merger = None
+            self._timed("blend", start)
+            start = time.perf_counter()
+            result = segment(chunk, blended, self.settings, self.source.shape)
+            del blended
+            self._timed("dynamics", start)
+            self._put(self.queues[2], result)
+        self._put(self.queues[2], DONE)

@@ -1,0 +1,1 @@
+"""CyclePose training: synthetic mask domain, unlabeled image crops, the two cycles, checkpoints."""

@@ -1,0 +1,142 @@
+"""Both training domains. Mask domain: synthetic nuclei packed on canvases, turned into exact
+Cellpose targets once, then sampled as random crops with flips/rot90 (a bank, refreshed in part now
+and then, because packing and flows cost far more than a crop). Image domain: random crops of the
+user's unlabeled images, percentile-normalised like the runtime does."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.runtime.normalize import Normalization
+from cyclepose_deploy.synth.shapes import ShapePrior, pack_instances
+
+NORM_SAMPLE = 4_000_000
+
+
+def mask_targets(labels: np.ndarray) -> np.ndarray:
+    """(3, H, W) float32: unit flow dY, unit flow dX (heat diffusion, as Cellpose) and mask > 0."""
+    from cyclepose_deploy.runtime.dynamics import labels_to_flows
+
+    flows = labels_to_flows(labels)
+    return np.concatenate([flows, (labels > 0)[None].astype(np.float32)]).astype(np.float32)
+
+
+def random_dihedral(rng: np.random.Generator, array: np.ndarray) -> np.ndarray:
+    """Random flip/rot90 of a (C, H, W) image; plain image channels are unchanged by it."""
+    k = int(rng.integers(4))
+    out = np.rot90(array, k, axes=(1, 2))
+    if rng.integers(2):
+        out = out[:, :, ::-1]
+    return out
+
+
+def dihedral_flows(rng: np.random.Generator, target: np.ndarray) -> np.ndarray:
+    """Flip/rot90 a (3, H, W) flow target: the flow vectors must turn with the pixels."""
+    dy, dx, prob = target[0], target[1], target[2]
+    for _ in range(int(rng.integers(4))):  # rot90 counter-clockwise: (y, x) -> (W-1-x, y)
+        dy, dx, prob = np.rot90(-dx), np.rot90(dy), np.rot90(prob)
+    if rng.integers(2):  # horizontal flip: x -> W-1-x
+        dy, dx, prob = dy[:, ::-1], -dx[:, ::-1], prob[:, ::-1]
+    return np.stack([dy, dx, prob]).astype(np.float32)
+
+
+class MaskBank:
+    """Canvases of synthetic targets (3, S, S); `sample` crops them; `refresh` replaces the oldest."""
+
+    def __init__(self, prior: ShapePrior, canvas: int, count: int) -> None:
+        self.prior, self.canvas_size, self.count = prior, canvas, count
+        self.canvases: list[np.ndarray] = []
+        self.next_replace = 0
+
+    def fill(self, rng: np.random.Generator) -> None:
+        self.canvases = [self._make(rng) for _ in range(self.count)]
+
+    def _make(self, rng: np.random.Generator) -> np.ndarray:
+        labels = pack_instances(rng, (self.canvas_size, self.canvas_size), self.prior)
+        return mask_targets(labels)
+
+    def refresh(self, rng: np.random.Generator) -> None:
+        self.canvases[self.next_replace] = self._make(rng)
+        self.next_replace = (self.next_replace + 1) % self.count
+
+    def sample(self, rng: np.random.Generator, batch: int, tile: int) -> np.ndarray:
+        out = np.empty((batch, 3, tile, tile), np.float32)
+        for b in range(batch):
+            canvas = self.canvases[int(rng.integers(len(self.canvases)))]
+            y, x = rng.integers(0, self.canvas_size - tile + 1, size=2)
+            out[b] = dihedral_flows(rng, canvas[:, y : y + tile, x : x + tile])
+        return out
+
+    def state_dict(self) -> dict[str, object]:
+        return {"canvases": [c.copy() for c in self.canvases], "next_replace": self.next_replace}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.canvases = [np.asarray(c, np.float32) for c in state["canvases"]]  # type: ignore[union-attr]
+        self.next_replace = int(state["next_replace"])  # type: ignore[call-overload]
+
+
+def read_image(path: str | Path, in_channels: int | None = None) -> np.ndarray:
+    """(C, H, W) float32 from a TIFF: 2-D -> one channel; (C, H, W) or (H, W, C) with C <= 2 kept."""
+    import tifffile
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"training image {path} not found: pass existing TIFF files to --images")
+    try:
+        image = np.asarray(tifffile.imread(path))
+    except Exception as exc:
+        raise UserError(f"cannot read {path} as TIFF ({type(exc).__name__}); pass TIFF images") from None
+    image = np.squeeze(image)
+    if image.ndim == 2:
+        image = image[None]
+    elif image.ndim == 3 and image.shape[-1] <= 2 < image.shape[0]:
+        image = np.moveaxis(image, -1, 0)
+    if image.ndim != 3 or image.shape[0] > 2:
+        raise UserError(f"{path} has shape {image.shape}; training takes 2-D images with 1 or 2 channels")
+    if in_channels is not None and image.shape[0] != in_channels:
+        raise UserError(f"{path} has {image.shape[0]} channel(s), the first image {in_channels}: mix none")
+    return image
+
+
+def normalise(image: np.ndarray, lower: float, upper: float, rng: np.random.Generator) -> np.ndarray:
+    """Per channel, the runtime's percentile normalisation estimated from a pixel sample."""
+    out = np.empty(image.shape, np.float32)
+    for c, channel in enumerate(image):
+        flat = channel.ravel()
+        sample = flat if flat.size <= NORM_SAMPLE else flat[rng.integers(0, flat.size, NORM_SAMPLE)]
+        out[c] = Normalization.from_sample(sample, lower, upper).apply(channel)
+    return out
+
+
+class ImageCrops:
+    """Random normalised crops of the training images, with flips/rot90."""
+
+    def __init__(
+        self, paths: Sequence[str | Path], tile: int, lower: float = 1.0, upper: float = 99.0
+    ) -> None:
+        if not paths:
+            raise UserError("no training images: pass one or more TIFF files to --images")
+        first = read_image(paths[0])
+        images = [first] + [read_image(p, first.shape[0]) for p in paths[1:]]
+        norm_rng = np.random.default_rng(0)
+        self.images = [normalise(im, lower, upper, norm_rng) for im in images]
+        small = [str(p) for p, im in zip(paths, self.images, strict=True) if min(im.shape[1:]) < tile]
+        if small:
+            raise UserError(f"images smaller than the tile {tile}: {', '.join(small)}; pass a smaller --tile")
+        self.channels = first.shape[0]
+        self.tile = tile
+        self.weights = np.array([im.shape[1] * im.shape[2] for im in self.images], float)
+        self.weights /= self.weights.sum()
+
+    def sample(self, rng: np.random.Generator, batch: int) -> np.ndarray:
+        out = np.empty((batch, self.channels, self.tile, self.tile), np.float32)
+        for b in range(batch):
+            image = self.images[int(rng.choice(len(self.images), p=self.weights))]
+            y = int(rng.integers(0, image.shape[1] - self.tile + 1))
+            x = int(rng.integers(0, image.shape[2] - self.tile + 1))
+            out[b] = random_dihedral(rng, image[:, y : y + self.tile, x : x + self.tile])
+        return out

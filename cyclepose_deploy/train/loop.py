@@ -1,0 +1,257 @@
+"""The CyclePose training step and its resumable state.
+
+Mask cycle: synthetic target r -> G -> image -> (augmented) S -> Cellpose loss against r: S learns
+with exact targets here. Image cycle: real x -> S -> G -> L1 to x. LSGAN terms make G's images look
+like the real ones (D_image) and S's outputs on real images look like synthetic masks (D_mask)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cyclepose_deploy.nets.discriminators import PatchDiscriminator
+from cyclepose_deploy.nets.renderer import Renderer
+from cyclepose_deploy.nets.segmenter import Segmenter
+from cyclepose_deploy.synth.shapes import ShapePrior
+from cyclepose_deploy.train.data import ImageCrops, MaskBank
+from cyclepose_deploy.train.losses import augment_rendering, flow_loss, lsgan, to_mask_domain
+from cyclepose_deploy.train.pool import ImagePool
+
+
+@dataclass
+class TrainConfig:
+    """Everything that shapes a run; saved in the checkpoint so --resume needs no repeats."""
+
+    in_channels: int = 1
+    widths: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    diameter: list[float] = field(default_factory=lambda: [10.0, 30.0])
+    coverage: float = 0.3
+    normalization: dict[str, float] = field(default_factory=lambda: {"lower": 1.0, "upper": 99.0})
+    tile: int = 128
+    batch: int = 8
+    steps: int = 1000
+    seed: int = 0
+    lr_s: float = 1e-3
+    lr: float = 2e-4
+    lambda_mask: float = 10.0
+    lambda_image: float = 10.0
+    lambda_adv_s: float = 1.0
+    detach_render: bool = False
+    real_grad: bool = False
+    pool: int = 50
+    bank_canvases: int = 8
+    bank_canvas: int = 384
+    refresh_every: int = 10
+    render_width: int = 16
+    disc_base: int = 32
+    calibration_batches: int = 50
+
+    @property
+    def diam_mean(self) -> float:
+        return 0.5 * (self.diameter[0] + self.diameter[1])
+
+    def prior(self) -> ShapePrior:
+        return ShapePrior(
+            diameter_min=self.diameter[0], diameter_max=self.diameter[1], coverage=self.coverage
+        )
+
+
+def lr_factor(step: int, total: int) -> float:
+    """Constant for the first half, then linear decay to 10 %."""
+    half = total // 2
+    return 1.0 if step < half else 1.0 - 0.9 * (step - half) / max(total - half, 1)
+
+
+class Trainer:
+    """Nets, optimisers, pools, the mask bank and every RNG: all of it goes into a full checkpoint."""
+
+    def __init__(self, config: TrainConfig, crops: ImageCrops, device: str = "cpu") -> None:
+        self.config, self.crops, self.device = config, crops, torch.device(device)
+        torch.manual_seed(config.seed)
+        self.S = Segmenter(config.in_channels, config.widths, config.diam_mean).to(self.device)
+        self.G = Renderer(config.in_channels, config.render_width).to(self.device)
+        self.D_image = PatchDiscriminator(config.in_channels, config.disc_base).to(self.device)
+        self.D_mask = PatchDiscriminator(3, config.disc_base).to(self.device)
+        self.opt_gen = torch.optim.Adam(
+            [
+                {"params": self.S.parameters(), "lr": config.lr_s},
+                {"params": self.G.parameters(), "lr": config.lr},
+            ],
+            betas=(0.5, 0.999),
+        )
+        disc_params = [*self.D_image.parameters(), *self.D_mask.parameters()]
+        self.opt_disc = torch.optim.Adam(disc_params, lr=config.lr, betas=(0.5, 0.999))
+        self.base_lrs = [config.lr_s, config.lr, config.lr]
+        amp = self.device.type == "cuda"
+        self.scaler_gen = torch.amp.GradScaler("cuda", enabled=amp)
+        self.scaler_disc = torch.amp.GradScaler("cuda", enabled=amp)
+        self.rng = np.random.default_rng([config.seed, 1])
+        self.augment_gen = torch.Generator().manual_seed(config.seed + 2)
+        self.pool_image, self.pool_mask = ImagePool(config.pool), ImagePool(config.pool)
+        self.bank = MaskBank(config.prior(), config.bank_canvas, config.bank_canvases)
+        self.bank.fill(self.rng)
+        self.step = 0
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda")
+
+    def _set_lr(self) -> None:
+        factor = lr_factor(self.step, self.config.steps)
+        groups = [*self.opt_gen.param_groups, *self.opt_disc.param_groups]
+        for group, base in zip(groups, self.base_lrs, strict=True):
+            group["lr"] = base * factor
+
+    def _batches(self) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.config
+        x = torch.from_numpy(self.crops.sample(self.rng, cfg.batch)).to(self.device)
+        r = torch.from_numpy(self.bank.sample(self.rng, cfg.batch, cfg.tile)).to(self.device)
+        if self.step % cfg.refresh_every == cfg.refresh_every - 1:
+            self.bank.refresh(self.rng)
+        return x, r
+
+    def train_step(self) -> dict[str, float]:
+        """One update of S and G, then of both discriminators. Returns the losses."""
+        self._set_lr()
+        x, r = self._batches()
+        losses, fake_x, r_x = self._generator_step(x, r)
+        losses.update(self._discriminator_step(x, r, fake_x, r_x))
+        self.step += 1
+        return losses
+
+    def _generator_step(
+        self, x: torch.Tensor, r: torch.Tensor
+    ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+        cfg = self.config
+        for d in (self.D_image, self.D_mask):
+            d.requires_grad_(False)
+        with self._autocast():
+            fake_x = self.G(r)
+            adv_g = lsgan(self.D_image(fake_x), True)
+            rendered = fake_x.detach() if cfg.detach_render else fake_x
+            mask_cycle = flow_loss(self.S(augment_rendering(rendered, self.augment_gen)).float(), r)
+            with torch.set_grad_enabled(cfg.real_grad):
+                r_x = to_mask_domain(self.S(x).float())
+            adv_s = lsgan(self.D_mask(r_x), True) if cfg.real_grad else torch.zeros((), device=x.device)
+            image_cycle = F.l1_loss(self.G(r_x).float(), x)
+            total = (
+                adv_g
+                + cfg.lambda_adv_s * adv_s
+                + cfg.lambda_mask * mask_cycle
+                + cfg.lambda_image * image_cycle
+            )
+        self.opt_gen.zero_grad(set_to_none=True)
+        self.scaler_gen.scale(total).backward()
+        self.scaler_gen.step(self.opt_gen)
+        self.scaler_gen.update()
+        for d in (self.D_image, self.D_mask):
+            d.requires_grad_(True)
+        losses = {
+            "mask": mask_cycle.item(),
+            "image": image_cycle.item(),
+            "adv_g": adv_g.item(),
+            "adv_s": adv_s.item(),
+        }
+        return losses, fake_x.detach(), r_x.detach()
+
+    def _discriminator_step(
+        self, x: torch.Tensor, r: torch.Tensor, fake_x: torch.Tensor, r_x: torch.Tensor
+    ) -> dict[str, float]:
+        fake_x = self.pool_image.query(fake_x, self.rng)
+        r_x = self.pool_mask.query(r_x, self.rng)
+        with self._autocast():
+            d_image = 0.5 * (lsgan(self.D_image(x), True) + lsgan(self.D_image(fake_x), False))
+            d_mask = 0.5 * (lsgan(self.D_mask(r), True) + lsgan(self.D_mask(r_x), False))
+        self.opt_disc.zero_grad(set_to_none=True)
+        self.scaler_disc.scale(d_image + d_mask).backward()
+        self.scaler_disc.step(self.opt_disc)
+        self.scaler_disc.update()
+        return {"d_image": d_image.item(), "d_mask": d_mask.item()}
+
+    def calibrated_segmenter(self) -> Segmenter:
+        """A copy of S whose BatchNorm statistics come from real crops only (AdaBN): in training S
+        saw rendered and real batches, and eval mode must match the real images it will segment."""
+        net = copy.deepcopy(self.S)
+        bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None
+        rng = np.random.default_rng([self.config.seed, 99, self.step])  # leaves the training RNG alone
+        net.train()
+        with torch.no_grad():
+            for _ in range(self.config.calibration_batches):
+                net(torch.from_numpy(self.crops.sample(rng, self.config.batch)).to(self.device))
+        for bn in bns:
+            bn.momentum = 0.05
+        return net.eval()
+
+    def checkpoint(self, full: bool = True) -> dict[str, Any]:
+        """A checkpoint dict: "S" is the calibrated S that export deploys; a full one also carries
+        everything --resume needs (S's training state, optimisers, pools, bank, RNGs)."""
+        cfg = asdict(self.config)
+        cfg["diam_mean"] = self.config.diam_mean
+        out: dict[str, Any] = {
+            "config": cfg,
+            "step": self.step,
+            "S": _cpu(self.calibrated_segmenter().state_dict()),
+            "G": _cpu(self.G.state_dict()),
+            "D_image": _cpu(self.D_image.state_dict()),
+            "D_mask": _cpu(self.D_mask.state_dict()),
+        }
+        if full:
+            out.update(self._resume_state())
+        return out
+
+    def _resume_state(self) -> dict[str, Any]:
+        return {
+            "S_train": _cpu(self.S.state_dict()),
+            "optimizers": {
+                "gen": self.opt_gen.state_dict(),
+                "disc": self.opt_disc.state_dict(),
+                "scaler_gen": self.scaler_gen.state_dict(),
+                "scaler_disc": self.scaler_disc.state_dict(),
+            },
+            "rng": {
+                "numpy": self.rng.bit_generator.state,
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "augment": self.augment_gen.get_state(),
+            },
+            "pools": {"image": self.pool_image.state_dict(), "mask": self.pool_mask.state_dict()},
+            "bank": {
+                "canvases": [torch.from_numpy(c) for c in self.bank.canvases],
+                "next_replace": self.bank.next_replace,
+            },
+        }
+
+    def load(self, checkpoint: dict[str, Any]) -> None:
+        """Restore a full checkpoint so that training continues exactly where it stopped."""
+        self.S.load_state_dict(checkpoint["S_train"])
+        for name in ("G", "D_image", "D_mask"):
+            getattr(self, name).load_state_dict(checkpoint[name])
+        opts = checkpoint["optimizers"]
+        self.opt_gen.load_state_dict(opts["gen"])
+        self.opt_disc.load_state_dict(opts["disc"])
+        self.scaler_gen.load_state_dict(opts["scaler_gen"])
+        self.scaler_disc.load_state_dict(opts["scaler_disc"])
+        rng = checkpoint["rng"]
+        self.rng.bit_generator.state = rng["numpy"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.augment_gen.set_state(rng["augment"])
+        self.pool_image.load_state_dict(checkpoint["pools"]["image"], self.device)
+        self.pool_mask.load_state_dict(checkpoint["pools"]["mask"], self.device)
+        bank = checkpoint["bank"]
+        self.bank.load_state_dict(
+            {"canvases": [c.numpy() for c in bank["canvases"]], "next_replace": bank["next_replace"]}
+        )
+        self.step = int(checkpoint["step"])
+
+
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in state.items()}

@@ -1,0 +1,72 @@
+"""Drive a Trainer for N steps: progress bar, periodic atomic checkpoints, resume, slim export."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.train.checkpoint import load_checkpoint, save_checkpoint
+from cyclepose_deploy.train.data import ImageCrops
+from cyclepose_deploy.train.loop import TrainConfig, Trainer
+
+StepCallback = Callable[[int, dict[str, float]], None]
+
+
+def make_trainer(
+    images: Sequence[str | Path], config: TrainConfig, device: str, resume_from: Path | None
+) -> Trainer:
+    """A fresh Trainer, or one restored from a full checkpoint (its config wins, except `steps`)."""
+    if resume_from is not None:
+        checkpoint = load_checkpoint(resume_from)
+        if "S_train" not in checkpoint:
+            raise UserError(
+                f"{resume_from} is a slim checkpoint without training state; resume from the full --out"
+            )
+        saved = {k: v for k, v in checkpoint["config"].items() if k in TrainConfig.__dataclass_fields__}
+        saved["steps"] = config.steps
+        config = TrainConfig(**saved)
+    crops = ImageCrops(images, config.tile, config.normalization["lower"], config.normalization["upper"])
+    if resume_from is None:
+        config.in_channels = crops.channels
+    elif crops.channels != config.in_channels:
+        raise UserError(f"images have {crops.channels} channel(s), the checkpoint {config.in_channels}")
+    trainer = Trainer(config, crops, device)
+    if resume_from is not None:
+        trainer.load(checkpoint)
+    return trainer
+
+
+def run(
+    trainer: Trainer,
+    out: Path,
+    checkpoint_every: int,
+    slim_out: Path | None = None,
+    max_minutes: float | None = None,
+    on_step: StepCallback | None = None,
+    until: int | None = None,
+) -> dict[str, Any]:
+    """Train until `config.steps` (or the time limit); write the full checkpoint every K steps and
+    at the end, and the slim one (no training state) at the end; `until` stops early at that step
+    (the schedule still aims at `config.steps`). Returns a summary."""
+    start = time.monotonic()
+    first = trainer.step
+    last = trainer.config.steps if until is None else min(until, trainer.config.steps)
+    while trainer.step < last:
+        losses = trainer.train_step()
+        if on_step is not None:
+            on_step(trainer.step, losses)
+        if checkpoint_every and trainer.step % checkpoint_every == 0 and trainer.step < trainer.config.steps:
+            save_checkpoint(out, trainer.checkpoint(full=True))
+        if max_minutes is not None and time.monotonic() - start > 60 * max_minutes:
+            break
+    final = trainer.checkpoint(full=True)
+    save_checkpoint(out, final)
+    if slim_out is not None:
+        save_checkpoint(slim_out, {k: v for k, v in final.items() if k in SLIM_KEYS})
+    return {"steps": trainer.step - first, "step": trainer.step, "seconds": time.monotonic() - start}
+
+
+SLIM_KEYS = ("config", "step", "S", "G", "D_image", "D_mask")

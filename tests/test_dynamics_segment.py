@@ -1,0 +1,187 @@
+"""flows_to_labels and the chunked runtime path: round trips, chunk invariance, edge cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.metrics import match_instances
+from cyclepose_deploy.runtime.dynamics import (
+    chunk_halo,
+    flows_to_labels,
+    labels_to_flows,
+    owned_ids,
+    segment_chunk,
+)
+from cyclepose_deploy.synth.shapes import ShapePrior, pack_instances
+from cyclepose_deploy.synth.slide import make_slide
+
+MAX_DIAMETER = 30 * 1.4  # ShapePrior's largest mean diameter, stretched by its max aspect ratio
+
+
+def _logits(labels: np.ndarray) -> np.ndarray:
+    return np.where(labels > 0, 5.0, -5.0).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def slide() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, unit flows, logits) of a 2048 x 2048 synthetic slide with many touching nuclei."""
+    _, labels = make_slide(2048, 2048, seed=3)
+    return labels, labels_to_flows(labels), _logits(labels)
+
+
+def _chunked(flows: np.ndarray, cellprob: np.ndarray, step: int, **settings: object) -> np.ndarray:
+    """Run segment_chunk over a grid of cores, then compact ids to 1..N in ascending order."""
+    height, width = cellprob.shape
+    halo = chunk_halo(MAX_DIAMETER, int(settings.get("niter", 200)))  # type: ignore[call-overload]
+    ids = np.zeros((height, width), np.uint64)
+    owners: list[np.ndarray] = []
+    for y in range(0, height, step):
+        for x in range(0, width, step):
+            y0, x0 = max(0, y - halo), max(0, x - halo)
+            y1, x1 = min(height, y + step + halo), min(width, x + step + halo)
+            core = (slice(y - y0, min(y + step, height) - y0), slice(x - x0, min(x + step, width) - x0))
+            part = segment_chunk(
+                flows[:, y0:y1, x0:x1],
+                cellprob[y0:y1, x0:x1],
+                core=core,
+                origin=(y0, x0),
+                image_shape=(height, width),
+                **settings,
+            )
+            ids[y : y + step, x : x + step] = part
+            owners.append(owned_ids(part, (y, x), (height, width)))
+    owned = np.concatenate(owners)
+    assert np.array_equal(np.sort(owned), np.unique(ids[ids > 0])), "each object must have exactly one owner"
+    _, compact = np.unique(ids, return_inverse=True)
+    return compact.reshape(ids.shape).astype(np.uint32)
+
+
+def test_round_trip_recovers_ground_truth(slide: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    labels, flows, logits = slide
+    assert labels.max() > 1500
+    result = flows_to_labels(flows, logits)
+    assert result.dtype == np.uint32
+    assert match_instances(result, labels, thresholds=(0.9,)).at(0.9).ap >= 0.99
+
+
+def test_chunked_equals_whole(slide: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    _, flows, logits = slide
+    whole = flows_to_labels(flows, logits)
+    np.testing.assert_array_equal(_chunked(flows, logits, 512), whole)
+
+
+def test_chunked_equals_whole_on_noisy_flows() -> None:
+    """Noise makes ragged objects, histogram ties and dropped masks: the rules must still be local."""
+    rng = np.random.default_rng(5)
+    labels = pack_instances(rng, (1024, 768))
+    flows = labels_to_flows(labels) + rng.normal(0, 0.3, (2, 1024, 768)).astype(np.float32)
+    logits = _logits(labels) + rng.normal(0, 3, labels.shape).astype(np.float32)
+    whole = flows_to_labels(flows, logits)
+    assert whole.max() > 100
+    np.testing.assert_array_equal(_chunked(flows, logits, 512), whole)
+
+
+def test_chunk_ids_are_global_seed_positions() -> None:
+    labels = pack_instances(np.random.default_rng(6), (200, 300))
+    flows, logits = labels_to_flows(labels), _logits(labels)
+    full = (slice(0, 200), slice(0, 300))
+    ids = segment_chunk(flows, logits, core=full, origin=(0, 0), image_shape=(200, 300))
+    assert ids.dtype == np.uint64
+    seeds = np.unique(ids[ids > 0]) - 1
+    seed_y, seed_x = np.divmod(seeds, 300)
+    own = ids[seed_y, seed_x]
+    assert np.array_equal(own, seeds + 1), "every object's seed pixel belongs to the object"
+    shifted = segment_chunk(
+        flows[:, 50:, 100:],
+        logits[50:, 100:],
+        core=(slice(60, 150), slice(60, 200)),
+        origin=(50, 100),
+        image_shape=(200, 300),
+    )
+    inner = ids[110:200, 160:300]
+    assert shifted.shape == inner.shape
+    assert np.mean(shifted == inner) > 0.97  # only objects cut by the chunk edge may differ
+
+
+def test_flow_error_check_drops_inconsistent_masks() -> None:
+    labels = pack_instances(np.random.default_rng(7), (256, 256), ShapePrior(coverage=0.2))
+    flows, logits = labels_to_flows(labels), _logits(labels)
+    victim = int(np.bincount(labels.ravel())[1:].argmax()) + 1
+    inside = labels == victim
+    # push the victim's flows downwards: trajectories still meet, but far from the mask's own flows
+    biased = flows[:, inside] + np.array([[1.5], [0.0]], np.float32)
+    flows[:, inside] = biased / np.linalg.norm(biased, axis=0)
+    checked = flows_to_labels(flows, logits)
+    assert (checked[inside] > 0).mean() < 0.1
+    assert (checked[~inside] > 0).sum() > 0.95 * (labels[~inside] > 0).sum()
+    for off in (0.0, None):
+        unchecked = flows_to_labels(flows, logits, flow_threshold=off)
+        assert (unchecked[inside] > 0).mean() > 0.9
+
+
+def test_min_size_and_holes() -> None:
+    yy, xx = np.mgrid[:80, :80]
+    ring = ((yy - 40) ** 2 + (xx - 40) ** 2 <= 20**2) & ((yy - 40) ** 2 + (xx - 40) ** 2 > 3**2)
+    labels = ring.astype(np.int32)
+    labels[5:9, 5:9] = 2  # 16 pixels: under min_size 20
+    flows = labels_to_flows(labels)
+    result = flows_to_labels(flows, _logits(labels), min_size=20)
+    assert result.max() == 1
+    assert result[40, 40] == 1, "the hole is filled"
+    assert not result[5:9, 5:9].any()
+    kept = flows_to_labels(flows, _logits(labels), min_size=5, flow_threshold=None)
+    assert kept.max() == 2
+
+
+@pytest.mark.parametrize("shape", [(0, 0), (0, 7), (1, 1), (33, 17)])
+def test_background_only(shape: tuple[int, int]) -> None:
+    flows = np.zeros((2, *shape), np.float32)
+    result = flows_to_labels(flows, np.full(shape, -3.0, np.float32))
+    assert result.shape == shape and result.dtype == np.uint32 and not result.any()
+
+
+def test_all_foreground_tile_is_defined() -> None:
+    rng = np.random.default_rng(9)
+    flows = rng.normal(0, 1, (2, 64, 64)).astype(np.float32)
+    for f in (flows, np.zeros_like(flows)):
+        result = flows_to_labels(f, np.full((64, 64), 4.0, np.float32))
+        assert result.shape == (64, 64) and result.dtype == np.uint32
+        assert result.max() == len(np.unique(result)) - (0 in result)
+
+
+def test_nan_pixels_are_background() -> None:
+    labels = pack_instances(np.random.default_rng(10), (128, 128))
+    flows, logits = labels_to_flows(labels), _logits(labels)
+    clean = flows_to_labels(flows, logits)
+    flows[0, 10:20, 10:20] = np.nan
+    logits[100:110, 100:110] = np.nan
+    result = flows_to_labels(flows, logits)
+    assert not result[10:20, 10:20].any() and not result[100:110, 100:110].any()
+    assert abs(int(result.max()) - int(clean.max())) <= 4
+
+
+def test_bad_inputs_are_user_errors() -> None:
+    with pytest.raises(UserError):
+        flows_to_labels(np.zeros((3, 8, 8), np.float32), np.zeros((8, 8), np.float32))
+    with pytest.raises(UserError):
+        flows_to_labels(np.zeros((2, 8, 8), np.float32), np.zeros((8, 9), np.float32))
+    with pytest.raises(UserError):
+        flows_to_labels(np.zeros((2, 8, 8), np.float32), np.zeros((8, 8), np.float32), niter=-1)
+    with pytest.raises(UserError):
+        chunk_halo(0)
+    with pytest.raises(UserError):
+        segment_chunk(
+            np.zeros((2, 8, 8), np.float32),
+            np.zeros((8, 8), np.float32),
+            core=(slice(0, 8), slice(0, 8)),
+            origin=(4, 0),
+            image_shape=(10, 10),
+        )
+
+
+def test_halo_grows_with_diameter_and_is_capped_by_niter() -> None:
+    assert chunk_halo(30, 200) == 30 + 30 + 16
+    assert chunk_halo(30, 5) == 30 + 5 + 16
+    assert chunk_halo(60) > chunk_halo(30)
