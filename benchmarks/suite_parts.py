@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -92,44 +91,32 @@ def slide_rows(export: Path, sides: Sequence[int], work: Path, threads: int | No
 
 
 # (3) dynamics ------------------------------------------------------------------------------------
-def tiled_labels(side: int, base_side: int = 1024) -> np.ndarray:
-    """Packed nuclei on a side x side image: one synthesised block, repeated with unique labels."""
-    from cyclepose_deploy.synth.shapes import pack_instances
-
-    base = pack_instances(np.random.default_rng(3), (min(side, base_side),) * 2)
-    reps = -(-side // base.shape[0])
-    offsets = np.arange(reps * reps, dtype=np.uint32).reshape(reps, reps) * np.uint32(base.max())
-    blocks = [[np.where(base > 0, base + offsets[i, j], 0) for j in range(reps)] for i in range(reps)]
-    return np.block(blocks)[:side, :side].astype(np.uint32)
-
-
-def dynamics_rows(sides: Sequence[int]) -> list[dict[str, Any]]:
-    """flows_to_labels MPix/s on true flows (the network's ideal output), after a JIT warm-up."""
+def dynamics_rows(sides: Sequence[int], repeats: int = 1) -> list[dict[str, Any]]:
+    """flows_to_labels MPix/s (wall and per CPU second) via the dynamics engineer's bench_dynamics.run,
+    on true flows of a synthetic slide, after its numba warm-up."""
     try:
-        from cyclepose_deploy.runtime.dynamics import flows_to_labels, labels_to_flows
+        from bench_dynamics import run as run_dynamics
+
+        rows = []
+        for side in sides:
+            print(f"[suite] dynamics {side}x{side} ...", file=sys.stderr, flush=True)
+            report = run_dynamics(side, repeats, seed=3)
+            step = report["steps"]["flows_to_labels"]
+            rows.append(
+                {
+                    "side": side,
+                    "objects_true": report["image"]["objects"],
+                    "round_trip_ap_at_0.9": report["round_trip_ap_at_0.9"],
+                    "chunked_equals_whole": report["chunked_equals_whole"],
+                    "seconds": step["wall_s"],
+                    "mpix_per_s": step["mpix_per_s"],
+                    "mpix_per_cpu_s": step["mpix_per_cpu_s"],
+                    "steps": report["steps"],
+                }
+            )
+        return rows
     except ImportError as exc:
-        return [{"skipped": f"dynamics API missing: {exc}"}]
-    warm = tiled_labels(128)
-    flows_to_labels(labels_to_flows(warm), np.where(warm > 0, 5.0, -5.0).astype(np.float32))
-    rows = []
-    for side in sides:
-        print(f"[suite] dynamics {side}x{side} ...", file=sys.stderr, flush=True)
-        labels = tiled_labels(side)
-        flows = labels_to_flows(labels)
-        cellprob = np.where(labels > 0, 5.0, -5.0).astype(np.float32)
-        start = time.perf_counter()
-        found = flows_to_labels(flows, cellprob)
-        seconds = time.perf_counter() - start
-        rows.append(
-            {
-                "side": side,
-                "objects_true": int(len(np.unique(labels)) - 1),
-                "objects_found": int(len(np.unique(found)) - 1),
-                "seconds": seconds,
-                "mpix_per_s": side * side / 1e6 / seconds,
-            }
-        )
-    return rows
+        return [{"skipped": f"dynamics benchmark unavailable: {exc}"}]
 
 
 # (4) accuracy ------------------------------------------------------------------------------------

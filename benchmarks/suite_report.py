@@ -23,11 +23,19 @@ def _header(result: dict[str, Any]) -> str:
     gpu = ", ".join(g.get("name", "?") for g in m.get("gpus", [])) or "no GPU"
     libs = ", ".join(f"{k} {v}" for k, v in m.get("libraries", {}).items())
     load = m.get("load_average") or [float("nan")]
+    end = (m.get("load_average_end") or [float("nan")])[0]
+    busy = max(load[0], end) > 0.5 * (m.get("usable_cores") or 1)
+    warning = (
+        f"\n\n**Warning: the machine was busy (load {load[0]:.1f} at start, {end:.1f} at end, on "
+        f"{m.get('usable_cores')} cores; niceness {m.get('niceness')}): these figures are pessimistic.**"
+        if busy
+        else ""
+    )
     return (
         f"### {m.get('cpu')} ({m.get('usable_cores')} cores, {m.get('memory_gib')} GiB), {gpu}\n\n"
         f"{result['created']}, {s['mode']} run: tile {s['tile']}, batches {s['batches']}, "
         f"{s['iters']} timed iterations after {s['warmup']} warm-up, threads {s['threads'] or 'all cores'}, "
-        f"load average at start {load[0]:.2f}. {libs}."
+        f"load average at start {load[0]:.2f}. {libs}.{warning}"
     )
 
 
@@ -70,16 +78,20 @@ def slides_table(rows: list[dict[str, Any]]) -> str:
 
 
 def dynamics_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| image | objects true | objects found | seconds | MPix/s |", "|---|--:|--:|--:|--:|"]
+    head = "| image | objects | AP@0.9 round trip | chunked == whole | seconds | MPix/s | MPix/CPU-s |"
+    lines = [head, "|---|--:|--:|---|--:|--:|--:|"]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| skipped: {r['skipped']} | | | | |")
+            lines.append(f"| skipped: {r['skipped']} | | | | | | |")
         else:
             lines.append(
-                f"| {r['side']}x{r['side']} | {r['objects_true']} | {r['objects_found']} "
-                f"| {r['seconds']:.2f} | {r['mpix_per_s']:.2f} |"
+                f"| {r['side']}x{r['side']} | {r['objects_true']} | {r['round_trip_ap_at_0.9']:.4f} "
+                f"| {r['chunked_equals_whole']} | {r['seconds']:.2f} | {r['mpix_per_s']:.2f} "
+                f"| {r['mpix_per_cpu_s']:.2f} |"
             )
-    return "#### Flow dynamics (flows -> instances, true flows)\n\n" + "\n".join(lines)
+    return "#### Flow dynamics: flows_to_labels on true flows (benchmarks/bench_dynamics.py)\n\n" + "\n".join(
+        lines
+    )
 
 
 def _footer(result: dict[str, Any]) -> str:

@@ -52,7 +52,8 @@ def test_latency_stats_in_ms_and_per_tile() -> None:
 
 
 def test_throughput_counts_all_tiles_over_all_timed_seconds() -> None:
-    summary = benchmark.summarize(Timings(wall=[0.5, 1.5]), batch=4, tile=256)
+    summary = benchmark.summarize(Timings(wall=[0.5, 1.5], cpu=[1.0, 2.0]), batch=4, tile=256)
+    assert summary["cpu_seconds_per_wall_second"] == pytest.approx(1.5)
     assert summary["throughput_tiles_per_s"] == pytest.approx(4.0)  # 8 tiles in 2 s
     assert summary["throughput_mpix_per_s"] == pytest.approx(4.0 * 256 * 256 / 1e6)
 

@@ -53,13 +53,6 @@ def test_peak_rss_is_the_child_s_own(tmp_path: Path, monkeypatch: pytest.MonkeyP
     )
 
 
-def test_tiled_labels_stay_unique_across_repeats() -> None:
-    labels = suite_parts.tiled_labels(160, base_side=64)
-    assert labels.shape == (160, 160)
-    block = labels[:64, :64].max()
-    assert labels[64:128, :64][labels[64:128, :64] > 0].min() > block  # the repeat got new labels
-
-
 def test_write_slide_is_a_tiled_uint16_bigtiff(tmp_path: Path) -> None:
     import tifffile
 
@@ -105,6 +98,13 @@ def test_markdown_puts_speedup_and_accuracy_side_by_side() -> None:
     assert "| 4.00x |" in int8_line and "0.9912" in int8_line  # 40 vs 10 tiles/s at the same batch
     assert "skipped: no GPU" in text and "| 2048x2048 | 4.2 | 10.0 | 0.419 | 900 |" in text
     assert "899" in text and "run_suite.py --export EXPORT_DIR --quick" in text
+    assert "busy" not in text
+
+
+def test_markdown_warns_when_the_machine_was_busy() -> None:
+    result = fake_result()
+    result["machine"]["load_average"] = [3.5]
+    assert "machine was busy (load 3.5" in markdown(result)
 
 
 def test_suite_network_part_on_a_tiny_export(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from cyclepose_deploy.runtime.normalize import Normalization
 from cyclepose_deploy.runtime.objects import ObjectTable
 from cyclepose_deploy.runtime.preview import Preview, encode_png
 from cyclepose_deploy.runtime.slide import ScaledSource, Slide, sample_normalization
-from cyclepose_deploy.runtime.writer import label_strips, write_tiled_tiff
+from cyclepose_deploy.runtime.writer import label_blocks, write_tiled_tiff
 
 RNG = np.random.default_rng(3)
 
@@ -90,7 +90,10 @@ def test_scaled_source_resamples_linearly() -> None:
     np.testing.assert_allclose(scaled.read(10, 20, 0, 5)[:, 0], (np.arange(10, 20) + 0.5) * 2 - 0.5)
 
 
-def test_tiled_writer_and_label_mapping_roundtrip(tmp_path: Path) -> None:
+def test_tiled_writer_and_label_mapping_roundtrip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cyclepose_deploy.runtime import writer
+
+    monkeypatch.setattr(writer, "BLOCK_COLS", 256)  # several blocks per tile row
     ids = np.zeros((300, 520), np.uint64)
     ids[10:40, 10:30] = 1_000_000_007
     ids[200:300, 500:520] = 5
@@ -98,23 +101,23 @@ def test_tiled_writer_and_label_mapping_roundtrip(tmp_path: Path) -> None:
     seen: list[int] = []
     write_tiled_tiff(
         tmp_path / "l.tif",
-        label_strips(ids, table, ids.shape),
+        label_blocks(ids, table, ids.shape),
         ids.shape,
         "uint32",
         (0.3, 0.3),
-        [lambda r0, strip: seen.append(r0)],
+        [lambda r0, c0, block: seen.append(r0)],
     )
     with tifffile.TiffFile(tmp_path / "l.tif") as tif:
         out = tif.asarray()
         assert tif.is_bigtiff and tif.pages[0].is_tiled and tif.pages[0].compression == 8
         assert 'PhysicalSizeX="0.3"' in tif.ome_metadata
-    assert out.dtype == np.uint32 and seen == [0, 256]
+    assert out.dtype == np.uint32 and seen == [0, 0, 0, 256, 256, 256]
     assert (out[10:40, 10:30] == 2).all() and (out[200:, 500:] == 1).all() and out.sum() == 2 * 600 + 2000
 
 
-def test_label_strips_rescale_by_nearest() -> None:
+def test_label_blocks_rescale_by_nearest() -> None:
     ids = np.arange(1, 13, dtype=np.uint64).reshape(3, 4)
-    ((_, strip),) = label_strips(ids, np.arange(1, 13, dtype=np.uint64), (6, 8))
+    ((_, _, strip),) = label_blocks(ids, np.arange(1, 13, dtype=np.uint64), (6, 8))
     np.testing.assert_array_equal(strip[::2, ::2], ids.astype(np.uint32))
     np.testing.assert_array_equal(strip[1::2, 1::2], ids.astype(np.uint32))
 
@@ -133,7 +136,8 @@ def test_object_table_merges_objects_across_strips() -> None:
 
     table = ObjectTable(2, Src())
     for r0 in range(0, 50, 16):
-        table.observe(r0, labels[r0 : r0 + 16])
+        for c0 in (0, 24):
+            table.observe(r0, c0, labels[r0 : r0 + 16, c0 : c0 + 24])
     rows = table.rows()
     np.testing.assert_allclose(rows[0, :4], [1, 17.0, 5.5, 150])
     np.testing.assert_array_equal(rows[0, 4:8], [5, 3, 30, 9])
@@ -155,7 +159,8 @@ def test_preview_png_decodes_with_outlines(tmp_path: Path) -> None:
 
     preview = Preview((64, 80), Src(), Normalization(0.0, 100.0), max_side=40)
     for r0 in range(0, 64, 16):
-        preview.observe(r0, labels[r0 : r0 + 16])
+        for c0 in (0, 33):
+            preview.observe(r0, c0, labels[r0 : r0 + 16, c0 : c0 + 48])
     preview.save(tmp_path / "p.png")
     rgb = imagecodecs.png_decode((tmp_path / "p.png").read_bytes())
     assert rgb.shape == (32, 40, 3)

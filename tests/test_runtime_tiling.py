@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -94,3 +96,44 @@ def test_chunk_windows_partition_the_slide() -> None:
         wy0, wy1, wx0, wx1 = c.window
         assert wy0 == max(0, y0 - 40) and wy1 == min(1000, y1 + 40) and wx1 == min(700, x1 + 40)
     assert (cover == 1).all()
+
+
+def test_tile_plan_runs_every_tile_once_and_cache_empties(tmp_path: Path) -> None:
+    from cyclepose_deploy.runtime.tilecache import TileCache, TilePlan
+
+    grid = TileGrid((1000, 700), 128, 16)
+    chunks = chunk_windows((1000, 700), 256, 40)
+    plan = TilePlan(grid, chunks)
+    assert plan.tiles_run == grid.total
+    assert sum(len(c) for c in plan.compute) + sum(len(r) for r in plan.reuse) > grid.total
+    cache = TileCache(tmp_path, plan)
+    for k in range(len(chunks)):
+        for origin in plan.reuse[k]:
+            assert cache.take(origin)[0, 0, 0] == origin[0]
+        for origin in plan.compute[k]:
+            cache.put(origin, np.full((1, 2, 2), origin[0], np.float32))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pipeline_stops_all_stages_when_the_network_fails(tmp_path: Path) -> None:
+    from cyclepose_deploy.runtime.chunks import Settings
+    from cyclepose_deploy.runtime.stages import Pipeline
+
+    class Broken:
+        channels, calls = 1, 0
+
+        def infer(self, images: np.ndarray) -> np.ndarray:
+            self.calls += 1
+            if self.calls == 2:
+                raise RuntimeError("device lost")
+            return fake_net(images)
+
+    source = ArraySource(np.zeros((2048, 2048), np.float32))
+    reads: list[int] = []
+    original = source.read
+    source.read = lambda *w: reads.append(1) or original(*w)  # type: ignore[method-assign]
+    settings = Settings(tile=64, overlap=16, batch=2, chunk=256)
+    chunks = chunk_windows(source.shape, 256, 16)
+    with pytest.raises(RuntimeError, match="device lost"):
+        list(Pipeline(source, IDENTITY, chunks, Broken(), settings, tmp_path).results())
+    assert len(reads) < len(chunks) // 4  # the reader stopped instead of reading the whole slide

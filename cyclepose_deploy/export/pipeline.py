@@ -84,6 +84,9 @@ def check_options(options: ExportOptions) -> None:
         )
     if options.verify_tile % 16 or options.verify_size < options.verify_tile:
         raise UserError("verification tile must be a multiple of 16 and no larger than the slide")
+    missing = [str(p) for p in options.calib if not Path(p).is_file()]
+    if missing:
+        raise UserError(f"calibration image {missing[0]} not found: fix the --calib path")
     if options.engine and "fp16" not in options.precisions:
         raise UserError("--engine is built from the fp16 ONNX: add fp16 to --precision")
 

@@ -77,6 +77,7 @@ class Timings:
     """Raw per-iteration samples: host wall time around `infer`, and the runner's own phases if any."""
 
     wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
     phases: dict[str, list[float]] = field(default_factory=dict)
 
 
@@ -84,6 +85,8 @@ def time_runner(runner: RunnerLike, batch: np.ndarray, iters: int, warmup: int) 
     """Run `warmup` untimed then `iters` timed inferences of `batch`.
 
     Wall time is measured around the whole `infer` call (input copy, compute, output copy, sync).
+    Process CPU time (all threads) is kept beside it: on a shared machine CPU seconds per wall second
+    well below the thread count means the figures were slowed by other load.
     A runner that fills `last_timings: dict[str, float]` (seconds; the native TensorRT runner reports
     h2d, compute and d2h, compute from CUDA events) gets those phases recorded per iteration too.
     """
@@ -91,9 +94,10 @@ def time_runner(runner: RunnerLike, batch: np.ndarray, iters: int, warmup: int) 
         runner.infer(batch)
     timings = Timings()
     for _ in range(iters):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         runner.infer(batch)
         timings.wall.append(time.perf_counter() - start)
+        timings.cpu.append(time.process_time() - cpu)
         for phase, seconds in _phases(runner).items():
             timings.phases.setdefault(phase, []).append(float(seconds))
     return timings
@@ -146,6 +150,7 @@ class BenchResult:
     latency_tile_ms: LatencyStats
     throughput_tiles_per_s: float
     throughput_mpix_per_s: float
+    cpu_seconds_per_wall_second: float
     phases_ms: dict[str, LatencyStats] = field(default_factory=dict)
     runner_info: dict[str, Any] = field(default_factory=dict)
 
@@ -164,6 +169,7 @@ def summarize(timings: Timings, *, batch: int, tile: int) -> dict[str, Any]:
         "latency_tile_ms": LatencyStats.from_seconds(timings.wall, divide_by=batch),
         "throughput_tiles_per_s": tiles_per_s,
         "throughput_mpix_per_s": tiles_per_s * tile * tile / 1e6,
+        "cpu_seconds_per_wall_second": sum(timings.cpu) / total if total > 0 else 0.0,
         "phases_ms": {k: LatencyStats.from_seconds(v) for k, v in timings.phases.items()},
     }
 
@@ -260,6 +266,7 @@ def host_info() -> dict[str, Any]:
         "logical_cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "niceness": os.nice(0) if hasattr(os, "nice") else None,
         "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ},
         "numpy": np.__version__,
     }

@@ -1,5 +1,5 @@
-"""The object table, accumulated strip by strip over the final labels, so nuclei that cross chunk
-(or strip) borders are merged by construction: one row per label."""
+"""The object table, accumulated block by block over the final labels, so nuclei that cross chunk
+(or block) borders are merged by construction: one row per label."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ COLUMNS = (
 
 
 class ObjectTable:
-    """Sums and extremes per label 1..N; `observe` takes a strip of labels starting at row r0."""
+    """Sums and extremes per label 1..N; `observe` takes a block of labels whose top-left is (r0, c0)."""
 
     def __init__(self, count: int, source: Source | None = None) -> None:
         n = count + 1
@@ -34,19 +34,19 @@ class ObjectTable:
         self.y0, self.x0 = (np.full(n, np.iinfo(np.int64).max, np.int64) for _ in range(2))
         self.y1, self.x1 = (np.full(n, -1, np.int64) for _ in range(2))
 
-    def observe(self, r0: int, labels: np.ndarray) -> None:
+    def observe(self, r0: int, c0: int, labels: np.ndarray) -> None:
         ys, xs = np.nonzero(labels)
         if ys.size == 0:
             return
         lab = labels[ys, xs].astype(np.int64)
-        ys = ys + r0
+        if self.source is not None:
+            raw = self.source.read(r0, r0 + labels.shape[0], c0, c0 + labels.shape[1])
+            self.sum_i += np.bincount(lab, weights=raw[ys, xs], minlength=self.area.size)
+        ys, xs = ys + r0, xs + c0
         n = self.area.size
         self.area += np.bincount(lab, minlength=n)
         self.sum_y += np.bincount(lab, weights=ys, minlength=n)
         self.sum_x += np.bincount(lab, weights=xs, minlength=n)
-        if self.source is not None:
-            raw = self.source.read(r0, r0 + labels.shape[0], 0, labels.shape[1])
-            self.sum_i += np.bincount(lab, weights=raw[ys - r0, xs], minlength=n)
         np.minimum.at(self.y0, lab, ys)
         np.maximum.at(self.y1, lab, ys + 1)
         np.minimum.at(self.x0, lab, xs)

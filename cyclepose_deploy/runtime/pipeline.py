@@ -21,7 +21,7 @@ from cyclepose_deploy.runtime.preview import Preview
 from cyclepose_deploy.runtime.scratch import ScratchStore
 from cyclepose_deploy.runtime.slide import ScaledSource, Slide, Source, sample_normalization
 from cyclepose_deploy.runtime.stages import Pipeline
-from cyclepose_deploy.runtime.writer import StripObserver, label_strips, resampled_strips, write_tiled_tiff
+from cyclepose_deploy.runtime.writer import BlockObserver, label_blocks, resampled_blocks, write_tiled_tiff
 
 Progress = Callable[[str, int, int], None]  # (task, advance, total)
 
@@ -116,10 +116,9 @@ def _run(
         store = ScratchStore(scratch, source.shape, keep_prob=outputs.prob is not None)
         runner = stack.enter_context(model.runner())
         settings = replace(settings, channels=runner.channels or 1)
-        if runner.shape_limits is not None:
-            runner.shape_limits.check(
-                min(settings.batch, runner.shape_limits.max_batch), settings.tile, settings.tile
-            )
+        if runner.shape_limits is not None:  # an engine profile: fit the batch, refuse a tile outside it
+            settings = replace(settings, batch=min(settings.batch, runner.shape_limits.max_batch))
+            runner.shape_limits.check(settings.batch, settings.tile, settings.tile)
         pipe, chunks = _pass_one(source, norm, runner, settings, store, progress)
         times.update(pipe.times)
         count = _pass_two(slide, norm, store, outputs, temps, progress, times)
@@ -162,19 +161,19 @@ def _pass_two(
     table = store.id_table()
     objects = ObjectTable(len(table), slide) if outputs.objects else None
     preview = Preview(slide.shape, slide, norm) if outputs.preview else None
-    observers: list[StripObserver] = [o.observe for o in (objects, preview) if o is not None]
+    observers: list[BlockObserver] = [o.observe for o in (objects, preview) if o is not None]
     rows = slide.shape[0]
-    observers.append(lambda r0, strip: progress("labels", strip.shape[0], rows))
-    strips = label_strips(store.ids, table, slide.shape)
+    observers.append(lambda r0, c0, block: progress("labels", block.shape[0] if c0 == 0 else 0, rows))
+    blocks = label_blocks(store.ids, table, slide.shape)
     with writing(outputs.labels):
-        write_tiled_tiff(temps[outputs.labels], strips, slide.shape, "uint32", slide.pixel_size, observers)
+        write_tiled_tiff(temps[outputs.labels], blocks, slide.shape, "uint32", slide.pixel_size, observers)
     if objects is not None and outputs.objects is not None:
         objects.save_csv(temps[outputs.objects])
     if preview is not None and outputs.preview is not None:
         preview.save(temps[outputs.preview])
     if store.prob is not None and outputs.prob is not None:
-        strips = resampled_strips(store.prob, slide.shape)
+        blocks = resampled_blocks(store.prob, slide.shape)
         with writing(outputs.prob):
-            write_tiled_tiff(temps[outputs.prob], strips, slide.shape, "uint8", slide.pixel_size)
+            write_tiled_tiff(temps[outputs.prob], blocks, slide.shape, "uint8", slide.pixel_size)
     times["write"] = time.perf_counter() - t
     return len(table)

@@ -16,7 +16,7 @@ OUTLINE = np.array([255, 64, 64], np.uint8)
 
 
 class Preview:
-    """Collects every `step`-th pixel of image and labels as strips pass by; the longest side <= max_side."""
+    """Collects every `step`-th pixel of image and labels as blocks pass by; the longest side <= max_side."""
 
     def __init__(
         self, shape: tuple[int, int], source: Source, norm: Normalization, max_side: int = 1024
@@ -27,16 +27,17 @@ class Preview:
         self.image = np.zeros(self.shape, np.uint8)
         self.labels = np.zeros(self.shape, np.uint32)
 
-    def observe(self, r0: int, labels: np.ndarray) -> None:
-        first = -r0 % self.step
-        rows = np.arange(first, labels.shape[0], self.step)
-        if rows.size == 0:
+    def observe(self, r0: int, c0: int, labels: np.ndarray) -> None:
+        rows = np.arange(-r0 % self.step, labels.shape[0], self.step)
+        cols = np.arange(-c0 % self.step, labels.shape[1], self.step)
+        if rows.size == 0 or cols.size == 0:
             return
-        out = (r0 + rows) // self.step
-        self.labels[out] = labels[rows, :: self.step]
-        raw = self.source.read(r0 + int(rows[0]), r0 + int(rows[-1]) + 1, 0, labels.shape[1])
-        raw = raw[rows - rows[0], :: self.step]
-        self.image[out] = np.clip(self.norm.apply(raw) * 255, 0, 255).astype(np.uint8)
+        oy = slice((r0 + int(rows[0])) // self.step, (r0 + int(rows[-1])) // self.step + 1)
+        ox = slice((c0 + int(cols[0])) // self.step, (c0 + int(cols[-1])) // self.step + 1)
+        self.labels[oy, ox] = labels[np.ix_(rows, cols)]
+        raw = self.source.read(r0 + int(rows[0]), r0 + int(rows[-1]) + 1, c0, c0 + labels.shape[1])
+        raw = raw[np.ix_(rows - rows[0], cols)]
+        self.image[oy, ox] = np.clip(self.norm.apply(raw) * 255, 0, 255).astype(np.uint8)
 
     def render(self) -> np.ndarray:
         lab = self.labels

@@ -13,8 +13,8 @@ from cyclepose_deploy.errors import UserError
 from cyclepose_deploy.runtime.normalize import Normalization
 
 CHANNEL_AXES = ("C", "S")
-SAMPLE_PATCHES = 16  # per axis: a 16 x 16 grid of patches estimates the percentiles
-SAMPLE_PATCH = 32
+SAMPLE_PATCHES = 8  # per axis: an 8 x 8 grid of 64 px patches (256 k pixels) estimates the percentiles
+SAMPLE_PATCH = 64
 
 
 class Source(Protocol):

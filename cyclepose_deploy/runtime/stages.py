@@ -20,6 +20,11 @@ from cyclepose_deploy.runtime.slide import Source
 from cyclepose_deploy.runtime.tilecache import TileCache, TilePlan
 
 DONE = object()
+
+
+class _Stopped(Exception):
+    """Unwinds a worker once another stage has failed or the consumer has gone."""
+
 Advance = Callable[[int], None]
 
 
@@ -72,6 +77,8 @@ class Pipeline:
     def _guard(self, work: Callable[[], None]) -> None:
         try:
             work()
+        except _Stopped:
+            pass
         except BaseException as exc:  # handed to the caller's thread, which re-raises it
             self.errors.append(exc)
             self.stop.set()
@@ -83,6 +90,7 @@ class Pipeline:
                 return
             except queue.Full:
                 continue
+        raise _Stopped
 
     def _get(self, q: queue.Queue) -> Any:
         while True:

@@ -1,5 +1,5 @@
-"""Pass 2: map seed ids to labels 1..N strip by strip and stream them into a tiled, compressed
-(OME) BigTIFF; strips also feed the object table and the preview."""
+"""Pass 2: map seed ids to labels 1..N block by block and stream them into a tiled, compressed
+(OME) BigTIFF; the blocks also feed the object table and the preview."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 
 TIFF_TILE = 256
-Strip = tuple[int, np.ndarray]  # first row, (rows, W) array
-StripObserver = Callable[[int, np.ndarray], None]
+BLOCK_COLS = 2048  # blocks of 256 x 2048: pass 2 memory does not grow with the slide's width
+Block = tuple[int, int, np.ndarray]  # first row, first column, (rows, cols) array
+BlockObserver = Callable[[int, int, np.ndarray], None]
 
 
 def nearest_index(n_out: int, n_in: int, start: int, stop: int) -> np.ndarray:
@@ -20,46 +21,48 @@ def nearest_index(n_out: int, n_in: int, start: int, stop: int) -> np.ndarray:
     return np.minimum(idx, n_in - 1)
 
 
-def resampled_strips(array: Any, out_shape: tuple[int, int], rows: int = TIFF_TILE) -> Iterator[Strip]:
-    """Strips of `array` (zarr, possibly on a rescaled grid) brought to `out_shape` by nearest sampling."""
+def resampled_blocks(array: Any, out_shape: tuple[int, int], rows: int = TIFF_TILE) -> Iterator[Block]:
+    """Row-major blocks of `array` (zarr, possibly on a rescaled grid) brought to `out_shape` (nearest)."""
     h, w = out_shape
     ah, aw = array.shape
-    cols = nearest_index(w, aw, 0, w) if aw != w else None
     for r0 in range(0, h, rows):
-        r1 = min(r0 + rows, h)
-        src = nearest_index(h, ah, r0, r1) if ah != h else np.arange(r0, r1)
-        block = np.asarray(array[int(src[0]) : int(src[-1]) + 1])[src - src[0]]
-        yield r0, block if cols is None else block[:, cols]
+        ys = nearest_index(h, ah, r0, min(r0 + rows, h))
+        for c0 in range(0, w, BLOCK_COLS):
+            xs = nearest_index(w, aw, c0, min(c0 + BLOCK_COLS, w))
+            block = np.asarray(array[int(ys[0]) : int(ys[-1]) + 1, int(xs[0]) : int(xs[-1]) + 1])
+            if block.shape != (ys.size, xs.size):
+                block = block[np.ix_(ys - ys[0], xs - xs[0])]
+            yield r0, c0, block
 
 
-def label_strips(ids: Any, table: np.ndarray, out_shape: tuple[int, int]) -> Iterator[Strip]:
+def label_blocks(ids: Any, table: np.ndarray, out_shape: tuple[int, int]) -> Iterator[Block]:
     """Seed ids -> labels 1..N (uint32) through the sorted id table."""
-    for r0, block in resampled_strips(ids, out_shape):
+    for r0, c0, block in resampled_blocks(ids, out_shape):
         labels = np.searchsorted(table, block).astype(np.uint32) + 1
         labels[block == 0] = 0
-        yield r0, labels
+        yield r0, c0, labels
 
 
 def tiles_of(
-    strips: Iterator[Strip], observers: Sequence[StripObserver], tile: int = TIFF_TILE
+    blocks: Iterator[Block], observers: Sequence[BlockObserver], tile: int = TIFF_TILE
 ) -> Iterator[np.ndarray]:
-    """Row-major tiles (padded to tile x tile) as tifffile expects; observers see every strip first."""
-    for r0, strip in strips:
+    """Row-major tiles (padded to tile x tile) as tifffile expects; observers see every block first."""
+    for r0, c0, block in blocks:
         for observe in observers:
-            observe(r0, strip)
-        padded = np.zeros((tile, -(-strip.shape[1] // tile) * tile), dtype=strip.dtype)
-        padded[: strip.shape[0], : strip.shape[1]] = strip
-        for c0 in range(0, padded.shape[1], tile):
-            yield padded[:, c0 : c0 + tile]
+            observe(r0, c0, block)
+        padded = np.zeros((tile, -(-block.shape[1] // tile) * tile), dtype=block.dtype)
+        padded[: block.shape[0], : block.shape[1]] = block
+        for x in range(0, padded.shape[1], tile):
+            yield padded[:, x : x + tile]
 
 
 def write_tiled_tiff(
     path: str | Path,
-    strips: Iterator[Strip],
+    blocks: Iterator[Block],
     shape: tuple[int, int],
     dtype: str,
     pixel_size: tuple[float, float] | None,
-    observers: Sequence[StripObserver] = (),
+    observers: Sequence[BlockObserver] = (),
 ) -> None:
     """A tiled, zlib-compressed OME BigTIFF written tile row by tile row (never whole in memory)."""
     import tifffile
@@ -74,7 +77,7 @@ def write_tiled_tiff(
         )
     with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
         tif.write(
-            tiles_of(strips, observers),
+            tiles_of(blocks, observers),
             shape=shape,
             dtype=np.dtype(dtype),
             tile=(TIFF_TILE, TIFF_TILE),

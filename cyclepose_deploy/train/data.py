@@ -75,7 +75,7 @@ class MaskBank:
         return {"canvases": [c.copy() for c in self.canvases], "next_replace": self.next_replace}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
-        self.canvases = [np.asarray(c, np.float32) for c in state["canvases"]]  # type: ignore[union-attr]
+        self.canvases = [np.asarray(c, np.float32) for c in state["canvases"]]  # type: ignore[attr-defined]
         self.next_replace = int(state["next_replace"])  # type: ignore[call-overload]
 
 

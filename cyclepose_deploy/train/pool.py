@@ -35,4 +35,4 @@ class ImagePool:
 
     def load_state_dict(self, state: dict[str, object], device: torch.device | str = "cpu") -> None:
         self.size = int(state["size"])  # type: ignore[call-overload]
-        self.items = [t.to(device) for t in state["items"]]  # type: ignore[union-attr]
+        self.items = [t.to(device) for t in state["items"]]  # type: ignore[attr-defined]

@@ -68,8 +68,7 @@ class Stream:
 
     def __init__(self) -> None:
         self.handle = check(cudart.cudaStreamCreate())
-        self.start = check(cudart.cudaEventCreate())
-        self.end = check(cudart.cudaEventCreate())
+        self.events = [check(cudart.cudaEventCreate()) for _ in range(4)]  # h2d | compute | d2h marks
 
     @property
     def ptr(self) -> int:
@@ -83,20 +82,21 @@ class Stream:
         kind = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         check(cudart.cudaMemcpyAsync(dst.ptr, src.ptr, nbytes, kind, self.handle))
 
-    def record_start(self) -> None:
-        check(cudart.cudaEventRecord(self.start, self.handle))
-
-    def record_end(self) -> None:
-        check(cudart.cudaEventRecord(self.end, self.handle))
+    def mark(self, index: int) -> None:
+        """Record event `index` (0..3) on the stream: before h2d, before compute, before d2h, after d2h."""
+        check(cudart.cudaEventRecord(self.events[index], self.handle))
 
     def synchronize(self) -> None:
         check(cudart.cudaStreamSynchronize(self.handle))
 
-    def gpu_seconds(self) -> float:
-        """GPU time between record_start and record_end (after synchronize)."""
-        return float(check(cudart.cudaEventElapsedTime(self.start, self.end))) / 1000.0
+    def phase_seconds(self) -> dict[str, float]:
+        """GPU time of each phase between the marks (call after synchronize)."""
+        names = ("h2d", "compute", "d2h")
+        pairs = zip(self.events[:-1], self.events[1:], strict=True)
+        ms = [check(cudart.cudaEventElapsedTime(a, b)) for a, b in pairs]
+        return {name: float(t) / 1000.0 for name, t in zip(names, ms, strict=True)}
 
     def destroy(self) -> None:
-        for event in (self.start, self.end):
+        for event in self.events:
             check(cudart.cudaEventDestroy(event))
         check(cudart.cudaStreamDestroy(self.handle))

@@ -61,12 +61,13 @@ def engine_io(engine: trt.ICudaEngine) -> tuple[str, str]:
 
 
 class TensorRTRunner(Runner):
-    """Runs a serialized engine; `last_gpu_time` is the GPU time of the last batch (CUDA events)."""
+    """Runs a serialized engine; `last_timings` has the GPU time of h2d/compute/d2h (CUDA events)."""
 
     def __init__(self, path: str | Path, info: TensorRTInfo, channels: int) -> None:
         super().__init__(f"tensorrt:{Path(path).name}", device="cuda", precision="fp16", channels=channels)
         self.path, self.info = Path(path), info
         self.last_gpu_time: float | None = None
+        self.last_timings: dict[str, float] = {}
         self._buffers: list[cuda.DeviceBuffer | cuda.PinnedBuffer] = []
 
     def activate_impl(self) -> None:
@@ -97,15 +98,18 @@ class TensorRTRunner(Runner):
         out_shape = (n, OUTPUT_CHANNELS, h, w)
         self.h_in.array[: batch.size] = batch.ravel()
         self.context.set_input_shape(self.input_name, batch.shape)
-        self.stream.record_start()
+        out_bytes = int(np.prod(out_shape)) * FLOAT32_BYTES
+        self.stream.mark(0)
         self.stream.to_device(self.d_in, self.h_in, batch.nbytes)
+        self.stream.mark(1)
         if not self.context.execute_async_v3(self.stream.ptr):
             raise RuntimeError("TensorRT execute_async_v3 failed")
-        out_bytes = int(np.prod(out_shape)) * FLOAT32_BYTES
+        self.stream.mark(2)
         self.stream.to_host(self.h_out, self.d_out, out_bytes)
-        self.stream.record_end()
+        self.stream.mark(3)
         self.stream.synchronize()
-        self.last_gpu_time = self.stream.gpu_seconds()
+        self.last_timings = self.stream.phase_seconds()
+        self.last_gpu_time = self.last_timings["compute"]
         return self.h_out.array[: out_bytes // FLOAT32_BYTES].reshape(out_shape).copy()
 
     def deactivate_impl(self) -> None:

@@ -77,22 +77,50 @@ def object_boxes(labels: np.ndarray, count: int) -> np.ndarray:
 
 
 @numba.njit(cache=True)
+def _object_heat(
+    labels: np.ndarray, k: int, box: np.ndarray, precision: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Object k's mask and heat map in its box padded by 1; `precision`'s dtype is the heat's."""
+    y0, y1, x0, x1 = box[0], box[1], box[2], box[3]
+    ly, lx = y1 - y0 + 2, x1 - x0 + 2
+    mask = np.zeros((ly, lx), precision.dtype)
+    for y in range(y0, y1):
+        for x in range(x0, x1):
+            if labels[y, x] == k:
+                mask[y - y0 + 1, x - x0 + 1] = 1
+    cy, cx = _centre(mask)
+    return mask, _diffuse(mask, cy, cx, 2 * (ly + lx))
+
+
+@numba.njit(cache=True)
 def _flows_kernel(labels: np.ndarray, boxes: np.ndarray, flows: np.ndarray, precision: np.ndarray) -> None:
-    """Flows of every object; `precision`'s dtype (float64 as Cellpose, or float32 for the twice faster
-    quality check) is the heat map's."""
+    """Write every object's unit flows into `flows` (float64 heat, as Cellpose, for float64 `precision`)."""
     for k in range(1, boxes.shape[0]):
-        y0, y1, x0, x1 = boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3]
-        if y1 <= y0:
+        if boxes[k, 1] > boxes[k, 0]:
+            mask, heat = _object_heat(labels, k, boxes[k], precision)
+            _write_gradient(mask, heat, boxes[k, 0] - 1, boxes[k, 2] - 1, flows)
+
+
+@numba.njit(cache=True)
+def flow_error_kernel(labels: np.ndarray, boxes: np.ndarray, flows: np.ndarray) -> np.ndarray:
+    """Per label: mean over its pixels of |flows recomputed from the mask - given flows|^2 (float32 heat,
+    twice as fast as float64 and far below the error scale that matters)."""
+    errors = np.zeros(boxes.shape[0], np.float64)
+    precision = np.zeros(0, np.float32)
+    for k in range(1, boxes.shape[0]):
+        if boxes[k, 1] <= boxes[k, 0]:
             continue
-        ly, lx = y1 - y0 + 2, x1 - x0 + 2
-        mask = np.zeros((ly, lx), precision.dtype)
-        for y in range(y0, y1):
-            for x in range(x0, x1):
-                if labels[y, x] == k:
-                    mask[y - y0 + 1, x - x0 + 1] = 1.0
-        cy, cx = _centre(mask)
-        heat = _diffuse(mask, cy, cx, 2 * (ly + lx))
-        _write_gradient(mask, heat, y0 - 1, x0 - 1, flows)
+        mask, heat = _object_heat(labels, k, boxes[k], precision)
+        oy, ox = boxes[k, 0] - 1, boxes[k, 2] - 1
+        total, count = 0.0, 0
+        for y in range(1, mask.shape[0] - 1):
+            for x in range(1, mask.shape[1] - 1):
+                if mask[y, x] > 0:
+                    gy, gx = _unit_gradient(heat, y, x)
+                    total += (gy - flows[0, oy + y, ox + x]) ** 2 + (gx - flows[1, oy + y, ox + x]) ** 2
+                    count += 1
+        errors[k] = total / max(count, 1)
+    return errors
 
 
 @numba.njit(cache=True)
@@ -110,30 +138,41 @@ def _centre(mask: np.ndarray) -> tuple[int, int]:
 
 @numba.njit(cache=True)
 def _diffuse(mask: np.ndarray, cy: int, cx: int, niter: int) -> np.ndarray:
-    """Heat map after `niter` Jacobi steps; separable 3x3 sums keep the inner loops vectorisable."""
+    """Heat map after `niter` Jacobi steps, as separable 3x3 sums over the flattened padded box.
+
+    Padding pixels have mask 0 and so stay 0. The loops run over offset views indexed from 0, which
+    lets LLVM vectorise them (about 4x faster than 2-D indexing with negative offsets).
+    """
     ly, lx = mask.shape
-    heat = np.zeros_like(mask)
-    rows = np.zeros_like(mask)
+    size = ly * lx
+    inner = size - 2 * lx
+    heat = np.zeros(size, mask.dtype)
+    rows = np.zeros(size, mask.dtype)
     ninth = mask.dtype.type(1.0 / 9.0)
+    left, centre, right, row_sum = heat[: size - 2], heat[1 : size - 1], heat[2:], rows[1 : size - 1]
+    above, middle, below = rows[:inner], rows[lx : lx + inner], rows[2 * lx :]
+    target, weight = heat[lx : lx + inner], mask.ravel()[lx : lx + inner]
+    source = cy * lx + cx
     for _ in range(niter):
-        heat[cy, cx] += 1
-        for y in range(1, ly - 1):
-            for x in range(1, lx - 1):
-                rows[y, x] = heat[y, x - 1] + heat[y, x] + heat[y, x + 1]
-        for y in range(1, ly - 1):
-            for x in range(1, lx - 1):
-                heat[y, x] = mask[y, x] * (rows[y - 1, x] + rows[y, x] + rows[y + 1, x]) * ninth
-    return heat
+        heat[source] += 1
+        for i in range(size - 2):
+            row_sum[i] = left[i] + centre[i] + right[i]
+        for i in range(inner):
+            target[i] = weight[i] * (above[i] + middle[i] + below[i]) * ninth
+    return heat.reshape((ly, lx))
+
+
+@numba.njit(cache=True)
+def _unit_gradient(heat: np.ndarray, y: int, x: int) -> tuple[float, float]:
+    dy = np.float64(heat[y + 1, x] - heat[y - 1, x])
+    dx = np.float64(heat[y, x + 1] - heat[y, x - 1])
+    norm = 1e-60 + np.sqrt(dy * dy + dx * dx)
+    return dy / norm, dx / norm
 
 
 @numba.njit(cache=True)
 def _write_gradient(mask: np.ndarray, heat: np.ndarray, oy: int, ox: int, flows: np.ndarray) -> None:
-    ly, lx = mask.shape
-    for y in range(1, ly - 1):
-        for x in range(1, lx - 1):
+    for y in range(1, mask.shape[0] - 1):
+        for x in range(1, mask.shape[1] - 1):
             if mask[y, x] > 0:
-                dy = heat[y + 1, x] - heat[y - 1, x]
-                dx = heat[y, x + 1] - heat[y, x - 1]
-                norm = 1e-60 + np.sqrt(dy * dy + dx * dx)
-                flows[0, oy + y, ox + x] = dy / norm
-                flows[1, oy + y, ox + x] = dx / norm
+                flows[0, oy + y, ox + x], flows[1, oy + y, ox + x] = _unit_gradient(heat, y, x)

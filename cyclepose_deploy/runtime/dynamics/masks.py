@@ -17,7 +17,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from cyclepose_deploy.runtime.dynamics.flows import _flows_kernel, object_boxes
+from cyclepose_deploy.runtime.dynamics.flows import flow_error_kernel, object_boxes
 
 SEED_MIN_COUNT = 10
 GROW_MIN_COUNT = 2
@@ -106,12 +106,7 @@ def remove_masks(labels: np.ndarray, drop: np.ndarray) -> None:
 def flow_errors(labels: np.ndarray, count: int, flows: np.ndarray) -> np.ndarray:
     """Per label 0..count: mean over the mask of the squared difference between the flows recomputed
     from the mask and the given unit flows, summed over dY and dX (Cellpose metrics.flow_error)."""
-    recomputed = np.zeros(flows.shape, np.float32)
-    _flows_kernel(labels, object_boxes(labels, count), recomputed, np.zeros(0, np.float32))
-    sq = ((recomputed - flows) ** 2).sum(axis=0, dtype=np.float64)
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)
-    sums = np.bincount(labels.ravel(), weights=sq.ravel(), minlength=count + 1)
-    return sums / np.maximum(sizes, 1)
+    return flow_error_kernel(labels, object_boxes(labels, count), flows)
 
 
 @numba.njit(cache=True)

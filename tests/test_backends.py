@@ -1,0 +1,134 @@
+"""Runner base (validation once for all backends) and the ONNX Runtime backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.runtime.backends.base import Runner, ShapeLimits
+from cyclepose_deploy.runtime.backends.ort import OrtRunner, precision_from_path, resolve_providers
+
+
+class EchoRunner(Runner):
+    """Returns the first channel three times: enough to test the base class."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__("echo", channels=1, **kwargs)  # type: ignore[arg-type]
+        self.calls = 0
+
+    def infer_impl(self, batch: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        return np.repeat(batch[:, :1], 3, axis=1)
+
+
+def test_runner_lifecycle_and_timing() -> None:
+    runner = EchoRunner()
+    batch = np.ones((2, 1, 32, 48), np.float32)
+    with pytest.raises(RuntimeError, match="activated"):
+        runner.infer(batch)
+    with runner:
+        assert runner.is_active
+        out = runner.infer(batch)
+    assert not runner.is_active
+    assert out.shape == (2, 3, 32, 48) and out.dtype == np.float32
+    assert runner.last_inference_time is not None and runner.last_inference_time >= 0
+
+
+@pytest.mark.parametrize(
+    ("batch", "message"),
+    [
+        (np.ones((1, 1, 32, 32), np.float64), "float32"),
+        (np.ones((1, 32, 32), np.float32), r"\(N, C, H, W\)"),
+        (np.ones((1, 2, 32, 32), np.float32), "1 input channel"),
+        (np.ones((1, 1, 24, 32), np.float32), "multiples of 16"),
+        (np.ones((0, 1, 32, 32), np.float32), "non-empty"),
+    ],
+)
+def test_runner_rejects_bad_batches(batch: np.ndarray, message: str) -> None:
+    with EchoRunner() as runner, pytest.raises(UserError, match=message):
+        runner.infer(batch)
+    assert runner.calls == 0
+
+
+def test_shape_limits_are_enforced() -> None:
+    limits = ShapeLimits(1, 4, 8, (64, 64), (256, 256), (512, 512))
+    with EchoRunner(shape_limits=limits) as runner:
+        runner.infer(np.zeros((8, 1, 64, 512), np.float32))
+        with pytest.raises(UserError, match=r"batch 9 is outside .*\[1, 8\]"):
+            runner.infer(np.zeros((9, 1, 64, 64), np.float32))
+        with pytest.raises(UserError, match=r"tile width 528 is outside .*\[64, 512\]"):
+            runner.infer(np.zeros((1, 1, 64, 528), np.float32))
+
+
+def test_provider_resolution() -> None:
+    available = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert resolve_providers(None, available) == ["CPUExecutionProvider"]
+    assert resolve_providers(["cuda"], available) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert resolve_providers(["tensorrt", "cuda"], available)[0] == "CUDAExecutionProvider"
+    with pytest.raises(UserError, match="not available here"):
+        resolve_providers(["tensorrt"], ["CPUExecutionProvider"])
+
+
+def test_precision_from_file_name() -> None:
+    assert precision_from_path(Path("model.int8.onnx")) == "int8"
+    assert precision_from_path(Path("model.fp16.onnx")) == "fp16"
+    assert precision_from_path(Path("model.onnx")) == "fp32"
+
+
+def tiny_onnx(path: Path) -> Path:
+    """A 1x1 conv model with dynamic N/H/W, written with the onnx helper (no torch)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [3, 1, 1, 1], [1.0, 2.0, -1.0])
+    node = helper.make_node("Conv", ["image", "w"], ["flows"])
+    graph = helper.make_graph(
+        [node],
+        "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, "height", "width"])],
+        [helper.make_tensor_value_info("flows", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_ort_runner_runs_any_size_on_cpu(tmp_path: Path) -> None:
+    runner = OrtRunner(tiny_onnx(tmp_path / "model.onnx"), threads=1)
+    x = np.random.default_rng(0).random((3, 1, 48, 80), dtype=np.float32)
+    with runner:
+        out = runner.infer(x)
+        assert runner.provider == "CPUExecutionProvider" and runner.device == "cpu"
+        assert runner.channels == 1 and runner.precision == "fp32"
+        assert runner.infer(x[:1, :, :16, :32]).shape == (1, 3, 16, 32)
+    np.testing.assert_allclose(out[:, 1], 2 * x[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(out[:, 2], -x[:, 0], rtol=1e-6)
+
+
+def test_ort_runner_errors_are_user_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="not found"):
+        OrtRunner(tmp_path / "absent.onnx")
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"garbage")
+    with pytest.raises(UserError, match="could not load"), OrtRunner(broken):
+        pass
+
+
+def test_backends_never_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import cyclepose_deploy.runtime.backends.ort, cyclepose_deploy.runtime.backends.tensorrt\n"
+        "import cyclepose_deploy.runtime.manifest, cyclepose_deploy.runtime.optional\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] == 'torch'\n"
+        "       or m.startswith(('cyclepose_deploy.export', 'cyclepose_deploy.nets'))]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
