@@ -65,14 +65,14 @@ def network_table(rows: list[dict[str, Any]], accuracy: list[dict[str, Any]]) ->
 
 
 def slides_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| slide | MPix | seconds | MPix/s | peak RSS MiB |", "|---|--:|--:|--:|--:|"]
+    lines = ["| slide | MPix | seconds | MPix/s | peak RSS MiB | model |", "|---|--:|--:|--:|--:|---|"]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['side']}x{r['side']} | {r['mpix']:.1f} | skipped: {r['skipped']} | | |")
+            lines.append(f"| {r['side']}x{r['side']} | {r['mpix']:.1f} | skipped: {r['skipped']} | | | |")
         else:
             lines.append(
                 f"| {r['side']}x{r['side']} | {r['mpix']:.1f} | {r['seconds']:.1f} | {r['mpix_per_s']:.3f} "
-                f"| {r['peak_rss_mib']:.0f} |"
+                f"| {r['peak_rss_mib']:.0f} | {r.get('model') or '-'} |"
             )
     return "#### End to end: `cyclepose infer` on synthetic slides\n\n" + "\n".join(lines)
 
@@ -85,9 +85,9 @@ def dynamics_table(rows: list[dict[str, Any]]) -> str:
             lines.append(f"| skipped: {r['skipped']} | | | | | | |")
         else:
             lines.append(
-                f"| {r['side']}x{r['side']} | {r['objects_true']} | {r['round_trip_ap_at_0.9']:.4f} "
-                f"| {r['chunked_equals_whole']} | {r['seconds']:.2f} | {r['mpix_per_s']:.2f} "
-                f"| {r['mpix_per_cpu_s']:.2f} |"
+                f"| {r['side']}x{r['side']} | {r['objects_true']} | {_fmt(r.get('round_trip_ap_at_0.9'))} "
+                f"| {r.get('chunked_equals_whole', '-')} | {r['seconds']:.2f} | {r['mpix_per_s']:.2f} "
+                f"| {_fmt(r.get('mpix_per_cpu_s'), 2)} |"
             )
     return "#### Flow dynamics: flows_to_labels on true flows (benchmarks/bench_dynamics.py)\n\n" + "\n".join(
         lines
@@ -103,5 +103,5 @@ def _footer(result: dict[str, Any]) -> str:
     )
 
 
-def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
+def _fmt(value: Any, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "-"

@@ -68,11 +68,26 @@ def main(argv: list[str] | None = None) -> None:
 
 def print_summary(out: Path, times: dict[str, float], total: float, eval_json: Path, bench_json: Path,
                   infer_json: Path) -> None:
-    from cyclepose_deploy.demo_summary import summary_lines
-
-    lines = summary_lines(out, times, total, json.loads(eval_json.read_text()), json.loads(bench_json.read_text()),
-                          json.loads(infer_json.read_text()))
-    print("\n" + "\n".join(lines))
+    scores = json.loads(eval_json.read_text())
+    infer = json.loads(infer_json.read_text())
+    bench = json.loads(bench_json.read_text())
+    f1 = next(t["f1"] for t in scores["thresholds"] if abs(t["iou"] - 0.5) < 1e-9)
+    fastest = min(bench["results"], key=lambda r: r["latency_tile_ms"]["median"])
+    steps = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in times.items())
+    print(
+        "\n== Summary\n"
+        f"objects found      {infer['objects']:,} (ground truth {scores['n_gt']:,})\n"
+        f"F1 at IoU 0.5      {f1:.3f}   (mean AP 0.5:0.95 {scores['mean_ap_50_95']:.3f})\n"
+        f"slide throughput   {infer['mpix_per_s']:.2f} MPix/s end to end with {infer['model']}\n"
+        f"latency per tile   {fastest['latency_tile_ms']['median']:.0f} ms median "
+        f"({fastest['tile']}x{fastest['tile']}, batch {fastest['batch']}, {fastest['precision']}, "
+        f"{fastest['backend']} on {fastest['device']})\n"
+        f"outputs            labels {out / 'labels.ome.tif'}\n"
+        f"                   objects {out / 'objects.csv'}\n"
+        f"                   preview {out / 'preview.png'}\n"
+        f"                   export {out / 'export'} (manifest.json lists each artifact and its checks)\n"
+        f"time               {total:.0f} s ({steps})"
+    )
 
 
 if __name__ == "__main__":

@@ -86,7 +86,8 @@ def fake_result() -> dict:
         "accuracy": [{"file": "model.int8.onnx", "f1_vs_fp32": 0.9912}],
         "slides": [{"side": 2048, "mpix": 4.19, "seconds": 10.0, "mpix_per_s": 0.419, "peak_rss_mib": 900}],
         "dynamics": [
-            {"side": 1024, "objects_true": 900, "objects_found": 899, "seconds": 0.5, "mpix_per_s": 2.1}
+            {"side": 1024, "objects_true": 899, "round_trip_ap_at_0.9": 0.97, "chunked_equals_whole": True}
+            | {"seconds": 0.5, "mpix_per_s": 2.1, "mpix_per_cpu_s": 1.9}
         ],
         "suite_seconds": 12.0,
     }
@@ -96,7 +97,7 @@ def test_markdown_puts_speedup_and_accuracy_side_by_side() -> None:
     text = markdown(fake_result())
     int8_line = next(line for line in text.splitlines() if line.startswith("| model.int8.onnx"))
     assert "| 4.00x |" in int8_line and "0.9912" in int8_line  # 40 vs 10 tiles/s at the same batch
-    assert "skipped: no GPU" in text and "| 2048x2048 | 4.2 | 10.0 | 0.419 | 900 |" in text
+    assert "skipped: no GPU" in text and "| 2048x2048 | 4.2 | 10.0 | 0.419 | 900 | - |" in text
     assert "899" in text and "run_suite.py --export EXPORT_DIR --quick" in text
     assert "busy" not in text
 

@@ -186,3 +186,18 @@ def test_fp16_conversion_is_close_on_random_net(tmp_path: Path) -> None:
     with OrtRunner(fp32, threads=1) as a, OrtRunner(fp16, threads=1) as b:
         result = compare_arrays("fp16", a.infer(x), b.infer(x), 0.05)
     assert result and result.max_abs > 0  # really ran in half precision
+
+
+def test_calibration_images_are_read_and_tiled(tmp_path: Path) -> None:
+    import tifffile
+
+    from cyclepose_deploy.export.tiles import cut_tiles, read_images
+
+    path = tmp_path / "calib.tif"
+    tifffile.imwrite(path, (np.random.default_rng(0).random((80, 96)) * 4000).astype(np.uint16))
+    (image,) = read_images([path], channels=2)
+    assert image.shape == (2, 80, 96) and image.dtype == np.float32
+    assert 0.0 <= np.percentile(image, 50) <= 1.0
+    assert cut_tiles([image], 64, 3).shape == (3, 2, 64, 64)
+    with pytest.raises(UserError, match="smaller than the 128px tile"):
+        cut_tiles([image], 128, 1)

@@ -17,6 +17,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+@app.callback()
+def _root() -> None:
+    """CyclePose nuclei segmentation: train without annotations, export, and run on slides of any size."""
+
+
 for _name in COMMANDS:
     importlib.import_module(f"cyclepose_deploy.cli.{_name}_cmd").register(app)
 

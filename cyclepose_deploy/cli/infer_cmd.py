@@ -33,9 +33,13 @@ def register(app: typer.Typer) -> None:
         objects: Path | None = typer.Option(None, "--objects", help="Object table CSV, one row per nucleus."),
         preview: Path | None = typer.Option(None, "--preview", help="Downsampled PNG with outlines."),
         prob: Path | None = typer.Option(None, "--prob", help="Probability map (uint8 tiled BigTIFF)."),
+        summary_json: Path | None = typer.Option(
+            None, "--summary-json", help="Also write the run summary (objects, MPix/s, stage times) as JSON."
+        ),
     ) -> None:
         """Segment nuclei on a slide of any size in bounded memory."""
         from cyclepose_deploy.runtime.artifacts import resolve_model
+        from cyclepose_deploy.runtime.atomic import check_writable, write_json_atomic
         from cyclepose_deploy.runtime.chunks import Settings
         from cyclepose_deploy.runtime.grid import TileGrid
         from cyclepose_deploy.runtime.pipeline import Outputs, run_infer
@@ -49,12 +53,16 @@ def register(app: typer.Typer) -> None:
             flow_threshold=flow_threshold,
         )
         TileGrid((1, 1), tile, overlap)  # validates tile and overlap before any work
+        if summary_json is not None:
+            check_writable(summary_json)
         model = resolve_model(engine)
         console.print(f"model: {model.describe()}")
         outputs = Outputs(out, objects, preview, prob)
         with _progress() as report:
             summary = run_infer(slide, model, outputs, settings, channel, diameter, report)
         _print_summary(summary, outputs)
+        if summary_json is not None:
+            write_json_atomic(summary_json, _summary_dict(summary, outputs, model.describe()))
 
 
 class _progress:
@@ -95,3 +103,18 @@ def _print_summary(summary: Any, outputs: Any) -> None:
     )
     console.print(f"time per stage (threads overlap): {stages}")
     console.print("wrote " + ", ".join(str(p) for p in outputs.all()))
+
+
+def _summary_dict(summary: Any, outputs: Any, model: str) -> dict[str, Any]:
+    return {
+        "model": model,
+        "objects": summary.objects,
+        "shape": list(summary.shape),
+        "seconds": summary.seconds,
+        "mpix_per_s": summary.mpix_per_s,
+        "chunks": summary.chunks,
+        "tiles_run": summary.tiles_run,
+        "tiles_grid": summary.tiles_grid,
+        "stage_seconds": summary.times,
+        "outputs": [str(p) for p in outputs.all()],
+    }

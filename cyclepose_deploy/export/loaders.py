@@ -17,11 +17,14 @@ T = TypeVar("T")
 class Loader:
     """Marks a lazy build step; `resolve` calls loaders and plain functions, and passes values through."""
 
+    def __call__(self) -> Any:
+        raise NotImplementedError
+
 
 def resolve(value: T | Callable[[], T]) -> T:
     """A loader's argument may be the thing itself or a loader that makes it (a torch module is a value)."""
     if isinstance(value, (Loader, types.FunctionType, functools.partial)):
-        return value()  # type: ignore[no-any-return]
+        return value()  # type: ignore[no-any-return,operator]
     return value  # type: ignore[return-value]
 
 

@@ -25,6 +25,7 @@ DONE = object()
 class _Stopped(Exception):
     """Unwinds a worker once another stage has failed or the consumer has gone."""
 
+
 Advance = Callable[[int], None]
 
 

