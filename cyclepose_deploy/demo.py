@@ -54,20 +54,46 @@ def main(argv: list[str] | None = None) -> None:
     )
     times["infer"] = run(
         "3/5 segment the slide with the best CPU artifact",
-        ["infer", str(slide), "--engine", str(export_dir), "-o", str(labels), "--objects", str(objects),
-         "--preview", str(preview), "--summary-json", str(infer_json)],
+        [
+            "infer",
+            str(slide),
+            "--engine",
+            str(export_dir),
+            "-o",
+            str(labels),
+            "--objects",
+            str(objects),
+            "--preview",
+            str(preview),
+            "--summary-json",
+            str(infer_json),
+        ],
     )
-    times["eval"] = run("4/5 accuracy against the ground truth", ["eval", str(labels), str(truth), "--json", str(eval_json)])
+    times["eval"] = run(
+        "4/5 accuracy against the ground truth", ["eval", str(labels), str(truth), "--json", str(eval_json)]
+    )
     times["bench"] = run(
         "5/5 latency per tile",
-        ["bench", "--engine", str(export_dir), "--batch", "1", "--iters", "20", "--warmup", "3",
-         "--json", str(bench_json)],
+        [
+            "bench",
+            "--engine",
+            str(export_dir),
+            "--batch",
+            "1",
+            "--iters",
+            "20",
+            "--warmup",
+            "3",
+            "--json",
+            str(bench_json),
+        ],
     )
     print_summary(out, times, time.perf_counter() - start, eval_json, bench_json, infer_json)
 
 
-def print_summary(out: Path, times: dict[str, float], total: float, eval_json: Path, bench_json: Path,
-                  infer_json: Path) -> None:
+def print_summary(
+    out: Path, times: dict[str, float], total: float, eval_json: Path, bench_json: Path, infer_json: Path
+) -> None:
     scores = json.loads(eval_json.read_text())
     infer = json.loads(infer_json.read_text())
     bench = json.loads(bench_json.read_text())
