@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import importlib
 
-import typer
+from cyclepose_deploy.runtime.memory import limit_malloc_arenas
+
+limit_malloc_arenas()  # must precede every thread a library may start (see runtime/memory.py)
+
+import typer  # noqa: E402
 
 COMMANDS = ("synth", "train", "export", "infer", "bench", "eval")
 

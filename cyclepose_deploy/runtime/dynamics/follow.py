@@ -97,22 +97,41 @@ def _trajectory_end(field: np.ndarray, iy: int, ix: int, niter: int) -> tuple[in
     return iy, ix
 
 
-@numba.njit(cache=True)
-def follow_and_count(field: np.ndarray, foreground: np.ndarray, niter: int) -> tuple[np.ndarray, np.ndarray]:
-    """Integer end point (y * W + x, -1 off the foreground) of every pixel, and the end-point histogram.
-
-    `field` must already be zero outside `foreground` (the caller masks it once).
-    """
+@numba.njit(cache=True, parallel=True)
+def _trajectory_ends(field: np.ndarray, foreground: np.ndarray, niter: int) -> np.ndarray:
+    """End point (y * W + x) of every foreground pixel, -1 elsewhere. Rows run in parallel: each
+    pixel's trajectory is independent, so the result does not depend on the number of threads."""
     ly, lx = foreground.shape
     ends = np.full((ly, lx), -1, np.int64)
-    hist = np.zeros((ly, lx), np.int32)
-    for y in range(ly):
+    for row in numba.prange(ly):
+        y = np.int64(row)  # prange indices are unsigned; int64 keeps index arithmetic integral
         for x in range(lx):
             if not foreground[y, x]:
                 continue
-            iy, ix = y, x
+            iy, ix = y, np.int64(x)
             if max(abs(field[0, y, x]), abs(field[1, y, x])) > 1e-3:
-                iy, ix = _trajectory_end(field, y, x, niter)
+                iy, ix = _trajectory_end(field, y, ix, niter)
             ends[y, x] = iy * lx + ix
-            hist[iy, ix] += 1
-    return ends, hist
+    return ends
+
+
+@numba.njit(cache=True)
+def _histogram(ends: np.ndarray) -> np.ndarray:
+    ly, lx = ends.shape
+    hist = np.zeros((ly, lx), np.int32)
+    for y in range(ly):
+        for x in range(lx):
+            e = ends[y, x]
+            if e >= 0:
+                hist[e // lx, e % lx] += 1
+    return hist
+
+
+def follow_and_count(field: np.ndarray, foreground: np.ndarray, niter: int) -> tuple[np.ndarray, np.ndarray]:
+    """Integer end point (y * W + x, -1 off the foreground) of every pixel, and the end-point histogram.
+
+    `field` must already be zero outside `foreground` (the caller masks it once). Following is most of
+    the dynamics' time and runs on all of numba's threads (`numba.set_num_threads` to limit it).
+    """
+    ends = _trajectory_ends(field, foreground, niter)
+    return ends, _histogram(ends)
