@@ -57,7 +57,9 @@ class Pipeline:
         self.errors: list[BaseException] = []
         self.times: dict[str, float] = defaultdict(float)
         self.tiles_run = 0
-        self.queues: list[queue.Queue[Any]] = [queue.Queue(maxsize=n) for n in (3, 3, 1)]
+        # one chunk in flight between stages: the network sets the pace, and each queued chunk costs
+        # ~100 MB (blended flows of 2048^2 + halo), so deeper queues only raise and jitter the peak
+        self.queues: list[queue.Queue[Any]] = [queue.Queue(maxsize=1) for _ in range(3)]
 
     def results(self) -> Iterator[ChunkResult]:
         workers = [self._reader, self._network, self._dynamics]
