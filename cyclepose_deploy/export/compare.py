@@ -9,8 +9,20 @@ from typing import Any
 import numpy as np
 
 
+class _Verdict:
+    """What every comparison shares: truthy when it passes, and the word the summary line ends with."""
+
+    @property
+    def passed(self) -> bool:
+        return bool(self)
+
+    @property
+    def verdict(self) -> str:
+        return "ok" if self else "FAILED"
+
+
 @dataclass(frozen=True)
-class ArrayComparison:
+class ArrayComparison(_Verdict):
     """Elementwise error of `candidate` against `reference`; passes when max abs <= atol (None: report)."""
 
     name: str
@@ -25,15 +37,10 @@ class ArrayComparison:
     def __bool__(self) -> bool:
         return self.atol is None or bool(self.max_abs <= self.atol)
 
-    @property
-    def passed(self) -> bool:
-        return bool(self)
-
     def summary(self) -> str:
-        verdict = "ok" if self else "FAILED"
         return (
             f"{self.name}: max abs diff {self.max_abs:.3g} (limit {self.atol}), "
-            f"p99 {self.p99_abs:.3g}: {verdict}"
+            f"p99 {self.p99_abs:.3g}: {self.verdict}"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -61,7 +68,7 @@ def compare_arrays(
 
 
 @dataclass(frozen=True)
-class LabelComparison:
+class LabelComparison(_Verdict):
     """Instance agreement of a candidate's masks with the reference's (F1 at IoU 0.5), plus flow error."""
 
     name: str
@@ -74,16 +81,11 @@ class LabelComparison:
     def __bool__(self) -> bool:
         return bool(self.f1 >= self.min_f1)
 
-    @property
-    def passed(self) -> bool:
-        return bool(self)
-
     def summary(self) -> str:
-        verdict = "ok" if self else "FAILED"
         return (
             f"{self.name}: mask F1@0.5 vs fp32 {self.f1:.4f} (limit {self.min_f1:g}; "
             f"{self.n_candidate} vs {self.n_reference} objects), "
-            f"max flow diff {self.flows.max_abs:.3g}: {verdict}"
+            f"max flow diff {self.flows.max_abs:.3g}: {self.verdict}"
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from cyclepose_deploy.runtime.artifacts import Model
 from cyclepose_deploy.runtime.atomic import atomic_path, check_writable
 from cyclepose_deploy.runtime.chunks import Settings, chunk_windows, halo_for
 from cyclepose_deploy.runtime.grid import TileGrid
-from cyclepose_deploy.runtime.memory import limit_malloc_arenas
 from cyclepose_deploy.runtime.normalize import Normalization
 from cyclepose_deploy.runtime.objects import ObjectTable
 from cyclepose_deploy.runtime.preview import Preview
@@ -88,7 +87,6 @@ def run_infer(
     if diameter is not None and diameter <= 0:
         raise UserError(f"--diameter {diameter} must be positive (pixels), e.g. 17")
     start = time.perf_counter()
-    limit_malloc_arenas()  # before any worker thread exists: RSS must not creep with slide size
     slide = Slide(slide_path, channel)
     try:
         return _run(slide, model, outputs, settings, diameter, progress or (lambda *a: None), start)
