@@ -26,3 +26,4 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check cyclepose_deploy tests benchmarks
+	$(BIN)/lint-imports

@@ -29,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_info, machine_name  # noqa: E402
 
 CHUNK = 512
-MAX_DIAMETER = 30 * 1.4  # ShapePrior's largest diameter stretched by its max aspect ratio
 
 
 def timed(func: Callable[[], Any], repeats: int) -> tuple[Any, dict[str, float]]:
@@ -46,9 +45,10 @@ def timed(func: Callable[[], Any], repeats: int) -> tuple[Any, dict[str, float]]
 def chunked_labels(flows: np.ndarray, cellprob: np.ndarray) -> np.ndarray:
     """The runtime's path: segment_chunk over a grid of 512-px cores with a halo, ids compacted."""
     from cyclepose_deploy.runtime.dynamics import chunk_halo, segment_chunk
+    from cyclepose_deploy.synth.shapes import ShapePrior
 
     height, width = cellprob.shape
-    halo = chunk_halo(MAX_DIAMETER)
+    halo = chunk_halo(ShapePrior().max_extent())  # the longest nucleus make_slide's prior can draw
     ids = np.zeros((height, width), np.uint64)
     for y in range(0, height, CHUNK):
         for x in range(0, width, CHUNK):

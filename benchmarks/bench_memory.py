@@ -1,6 +1,6 @@
 """Peak memory of `cyclepose infer` against slide size: it must be bounded by the chunk, not the slide.
 
-    python benchmarks/bench_memory.py --engine EXPORT_DIR/model.onnx [--sizes 4096,8192,16384]
+    python benchmarks/bench_memory.py --model EXPORT_DIR/model.onnx [--sizes 4096,8192,16384]
 
 For each size a synthetic slide is streamed to --workdir (reused when present), then `cyclepose infer`
 runs in its own process and its peak RSS is read from os.wait4 (the kernel's ru_maxrss of that child
@@ -22,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import machine_info  # noqa: E402
 
+from cyclepose_deploy.runtime.defaults import CHUNK  # noqa: E402
+
 LIMIT_MB = 1536.0
 MAX_GROWTH = 0.10
 
@@ -35,9 +37,9 @@ def ensure_slide(workdir: Path, size: int) -> Path:
     return path
 
 
-def measure(slide: Path, engine: str, out: Path, extra: list[str]) -> dict[str, Any]:
+def measure(slide: Path, model: str, out: Path, extra: list[str]) -> dict[str, Any]:
     """Run infer in a child process; peak RSS (MB) of that child from the kernel, wall time, summary."""
-    cmd = [sys.executable, "-m", "cyclepose_deploy", "infer", str(slide), "--engine", engine, "-o", str(out)]
+    cmd = [sys.executable, "-m", "cyclepose_deploy", "infer", str(slide), "--model", model, "-o", str(out)]
     start = time.perf_counter()
     proc = subprocess.Popen([*cmd, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = proc.stdout.read() if proc.stdout else ""
@@ -52,10 +54,10 @@ def measure(slide: Path, engine: str, out: Path, extra: list[str]) -> dict[str, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--engine", required=True, help="fp32 .onnx (or an export folder)")
+    parser.add_argument("--model", "--engine", required=True, help="fp32 .onnx (or an export folder)")
     parser.add_argument("--sizes", default="4096,8192,16384")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_memory"))
-    parser.add_argument("--chunk", type=int, default=2048)
+    parser.add_argument("--chunk", type=int, default=CHUNK)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bench_memory.json")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -64,7 +66,7 @@ def main() -> None:
         slide = ensure_slide(args.workdir, size)
         row = {
             "size": size,
-            **measure(slide, args.engine, args.workdir / f"labels_{size}.tif", ["--chunk", str(args.chunk)]),
+            **measure(slide, args.model, args.workdir / f"labels_{size}.tif", ["--chunk", str(args.chunk)]),
         }
         print(f"{size:>6}^2  peak RSS {row['peak_rss_mb']:8.1f} MB  {row['seconds']:8.1f} s", flush=True)
         rows.append(row)
@@ -85,7 +87,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     write_json_atomic(
         args.out,
         {
-            "engine": args.engine,
+            "engine": args.model,
             "chunk": args.chunk,
             "rows": rows,
             "verdict": verdict,

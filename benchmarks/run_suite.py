@@ -30,7 +30,10 @@ from suite_parts import accuracy_by_precision, dynamics_rows, slide_rows  # noqa
 from suite_report import markdown  # noqa: E402
 
 from cyclepose_deploy.runtime import benchmark  # noqa: E402
+from cyclepose_deploy.runtime.artifacts import Model, resolve_models  # noqa: E402
 from cyclepose_deploy.runtime.atomic import write_atomic, write_json_atomic  # noqa: E402
+from cyclepose_deploy.runtime.defaults import TILE  # noqa: E402
+from cyclepose_deploy.synth.tiles import synthetic_tiles  # noqa: E402
 
 SCHEMA = "cyclepose-suite/1"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -47,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--export", type=Path, help="export folder (manifest.json + artifacts) to benchmark")
     p.add_argument("--checkpoint", type=Path, help="checkpoint for the torch baseline (default: shipped one)")
     p.add_argument("--quick", action="store_true", help="small slides, few iterations: a few minutes")
-    p.add_argument("--tile", type=int, default=256)
+    p.add_argument("--tile", type=int, default=TILE)
     p.add_argument("--threads", type=int, help="CPU threads for every backend (default: all cores)")
     p.add_argument("--providers", default=None, help="ORT providers to try, e.g. cpu,cuda (default: all)")
     p.add_argument("--parts", default="network,slides,dynamics", help="which parts to run")
@@ -67,23 +70,23 @@ def settings_for(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # (1) the network, one process per backend ------------------------------------------------------------
-def bench_cli(target: benchmark.Target, provider: str, s: dict[str, Any], work: Path) -> list[dict[str, Any]]:
+def bench_cli(model: Model, provider: str, s: dict[str, Any], work: Path) -> list[dict[str, Any]]:
     """`cyclepose bench` on one artifact in a fresh process; its JSON rows, or one row saying why not."""
-    out = work / f"bench-{Path(target.path).name}-{provider}.json"
+    out = work / f"bench-{model.path.name}-{provider}.json"
     cmd = [
         sys.executable,
         "-m",
         "cyclepose_deploy",
         "bench",
-        "--engine",
-        target.path,
+        "--model",
+        str(model.path),
         "--providers",
         provider,
     ]
     cmd += ["--tile", str(s["tile"]), "--batch", s["batches"], "--iters", str(s["iters"])]
     cmd += ["--warmup", str(s["warmup"]), "--json", str(out)]
     cmd += ["--threads", str(s["threads"])] if s["threads"] else []
-    return _run_json(cmd, out, label=f"{Path(target.path).name} on {provider}")
+    return _run_json(cmd, out, label=f"{model.path.name} on {provider}")
 
 
 def bench_torch(checkpoint: Path | None, s: dict[str, Any], work: Path) -> list[dict[str, Any]]:
@@ -122,7 +125,13 @@ def torch_worker(args: argparse.Namespace) -> None:
         runner.threads = torch.get_num_threads()  # recorded: what torch actually used
         batches = [int(b) for b in s["batches"].split(",")]
         results = benchmark.bench_runner(
-            runner, artifact=source, tile=s["tile"], batches=batches, iters=s["iters"], warmup=s["warmup"]
+            runner,
+            artifact=source,
+            tile=s["tile"],
+            batches=batches,
+            iters=s["iters"],
+            warmup=s["warmup"],
+            make_tiles=synthetic_tiles,
         )
     write_json_atomic(args.torch_worker, benchmark.report(results, settings=s))
 
@@ -150,9 +159,9 @@ def available_providers(requested: str | None) -> list[str]:
 
 def network_rows(args: argparse.Namespace, s: dict[str, Any], work: Path) -> list[dict[str, Any]]:
     rows = bench_torch(args.checkpoint, s, work)
-    for target in benchmark.resolve_targets([args.export]):
-        for provider in available_providers(args.providers) if target.format == "onnx" else ["tensorrt"]:
-            rows += bench_cli(target, provider, s, work)
+    for model in resolve_models([args.export]):
+        for provider in available_providers(args.providers) if model.format == "onnx" else ["tensorrt"]:
+            rows += bench_cli(model, provider, s, work)
     return rows
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from cyclepose_deploy.runtime import benchmark
+from cyclepose_deploy.synth.tiles import synthetic_tiles
 
 BASE_SIDE = 2048  # synthesise at most this much, tile it for bigger slides (speed does not care)
 
@@ -38,7 +38,7 @@ def write_slide(path: Path, side: int, channels: int) -> Path:
     """A synthetic uint16 fluorescence slide as a tiled, compressed BigTIFF, like a scanner writes."""
     import tifffile
 
-    base = benchmark.synthetic_tiles(1, 1, min(side, BASE_SIDE), seed=7)[0, 0]
+    base = synthetic_tiles(1, 1, min(side, BASE_SIDE), seed=7)[0, 0]
     raw = np.clip(base * 2000.0 + 200.0, 0, 65535).astype(np.uint16)
     reps = -(-side // raw.shape[0])
     image = np.tile(raw, (reps, reps))[:side, :side]
@@ -51,7 +51,7 @@ def write_slide(path: Path, side: int, channels: int) -> Path:
 def infer_command(slide: Path, export: Path, out: Path) -> list[str]:
     """The `cyclepose infer` call measured end to end (the runtime engineer's CLI)."""
     cli = [sys.executable, "-m", "cyclepose_deploy", "infer"]
-    return [*cli, str(slide), "--engine", str(export), "-o", str(out)]
+    return [*cli, str(slide), "--model", str(export), "-o", str(out)]
 
 
 def measure_infer(slide: Path, export: Path, out: Path, threads: int | None) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import time
 import numpy as np
 import torch
 
+from cyclepose_deploy.runtime.defaults import FLOW_SCALE
 from cyclepose_deploy.runtime.normalize import Normalization
 
 
@@ -53,7 +54,7 @@ def segment(
     image = Normalization.from_sample(raw).apply(raw)[None]
     out = predict(net, image)
     return flows_to_labels(
-        out[:2] / 5.0, out[2], flow_threshold=flow_threshold, cellprob_threshold=cellprob_threshold
+        out[:2] / FLOW_SCALE, out[2], flow_threshold=flow_threshold, cellprob_threshold=cellprob_threshold
     )
 
 

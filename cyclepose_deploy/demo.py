@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         [
             "infer",
             str(slide),
-            "--engine",
+            "--model",
             str(export_dir),
             "-o",
             str(labels),
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         "5/5 latency per tile",
         [
             "bench",
-            "--engine",
+            "--model",
             str(export_dir),
             "--batch",
             "1",

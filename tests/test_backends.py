@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,18 @@ def test_runner_rejects_bad_batches(batch: np.ndarray, message: str) -> None:
     assert runner.calls == 0
 
 
+def test_input_metadata_says_what_the_runner_accepts() -> None:
+    limits = ShapeLimits(1, 4, 8, (64, 64), (256, 256), (512, 512))
+    meta = EchoRunner(shape_limits=limits).input_metadata()
+    assert (meta.name, meta.channels, meta.dtype, meta.shape_limits) == ("image", 1, np.float32, limits)
+    meta.check(8, 64, 512)
+    with pytest.raises(UserError, match="multiples of 16"):
+        meta.check(1, 64, 72)
+    with pytest.raises(UserError, match=r"batch 9 is outside"):
+        meta.check(9, 64, 64)
+    assert EchoRunner().info() == {} and EchoRunner().last_timings == {}
+
+
 def test_shape_limits_are_enforced() -> None:
     limits = ShapeLimits(1, 4, 8, (64, 64), (256, 256), (512, 512))
     with EchoRunner(shape_limits=limits) as runner:
@@ -78,33 +91,19 @@ def test_precision_from_file_name() -> None:
     assert precision_from_path(Path("model.onnx")) == "fp32"
 
 
-def tiny_onnx(path: Path) -> Path:
-    """A 1x1 conv model with dynamic N/H/W, written with the onnx helper (no torch)."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    weight = helper.make_tensor("w", TensorProto.FLOAT, [3, 1, 1, 1], [1.0, 2.0, -1.0])
-    node = helper.make_node("Conv", ["image", "w"], ["flows"])
-    graph = helper.make_graph(
-        [node],
-        "tiny",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, "height", "width"])],
-        [helper.make_tensor_value_info("flows", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
-        [weight],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
-
-
-def test_ort_runner_runs_any_size_on_cpu(tmp_path: Path) -> None:
+def test_ort_runner_runs_any_size_on_cpu(tmp_path: Path, tiny_onnx: Callable) -> None:
     runner = OrtRunner(tiny_onnx(tmp_path / "model.onnx"), threads=1)
     x = np.random.default_rng(0).random((3, 1, 48, 80), dtype=np.float32)
+    assert runner.input_metadata().channels is None  # known once the session is loaded
     with runner:
         out = runner.infer(x)
         assert runner.provider == "CPUExecutionProvider" and runner.device == "cpu"
-        assert runner.channels == 1 and runner.precision == "fp32"
+        assert runner.channels == 1 and runner.precision == "fp32" and runner.last_timings == {}
+        meta = runner.input_metadata()
+        assert (meta.name, meta.channels, meta.dtype, meta.size_multiple) == ("image", 1, np.float32, 16)
+        info = runner.info()
+        assert info["threads"] == 1 and info["providers"] == ["CPUExecutionProvider"]
+        assert info["session_options"]["intra_op_num_threads"] == 1
         assert runner.infer(x[:1, :, :16, :32]).shape == (1, 3, 16, 32)
     np.testing.assert_allclose(out[:, 1], 2 * x[:, 0], rtol=1e-6)
     np.testing.assert_allclose(out[:, 2], -x[:, 0], rtol=1e-6)
@@ -117,18 +116,3 @@ def test_ort_runner_errors_are_user_errors(tmp_path: Path) -> None:
     broken.write_bytes(b"garbage")
     with pytest.raises(UserError, match="could not load"), OrtRunner(broken):
         pass
-
-
-def test_backends_never_import_torch() -> None:
-    import subprocess
-    import sys
-
-    code = (
-        "import sys\n"
-        "import cyclepose_deploy.runtime.backends.ort, cyclepose_deploy.runtime.backends.tensorrt\n"
-        "import cyclepose_deploy.runtime.manifest, cyclepose_deploy.runtime.optional\n"
-        "bad = [m for m in sys.modules if m.split('.')[0] == 'torch'\n"
-        "       or m.startswith(('cyclepose_deploy.export', 'cyclepose_deploy.nets'))]\n"
-        "assert not bad, bad\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -3,8 +3,8 @@ schema, and the CLI on a tiny ONNX model built with onnx.helper (no torch)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +13,11 @@ import typer
 from typer.testing import CliRunner
 
 from cyclepose_deploy.cli import bench_cmd
+from cyclepose_deploy.errors import UserError
 from cyclepose_deploy.runtime import benchmark
+from cyclepose_deploy.runtime.backends.base import Runner, ShapeLimits
 from cyclepose_deploy.runtime.benchmark import LatencyStats, Timings, nearest_rank
-
-onnx = pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
+from cyclepose_deploy.synth.tiles import synthetic_tiles
 
 
 # statistics --------------------------------------------------------------------------------------
@@ -59,88 +59,71 @@ def test_throughput_counts_all_tiles_over_all_timed_seconds() -> None:
 
 
 # timing loop -------------------------------------------------------------------------------------
-class FakeRunner:
+class FakeRunner(Runner):
     """Counts calls and reports GPU-style phases, like the native TensorRT runner."""
 
-    name = "fake"
-    device = "gpu"
-    precision = "fp16"
-    channels = 2
-    size_multiple = 16
-    shape_limits = None
-
     def __init__(self) -> None:
+        super().__init__("fake", device="gpu", precision="fp16", channels=2)
         self.calls = 0
-        self.last_timings: dict[str, float] = {}
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def infer_impl(self, batch: np.ndarray) -> np.ndarray:
         self.calls += 1
         self.last_timings = {"h2d": 0.001, "compute": 0.002 * self.calls, "d2h": 0.0005}
         return np.zeros((batch.shape[0], 3, *batch.shape[2:]), np.float32)
 
+    def info(self) -> dict[str, object]:
+        return {"threads": 3}
+
 
 def test_time_runner_warms_up_then_records_wall_and_phases() -> None:
-    runner = FakeRunner()
-    timings = benchmark.time_runner(runner, np.zeros((1, 2, 16, 16), np.float32), iters=5, warmup=3)
+    with FakeRunner() as runner:
+        timings = benchmark.time_runner(runner, np.zeros((1, 2, 16, 16), np.float32), iters=5, warmup=3)
     assert runner.calls == 8 and len(timings.wall) == 5
     assert timings.phases["compute"] == pytest.approx([0.008, 0.010, 0.012, 0.014, 0.016])
     assert set(timings.phases) == {"h2d", "compute", "d2h"}
 
 
-def test_bench_runner_uses_runner_channels_and_reports_phases() -> None:
-    results = benchmark.bench_runner(FakeRunner(), artifact="x", tile=32, batches=[1, 2], iters=3, warmup=0)
+def test_bench_runner_uses_runner_metadata_and_reports_phases() -> None:
+    shapes: list[tuple[int, int, int]] = []
+
+    def make_tiles(batch: int, channels: int, tile: int) -> np.ndarray:
+        shapes.append((batch, channels, tile))
+        return np.zeros((batch, channels, tile, tile), np.float32)
+
+    with FakeRunner() as runner:
+        results = benchmark.bench_runner(
+            runner, artifact="x", tile=32, batches=[1, 2], iters=3, warmup=0, make_tiles=make_tiles
+        )
+    assert shapes == [(1, 2, 32), (2, 2, 32)]
     assert [r.batch for r in results] == [1, 2] and all(r.channels == 2 for r in results)
+    assert (results[0].device, results[0].precision, results[0].runner_info) == (
+        "gpu",
+        "fp16",
+        {"threads": 3},
+    )
     assert results[0].phases_ms["compute"].max == pytest.approx(6.0)
 
 
+def test_bench_refuses_shapes_outside_the_engine_profile_before_timing() -> None:
+    runner = FakeRunner()
+    runner.shape_limits = ShapeLimits(1, 2, 4, (32, 32), (64, 64), (128, 128))
+    with runner, pytest.raises(UserError, match=r"batch 8 is outside .*\[1, 4\]"):
+        benchmark.bench_runner(
+            runner, artifact="x", tile=32, batches=[8], iters=1, warmup=0, make_tiles=synthetic_tiles
+        )
+    assert runner.calls == 0
+
+
 def test_synthetic_tiles_are_normalised_images_not_constants() -> None:
-    tiles = benchmark.synthetic_tiles(2, 2, 64, seed=1)
+    tiles = synthetic_tiles(2, 2, 64, seed=1)
     assert tiles.shape == (2, 2, 64, 64) and tiles.dtype == np.float32
     low, high = np.percentile(tiles[0, 0], [1, 99])
     assert low == pytest.approx(0.0, abs=0.05) and high == pytest.approx(1.0, abs=0.05)
     assert not np.array_equal(tiles[0], tiles[1])
+    np.testing.assert_array_equal(synthetic_tiles(1, 2, 64, seed=1)[0], tiles[0])  # same tile at any batch
 
 
 # CLI ---------------------------------------------------------------------------------------------
-def tiny_onnx(path: Path, channels: int = 1) -> Path:
-    """A one-conv model with the network's names and dynamic axes: image (N,C,H,W) -> flows (N,3,H,W)."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    weight = np.random.default_rng(0).standard_normal((3, channels, 3, 3)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["image", "w"], ["flows"], pads=[1, 1, 1, 1])],
-        "tiny",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", channels, "H", "W"])],
-        [helper.make_tensor_value_info("flows", TensorProto.FLOAT, ["N", 3, "H", "W"])],
-        [numpy_helper.from_array(weight, "w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    onnx.save(model, str(path))
-    return path
-
-
-def tiny_export(folder: Path) -> Path:
-    """An export folder with a fp32 and an 'int8' artifact (the same tiny model) and a manifest."""
-    from cyclepose_deploy.runtime.manifest import SCHEMA
-
-    folder.mkdir()
-    artifacts = []
-    for name, precision in (("model.onnx", "fp32"), ("model.int8.onnx", "int8")):
-        sha = hashlib.sha256(tiny_onnx(folder / name).read_bytes()).hexdigest()
-        artifacts.append({"file": name, "format": "onnx", "precision": precision, "sha256": sha})
-    manifest = {
-        "schema": SCHEMA,
-        "channels": 1,
-        "diameter": [10.0, 30.0],
-        "normalization": {"lower": 1.0, "upper": 99.0},
-        "source_sha256": "0" * 64,
-        "artifacts": artifacts,
-    }
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    return folder
-
-
 def cli(*args: str) -> tuple[int, str, str]:
     app = typer.Typer()
 
@@ -153,11 +136,11 @@ def cli(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-def test_cli_prints_table_and_writes_json_with_percentiles(tmp_path: Path) -> None:
+def test_cli_prints_table_and_writes_json_with_percentiles(tmp_path: Path, tiny_onnx: Callable) -> None:
     model = tiny_onnx(tmp_path / "model.onnx")
     out = tmp_path / "b.json"
     code, stdout, stderr = cli(
-        "--engine",
+        "--model",
         str(model),
         "--batch",
         "1,2",
@@ -192,10 +175,10 @@ def test_cli_prints_table_and_writes_json_with_percentiles(tmp_path: Path) -> No
     assert not list(tmp_path.glob(".*partial*"))
 
 
-def test_cli_benches_every_verified_artifact_of_an_export(tmp_path: Path) -> None:
+def test_cli_benches_every_verified_artifact_of_an_export(tmp_path: Path, tiny_export: Callable) -> None:
     folder = tiny_export(tmp_path / "export")
     out = tmp_path / "b.json"
-    code, _, stderr = cli(
+    code, _, stderr = cli(  # --engine: the old name of --model, kept as an alias
         "--engine", str(folder), "--batch", "1", "--tile", "16", "--iters", "2", "--json", str(out)
     )
     assert code == 0, stderr
@@ -205,20 +188,24 @@ def test_cli_benches_every_verified_artifact_of_an_export(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--engine", "{tmp}/missing.onnx"], "does not exist"),
-        (["--engine", "{model}", "--batch", "1,x"], "--batch"),
-        (["--engine", "{model}", "--batch", "0"], "--batch"),
-        (["--engine", "{model}", "--tile", "100", "--iters", "1"], "--tile"),
-        (["--engine", "{model}", "--json", "{tmp}/no/such/dir/b.json"], "does not exist"),
-        (["--engine", "{tmp}/notes.txt"], ".onnx/.engine"),
-        (["--engine", "{tampered}"], "sha256"),
-        (["--engine", "{tmp}/lone.engine"], "manifest"),
+        (["--model", "{tmp}/missing.onnx"], "not found"),
+        (["--model", "{model}", "--batch", "1,x"], "--batch"),
+        (["--model", "{model}", "--batch", "0"], "--batch"),
+        (["--model", "{model}", "--tile", "100", "--iters", "1"], "--tile"),
+        (["--model", "{model}", "--json", "{tmp}/no/such/dir/b.json"], "does not exist"),
+        (["--model", "{tmp}/notes.txt"], ".onnx / .engine / .plan / .trt"),
+        (["--model", "{tampered}"], "sha256"),
+        (["--model", "{tmp}/lone.engine"], "manifest"),
+        (["--model", "{tmp}/lone.trt"], "manifest"),
     ],
 )
-def test_cli_bad_input_is_one_line_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+def test_cli_bad_input_is_one_line_exit_2(
+    tmp_path: Path, tiny_onnx: Callable, tiny_export: Callable, args: list[str], message: str
+) -> None:
     model = tiny_onnx(tmp_path / "model.onnx")
     (tmp_path / "notes.txt").write_text("hi")
     (tmp_path / "lone.engine").write_bytes(b"not an engine")
+    (tmp_path / "lone.trt").write_bytes(b"not an engine")
     folder = tiny_export(tmp_path / "export")
     (folder / "model.int8.onnx").write_bytes(b"tampered")
     subs = {"{tmp}": str(tmp_path), "{model}": str(model), "{tampered}": str(folder)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -108,11 +109,10 @@ def test_markdown_warns_when_the_machine_was_busy() -> None:
     assert "machine was busy (load 3.5" in markdown(result)
 
 
-def test_suite_network_part_on_a_tiny_export(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_suite_network_part_on_a_tiny_export(tmp_path: Path, tiny_export: Callable) -> None:
     """Torch eager (untrained S) and both ONNX artifacts, each in its own process, side by side."""
     pytest.importorskip("torch")
-    from test_bench import tiny_export
-
     export = tiny_export(tmp_path / "export")
     out = tmp_path / "results"
     args = ["--export", str(export), "--quick", "--parts", "network", "--tile", "32", "--batch", "1"]

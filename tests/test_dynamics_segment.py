@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from cyclepose_deploy.errors import UserError
 from cyclepose_deploy.metrics import match_instances
+from cyclepose_deploy.runtime.chunks import Settings, halo_for
 from cyclepose_deploy.runtime.dynamics import (
+    DynamicsSettings,
     chunk_halo,
     flows_to_labels,
     labels_to_flows,
@@ -17,7 +20,7 @@ from cyclepose_deploy.runtime.dynamics import (
 from cyclepose_deploy.synth.shapes import ShapePrior, pack_instances
 from cyclepose_deploy.synth.slide import make_slide
 
-MAX_DIAMETER = 30 * 1.4  # ShapePrior's largest mean diameter, stretched by its max aspect ratio
+MAX_EXTENT = ShapePrior().max_extent()  # the longest nucleus make_slide's default prior can draw
 
 
 def _logits(labels: np.ndarray) -> np.ndarray:
@@ -31,10 +34,16 @@ def slide() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return labels, labels_to_flows(labels), _logits(labels)
 
 
-def _chunked(flows: np.ndarray, cellprob: np.ndarray, step: int, **settings: object) -> np.ndarray:
+def _chunked(
+    flows: np.ndarray,
+    cellprob: np.ndarray,
+    step: int,
+    settings: DynamicsSettings = DynamicsSettings(),
+    halo: int | None = None,
+) -> np.ndarray:
     """Run segment_chunk over a grid of cores, then compact ids to 1..N in ascending order."""
     height, width = cellprob.shape
-    halo = chunk_halo(MAX_DIAMETER, int(settings.get("niter", 200)))  # type: ignore[call-overload]
+    halo = chunk_halo(MAX_EXTENT, settings.niter) if halo is None else halo
     ids = np.zeros((height, width), np.uint64)
     owners: list[np.ndarray] = []
     for y in range(0, height, step):
@@ -48,7 +57,7 @@ def _chunked(flows: np.ndarray, cellprob: np.ndarray, step: int, **settings: obj
                 core=core,
                 origin=(y0, x0),
                 image_shape=(height, width),
-                **settings,
+                settings=settings,
             )
             ids[y : y + step, x : x + step] = part
             owners.append(owned_ids(part, (y, x), (height, width)))
@@ -58,6 +67,7 @@ def _chunked(flows: np.ndarray, cellprob: np.ndarray, step: int, **settings: obj
     return compact.reshape(ids.shape).astype(np.uint32)
 
 
+@pytest.mark.slow  # a 2048 x 2048 slide: about 15 s with its fixture
 def test_round_trip_recovers_ground_truth(slide: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
     labels, flows, logits = slide
     assert labels.max() > 1500
@@ -66,6 +76,7 @@ def test_round_trip_recovers_ground_truth(slide: tuple[np.ndarray, np.ndarray, n
     assert match_instances(result, labels, thresholds=(0.9,)).at(0.9).ap >= 0.99
 
 
+@pytest.mark.slow
 def test_chunked_equals_whole(slide: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
     _, flows, logits = slide
     whole = flows_to_labels(flows, logits)
@@ -81,6 +92,37 @@ def test_chunked_equals_whole_on_noisy_flows() -> None:
     whole = flows_to_labels(flows, logits)
     assert whole.max() > 100
     np.testing.assert_array_equal(_chunked(flows, logits, 512), whole)
+
+
+def test_chunked_equals_whole_with_elongated_nuclei_across_chunk_borders() -> None:
+    """Nuclei up to 6:1 long, on chunks of 128 px: many lie across borders and are far longer than
+    their mean diameter. The halo comes from the prior's longest extent (what export writes into the
+    manifest as max_extent and Settings carries to halo_for), not from the mean diameter."""
+    prior = ShapePrior(diameter_min=24, diameter_max=30, max_aspect=6.0, coverage=0.35)
+    labels = pack_instances(np.random.default_rng(0), (512, 512), prior)
+    flows, logits = labels_to_flows(labels), _logits(labels)
+    boxes = [box for box in ndimage.find_objects(labels) if box is not None]
+    lengths = [max(ys.stop - ys.start, xs.stop - xs.start) for ys, xs in boxes]
+    crossing = sum(
+        ys.start // 128 != (ys.stop - 1) // 128 or xs.start // 128 != (xs.stop - 1) // 128 for ys, xs in boxes
+    )
+    assert max(lengths) > 1.8 * prior.diameter_max and crossing > 50
+    assert max(lengths) <= prior.max_extent()
+    settings = Settings(chunk=128, max_diameter=prior.diameter_max, max_extent=prior.max_extent())
+    halo = halo_for(settings)
+    assert halo == chunk_halo(prior.max_extent()) > chunk_halo(prior.diameter_max)
+    whole = flows_to_labels(flows, logits)
+    assert whole.max() > 100
+    np.testing.assert_array_equal(_chunked(flows, logits, settings.chunk, settings.dynamics(), halo), whole)
+
+
+def test_halo_without_a_recorded_extent_is_conservative() -> None:
+    """Old manifests have no max_extent: the halo assumes 2 x the largest mean diameter, more than the
+    default prior's bound (1.72 x)."""
+    old = Settings(max_diameter=30.0)
+    assert old.extent == 60.0 > ShapePrior(diameter_max=30.0).max_extent()
+    assert halo_for(old) == chunk_halo(60.0)
+    assert halo_for(Settings(max_diameter=30.0, max_extent=51.6)) == chunk_halo(51.6)
 
 
 def test_chunk_ids_are_global_seed_positions() -> None:
@@ -181,7 +223,7 @@ def test_bad_inputs_are_user_errors() -> None:
         )
 
 
-def test_halo_grows_with_diameter_and_is_capped_by_niter() -> None:
+def test_halo_grows_with_extent_and_is_capped_by_niter() -> None:
     assert chunk_halo(30, 200) == 30 + 30 + 16
     assert chunk_halo(30, 5) == 30 + 5 + 16
     assert chunk_halo(60) > chunk_halo(30)

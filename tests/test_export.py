@@ -24,8 +24,10 @@ from cyclepose_deploy.export.profiles import DEFAULT
 from cyclepose_deploy.export.torch_runner import TorchRunner
 from cyclepose_deploy.export.verify import Thresholds
 from cyclepose_deploy.nets.segmenter import Segmenter
+from cyclepose_deploy.runtime.artifacts import resolve_model
 from cyclepose_deploy.runtime.backends.ort import OrtRunner
 from cyclepose_deploy.runtime.manifest import load_manifest, verify_artifact
+from cyclepose_deploy.synth.shapes import ShapePrior
 from cyclepose_deploy.train.checkpoint import save_checkpoint
 
 WIDTHS = [8, 16, 32, 64]
@@ -95,6 +97,8 @@ def test_export_writes_verified_artifacts_and_manifest(exported: tuple[Path, lis
     assert fp32["kind"] == "array" and fp32["max_abs"] <= 1e-4 and {"p99_abs", "mean_rel"} <= set(fp32)
     assert files[("onnx", "int8")].verification["kind"] == "labels"
     assert manifest.diameter == [10.0, 30.0] and manifest.channels == 1 and manifest.flow_scale == 5.0
+    assert manifest.max_extent == pytest.approx(ShapePrior().max_extent(), abs=0.01)  # the prior's longest
+    assert resolve_model(out).extent == manifest.max_extent
     assert {"torch", "onnx", "onnxruntime"} <= set(manifest.tools) and manifest.tensorrt is None
     assert manifest.export["batchnorm_total"] > 0
     assert any(line.startswith("engine: skipped") for line in lines)

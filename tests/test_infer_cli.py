@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import errno
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
-from test_runtime_nets import identity_net, nuclei_net
 from typer.testing import CliRunner
 
 from cyclepose_deploy.cli import app
@@ -21,7 +21,9 @@ pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def data(
+    tmp_path_factory: pytest.TempPathFactory, nuclei_net: Callable, identity_net: Callable
+) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("infer")
     image, labels = make_slide(320, 288, 5)
     tifffile.imwrite(
@@ -53,7 +55,7 @@ def leftovers(folder: Path) -> list[str]:
 def test_infer_writes_labels_objects_preview_prob(data: dict[str, Path], tmp_path: Path) -> None:
     code, text = invoke(
         data["slide"],
-        "--engine",
+        "--model",
         data["net"],
         "-o",
         tmp_path / "labels.tif",
@@ -97,11 +99,11 @@ def expect_error(code: int, text: str, *fragments: str) -> None:
 
 def test_missing_and_corrupt_slide(data: dict[str, Path], tmp_path: Path) -> None:
     expect_error(
-        *invoke(tmp_path / "nope.tif", "--engine", data["net"], "-o", tmp_path / "l.tif"), "not found"
+        *invoke(tmp_path / "nope.tif", "--model", data["net"], "-o", tmp_path / "l.tif"), "not found"
     )
     (tmp_path / "bad.tif").write_bytes(b"II*\x00" + b"\x00" * 64)
     expect_error(
-        *invoke(tmp_path / "bad.tif", "--engine", data["net"], "-o", tmp_path / "l.tif"), "cannot read"
+        *invoke(tmp_path / "bad.tif", "--model", data["net"], "-o", tmp_path / "l.tif"), "cannot read"
     )
     assert leftovers(tmp_path) == ["bad.tif"]
 
@@ -109,7 +111,7 @@ def test_missing_and_corrupt_slide(data: dict[str, Path], tmp_path: Path) -> Non
 def test_truncated_tile_data(data: dict[str, Path], tmp_path: Path) -> None:
     blob = data["slide"].read_bytes()
     (tmp_path / "cut.tif").write_bytes(blob[: len(blob) // 2])
-    expect_error(*invoke(tmp_path / "cut.tif", "--engine", data["net"], "-o", tmp_path / "l.tif"), "cut.tif")
+    expect_error(*invoke(tmp_path / "cut.tif", "--model", data["net"], "-o", tmp_path / "l.tif"), "cut.tif")
     assert leftovers(tmp_path) == ["cut.tif"]
 
 
@@ -117,12 +119,12 @@ def test_bad_dimensions_and_channel(data: dict[str, Path], tmp_path: Path) -> No
     tifffile.imwrite(
         tmp_path / "z.ome.tif", np.zeros((3, 32, 32), np.uint16), ome=True, metadata={"axes": "ZYX"}
     )
-    expect_error(*invoke(tmp_path / "z.ome.tif", "--engine", data["net"], "-o", tmp_path / "l.tif"), "2D")
+    expect_error(*invoke(tmp_path / "z.ome.tif", "--model", data["net"], "-o", tmp_path / "l.tif"), "2D")
     tifffile.imwrite(
         tmp_path / "c.ome.tif", np.zeros((2, 32, 32), np.uint16), ome=True, metadata={"axes": "CYX"}
     )
     expect_error(
-        *invoke(tmp_path / "c.ome.tif", "--engine", data["net"], "-o", tmp_path / "l.tif", "--channel", 2),
+        *invoke(tmp_path / "c.ome.tif", "--model", data["net"], "-o", tmp_path / "l.tif", "--channel", 2),
         "--channel 2",
         "0..1",
     )
@@ -131,12 +133,13 @@ def test_bad_dimensions_and_channel(data: dict[str, Path], tmp_path: Path) -> No
 
 def test_bad_options(data: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "l.tif"
-    expect_error(*invoke(data["slide"], "--engine", data["net"], "-o", out, "--tile", 100), "multiple of 16")
-    expect_error(*invoke(data["slide"], "--engine", data["net"], "-o", out, "--diameter", -3), "--diameter")
-    expect_error(*invoke(data["slide"], "--engine", tmp_path / "m.onnx", "-o", out), "not found")
+    expect_error(*invoke(data["slide"], "--model", data["net"], "-o", out, "--tile", 100), "multiple of 16")
+    expect_error(*invoke(data["slide"], "--model", data["net"], "-o", out, "--diameter", -3), "--diameter")
+    expect_error(*invoke(data["slide"], "--model", tmp_path / "m.onnx", "-o", out), "not found")
     expect_error(
-        *invoke(data["slide"], "--engine", data["net"], "-o", tmp_path / "no" / "l.tif"), "does not exist"
+        *invoke(data["slide"], "--model", data["net"], "-o", tmp_path / "no" / "l.tif"), "does not exist"
     )
+    # --engine is the old name of --model, kept as an alias
     expect_error(*invoke(data["slide"], "--engine", data["net"], "-o", data["slide"]), "differ")
     assert leftovers(tmp_path) == []
 
@@ -170,8 +173,8 @@ def test_manifest_hash_mismatch(data: dict[str, Path], tmp_path: Path) -> None:
     export.mkdir()
     write_manifest(export, data["net"], sha="f" * 64)
     out = tmp_path / "l.tif"
-    expect_error(*invoke(data["slide"], "--engine", export, "-o", out), "sha256")
-    expect_error(*invoke(data["slide"], "--engine", export / "model.onnx", "-o", out), "sha256")
+    expect_error(*invoke(data["slide"], "--model", export, "-o", out), "sha256")
+    expect_error(*invoke(data["slide"], "--model", export / "model.onnx", "-o", out), "sha256")
     assert leftovers(tmp_path) == ["export"]
 
 
@@ -199,11 +202,11 @@ def test_export_folder_picks_verified_onnx_without_tensorrt(
 
     monkeypatch.setattr(artifacts, "gpu_tensorrt_available", lambda: False)
     export = engine_export(tmp_path / "export", data["net"])
-    code, text = invoke(data["slide"], "--engine", export, "-o", tmp_path / "l.tif", "--tile", 128)
+    code, text = invoke(data["slide"], "--model", export, "-o", tmp_path / "l.tif", "--tile", 128)
     assert code == 0, text
     assert "model.onnx (onnx fp32, manifest)" in text
     expect_error(
-        *invoke(data["slide"], "--engine", export / "model.engine", "-o", tmp_path / "e.tif"),
+        *invoke(data["slide"], "--model", export / "model.engine", "-o", tmp_path / "e.tif"),
         "TensorRT engine",
         "use the .onnx",
     )
@@ -223,7 +226,7 @@ def test_engine_built_for_another_gpu(
     monkeypatch.setattr(trt_backend, "trt", SimpleNamespace(__version__="10.9.0"))
     monkeypatch.setattr(trt_backend.cuda, "device_properties", lambda device=0: ("NVIDIA H100", "9.0"))
     export = engine_export(tmp_path / "export", data["net"])
-    code, text = invoke(data["slide"], "--engine", export, "-o", tmp_path / "l.tif")
+    code, text = invoke(data["slide"], "--model", export, "-o", tmp_path / "l.tif")
     expect_error(code, text, "built for TensorRT 10.3.0", "Orin", "rebuild")
     assert leftovers(tmp_path) == ["export"]
 
@@ -240,7 +243,7 @@ def test_full_disk_leaves_nothing(
     out = tmp_path / "out"
     out.mkdir()
     code, text = invoke(
-        data["slide"], "--engine", data["net"], "-o", out / "l.tif", "--objects", out / "o.csv", "--tile", 128
+        data["slide"], "--model", data["net"], "-o", out / "l.tif", "--objects", out / "o.csv", "--tile", 128
     )
     expect_error(code, text, "No space left", "l.tif")
     assert leftovers(out) == []
@@ -255,6 +258,6 @@ def test_full_disk_during_chunks(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(ScratchStore, "write", full)
-    code, text = invoke(data["slide"], "--engine", data["net"], "-o", tmp_path / "l.tif", "--tile", 128)
+    code, text = invoke(data["slide"], "--model", data["net"], "-o", tmp_path / "l.tif", "--tile", 128)
     expect_error(code, text, "No space left")
     assert leftovers(tmp_path) == []

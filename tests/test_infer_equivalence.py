@@ -3,12 +3,12 @@ labels, tiled flows agree with the untiled network, the threaded pipeline equals
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
-from test_runtime_nets import nuclei_net, run_onnx
 
 from cyclepose_deploy.metrics import match_instances
 from cyclepose_deploy.runtime.artifacts import resolve_model
@@ -24,7 +24,7 @@ FAST = {"tile": 128, "overlap": 16, "batch": 8}
 
 
 @pytest.fixture(scope="module")
-def case(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def case(tmp_path_factory: pytest.TempPathFactory, nuclei_net: Callable) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("equiv")
     image, _ = make_slide(*SHAPE, 11)
     tifffile.imwrite(root / "slide.tif", image, tile=(64, 64), compression="zlib")
@@ -53,7 +53,7 @@ def test_chunked_labels_equal_whole_image_labels(case: dict[str, Path]) -> None:
     assert s2.objects == s1.objects
 
 
-def test_tiling_agrees_with_the_untiled_network(case: dict[str, Path]) -> None:
+def test_tiling_agrees_with_the_untiled_network(case: dict[str, Path], run_onnx: Callable) -> None:
     from cyclepose_deploy.runtime.dynamics import flows_to_labels
 
     slide = Slide(case["slide"])

@@ -46,6 +46,18 @@ def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
     assert data["input_name"] == "image" and data["output_name"] == "flows"
 
 
+def test_max_extent_round_trips_and_is_optional(tmp_path: Path) -> None:
+    written = make_export(tmp_path)
+    assert load_manifest(tmp_path).max_extent is None  # as written before the field existed
+    written.max_extent = 51.57
+    written.save(tmp_path)
+    assert load_manifest(tmp_path).max_extent == 51.57
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    del data["max_extent"]  # an old manifest: no such key at all
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    assert load_manifest(tmp_path).max_extent is None
+
+
 def test_verify_artifact_accepts_the_original(tmp_path: Path) -> None:
     manifest = load_manifest(make_export(tmp_path).save(tmp_path))
     assert verify_artifact(manifest, "model.onnx") == tmp_path / "model.onnx"
@@ -79,6 +91,7 @@ def test_unlisted_and_missing_artifacts_are_refused(tmp_path: Path) -> None:
         (lambda d: d["artifacts"][0].update(file="../model.onnx"), "path instead of a file name"),
         (lambda d: d.pop("artifacts"), "malformed"),
         (lambda d: d.update(surprise=1), "malformed"),
+        (lambda d: d.update(max_extent=-3), "max_extent"),
     ],
 )
 def test_invalid_manifests_are_refused(tmp_path: Path, edit, message: str) -> None:

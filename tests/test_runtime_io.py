@@ -44,6 +44,23 @@ def test_slide_reads_windows_of_any_flavour(tmp_path: Path, dtype: type, kwargs:
         assert slide.pixel_size == (0.25, 0.5)
 
 
+@pytest.mark.parametrize(
+    ("units", "expected"),
+    [
+        ({}, (0.25, 0.5)),  # OME's default unit is the micrometre
+        ({"PhysicalSizeXUnit": "nm", "PhysicalSizeYUnit": "nm"}, (0.25e-3, 0.5e-3)),
+        ({"PhysicalSizeXUnit": "\u00b5m", "PhysicalSizeYUnit": "um"}, (0.25, 0.5)),
+        ({"PhysicalSizeXUnit": "mm", "PhysicalSizeYUnit": "\u00b5m"}, (0.25, 500.0)),
+        ({"PhysicalSizeXUnit": "pixel", "PhysicalSizeYUnit": "pixel"}, None),  # no physical size
+    ],
+)
+def test_ome_pixel_size_honours_units(tmp_path: Path, units: dict, expected: tuple | None) -> None:
+    metadata = {"axes": "CYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.25, **units}
+    tifffile.imwrite(tmp_path / "u.ome.tif", np.zeros((2, 16, 16), np.uint16), ome=True, metadata=metadata)
+    size = Slide(tmp_path / "u.ome.tif").pixel_size
+    assert size == (pytest.approx(expected) if expected else None)
+
+
 def test_pyramid_reads_level_zero(tmp_path: Path) -> None:
     image = (RNG.random((128, 128)) * 1000).astype(np.uint16)
     with tifffile.TiffWriter(tmp_path / "p.ome.tif", bigtiff=True) as tif:

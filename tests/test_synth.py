@@ -70,6 +70,27 @@ def test_diameter_prior_is_respected() -> None:
     assert np.median(diameters) < 9 and diameters.max() < 14
 
 
+@pytest.mark.parametrize(
+    "prior",
+    [ShapePrior(), ShapePrior(diameter_max=20, max_aspect=4.0, deformation=0.25), ShapePrior(max_aspect=1.0)],
+)
+def test_max_extent_bounds_every_nucleus(prior: ShapePrior) -> None:
+    """The runtime sizes its chunk halo from this bound: no nucleus may be longer (Feret diameter of its
+    pixel centres, + 1 px), even at the largest diameter and elongation the prior draws."""
+    from scipy.spatial.distance import pdist
+
+    from cyclepose_deploy.synth.shapes import nucleus_mask
+
+    rng = np.random.default_rng(11)
+    bound, longest = prior.max_extent(), 0.0
+    for _ in range(150):
+        mask = nucleus_mask(rng, prior.diameter_max, prior.max_aspect, prior.deformation)
+        edge = mask & ~ndimage.binary_erosion(mask)
+        points = np.argwhere(edge).astype(float)
+        longest = max(longest, float(pdist(points).max()) + 1.0 if len(points) > 1 else 1.0)
+    assert prior.diameter_max * np.sqrt(prior.max_aspect) < longest <= bound
+
+
 def test_file_equals_memory_and_keeps_pixel_size(tmp_path: Path) -> None:
     image, labels = make_slide(BAND + 300, 300, seed=7)
     out, gt = tmp_path / "s.tif", tmp_path / "gt.tif"

@@ -14,7 +14,7 @@ from cyclepose_deploy.cli import app
 from cyclepose_deploy.train.checkpoint import load_checkpoint, load_segmenter
 from cyclepose_deploy.train.data import ImageCrops, dihedral_flows, mask_targets
 from cyclepose_deploy.train.loop import TrainConfig, Trainer
-from cyclepose_deploy.train.run import make_trainer, run
+from cyclepose_deploy.train.run import image_crops, make_trainer, run
 
 TINY = {
     "widths": [8, 16, 32, 64],
@@ -45,7 +45,7 @@ def image_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _trainer(image_path: Path, steps: int, **extra: object) -> Trainer:
     torch.set_num_threads(1)
     config = TrainConfig(steps=steps, **{**TINY, **extra})  # type: ignore[arg-type]
-    return Trainer(config, ImageCrops([image_path], config.tile))
+    return Trainer(config, image_crops([image_path], config))
 
 
 def test_dihedral_flows_turn_vectors_with_pixels() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from cyclepose_deploy.cli.common import parse_int_list, user_errors
+from cyclepose_deploy.runtime import defaults
 
 
 def register(app: typer.Typer) -> None:
@@ -16,13 +17,17 @@ def register(app: typer.Typer) -> None:
 
 @user_errors
 def bench(
-    engine: list[Path] = typer.Option(
+    model: list[Path] = typer.Option(
         ...,
+        "--model",
         "--engine",
-        help="Export folder (benches every verified artifact) or a .onnx/.engine file; repeatable.",
+        help="Export folder (benches every verified artifact) or a .onnx/.engine/.plan/.trt file; "
+        "repeatable. --engine is an alias.",
     ),
-    tile: int = typer.Option(256, help="Tile side in pixels (a multiple of 16)."),
-    batch: str = typer.Option("1,8", help="Batch sizes, comma-separated."),
+    tile: int = typer.Option(
+        defaults.TILE, help=f"Tile side in pixels (a multiple of {defaults.SIZE_MULTIPLE})."
+    ),
+    batch: str = typer.Option(f"1,{defaults.BATCH}", help="Batch sizes, comma-separated."),
     iters: int = typer.Option(20, min=1, help="Timed iterations per batch size."),
     warmup: int = typer.Option(3, min=0, help="Untimed iterations first (caches, allocators, autotuning)."),
     threads: int = typer.Option(None, min=1, help="CPU threads for ONNX Runtime (default: all cores)."),
@@ -32,18 +37,26 @@ def bench(
     """Time each artifact on a realistic normalised tile: min/median/p90/p95/p99/max latency
     (nearest-rank percentiles, like trtexec), tiles/s and MPix/s."""
     from cyclepose_deploy.runtime import benchmark
+    from cyclepose_deploy.runtime.artifacts import resolve_models
     from cyclepose_deploy.runtime.atomic import check_writable, write_json_atomic
+    from cyclepose_deploy.synth.tiles import synthetic_tiles
 
     batches = parse_int_list(batch, "--batch")
     if json_out is not None:
         check_writable(json_out)
-    targets = benchmark.resolve_targets(engine)
+    models = resolve_models(model)
     provider_list = [p.strip() for p in providers.split(",") if p.strip()]
     results = []
-    for target in targets:
-        with benchmark.open_runner(target, threads=threads, providers=provider_list) as runner:
+    for found in models:
+        with found.runner(threads=threads, providers=provider_list) as runner:
             results += benchmark.bench_runner(
-                runner, artifact=target.path, tile=tile, batches=batches, iters=iters, warmup=warmup
+                runner,
+                artifact=str(found.path),
+                tile=tile,
+                batches=batches,
+                iters=iters,
+                warmup=warmup,
+                make_tiles=synthetic_tiles,
             )
     settings = dict(tile=tile, batches=batches, iters=iters, warmup=warmup)
     settings.update(threads=threads, providers=provider_list)

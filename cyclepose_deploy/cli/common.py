@@ -1,4 +1,4 @@
-"""What every subcommand shares: one-line user errors with exit code 2, and a console."""
+"""What every subcommand shares: one-line user errors with exit code 2, and the console."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import typer
-from rich.console import Console
 
+from cyclepose_deploy.console import console
 from cyclepose_deploy.errors import UserError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-console = Console(stderr=True)
+__all__ = ["console", "parse_int_list", "user_errors"]
 
 
 def user_errors(func: F) -> F:

@@ -9,8 +9,7 @@ import typer
 
 from cyclepose_deploy.cli.common import console, user_errors
 from cyclepose_deploy.errors import UserError
-
-PRECISIONS = ("fp32", "fp16", "int8")
+from cyclepose_deploy.runtime.defaults import PRECISIONS
 
 
 def parse_precisions(text: str) -> tuple[str, ...]:
@@ -32,10 +31,15 @@ def register(app: typer.Typer) -> None:
     def export(
         checkpoint: Path = typer.Argument(..., help="CyclePose model.pt or a Cellpose 3 model file."),
         out_dir: Path = typer.Option(..., "-o", "--output", help="Folder for model*.onnx, engine, manifest."),
-        precision: str = typer.Option("fp32,fp16,int8", "--precision", help="Comma list: fp32, fp16, int8."),
+        precision: str = typer.Option(
+            ",".join(PRECISIONS), "--precision", help=f"Comma list: {', '.join(PRECISIONS)}."
+        ),
         calib: list[Path] = typer.Option([], "--calib", help="Calibration image(s) for int8 (repeatable)."),
         profile: str | None = typer.Option(
-            None, "--profile", help="Deployment profile: export/profiles/NAME.toml or NAME."
+            None,
+            "--profile",
+            help="Deployment profile: a shipped NAME (cpu, jetson-orin-nano, jetson-agx-orin, server-gpu) "
+            "or a TOML file.",
         ),
         engine: bool | None = typer.Option(
             None,

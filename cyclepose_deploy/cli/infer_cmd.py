@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from cyclepose_deploy.cli.common import console, user_errors
+from cyclepose_deploy.runtime import defaults
 
 
 def register(app: typer.Typer) -> None:
@@ -17,19 +18,32 @@ def register(app: typer.Typer) -> None:
     def infer(
         slide: Path = typer.Argument(..., help="Input TIFF / BigTIFF / OME-TIFF (2D or multi-channel)."),
         engine: Path = typer.Option(
-            ..., "--engine", help="An .onnx, a TensorRT .engine, or an export folder."
+            ...,
+            "--model",
+            "--engine",
+            help="An export folder, an .onnx, or a TensorRT .engine/.plan/.trt; --engine is an alias.",
         ),
         out: Path = typer.Option(..., "-o", "--output", help="Labels to write (uint32 tiled OME BigTIFF)."),
-        tile: int = typer.Option(256, "--tile", help="Network tile size (multiple of 16)."),
-        overlap: int = typer.Option(32, "--overlap", help="Tile overlap in pixels, blended with a taper."),
-        batch: int = typer.Option(8, "--batch", help="Tiles per network call."),
-        chunk: int = typer.Option(2048, "--chunk", help="Chunk size for dynamics; bounds the memory."),
+        tile: int = typer.Option(
+            defaults.TILE, "--tile", help=f"Network tile size (multiple of {defaults.SIZE_MULTIPLE})."
+        ),
+        overlap: int = typer.Option(
+            defaults.OVERLAP, "--overlap", help="Tile overlap in pixels, blended with a taper."
+        ),
+        batch: int = typer.Option(defaults.BATCH, "--batch", help="Tiles per network call."),
+        chunk: int = typer.Option(
+            defaults.CHUNK, "--chunk", help="Chunk size for dynamics; bounds the memory."
+        ),
         channel: int | None = typer.Option(
             None, "--channel", help="Channel of a multi-channel slide (0-based)."
         ),
         diameter: float | None = typer.Option(None, "--diameter", help="Nucleus diameter in px (rescales)."),
-        cellprob_threshold: float = typer.Option(0.0, "--cellprob-threshold", help="Logit threshold."),
-        flow_threshold: float = typer.Option(0.4, "--flow-threshold", help="Max flow error per object."),
+        cellprob_threshold: float = typer.Option(
+            defaults.CELLPROB_THRESHOLD, "--cellprob-threshold", help="Logit threshold."
+        ),
+        flow_threshold: float = typer.Option(
+            defaults.FLOW_THRESHOLD, "--flow-threshold", help="Max flow error per object."
+        ),
         objects: Path | None = typer.Option(None, "--objects", help="Object table CSV, one row per nucleus."),
         preview: Path | None = typer.Option(None, "--preview", help="Downsampled PNG with outlines."),
         prob: Path | None = typer.Option(None, "--prob", help="Probability map (uint8 tiled BigTIFF)."),

@@ -8,8 +8,10 @@ import typer
 
 from cyclepose_deploy.cli.common import console, user_errors
 from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.runtime.defaults import DIAMETER
 
 TIFF_SUFFIXES = (".tif", ".tiff")
+DIAMETER_TEXT = f"{DIAMETER[0]:g}-{DIAMETER[1]:g}"
 
 
 def parse_diameter(text: str) -> tuple[float, float]:
@@ -52,7 +54,9 @@ def register(app: typer.Typer) -> None:
         width: int | None = typer.Option(None, "--width", help="Slide width (overrides --size)."),
         labels: Path | None = typer.Option(None, "--labels", help="Ground-truth instance labels (uint32)."),
         seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same slide."),
-        diameter: str = typer.Option("10-30", "--diameter", help="Nucleus diameter range MIN-MAX in px."),
+        diameter: str = typer.Option(
+            DIAMETER_TEXT, "--diameter", help="Nucleus diameter range MIN-MAX in px."
+        ),
         pixel_size: float = typer.Option(0.65, "--pixel-size", help="Physical pixel size in um."),
     ) -> None:
         """Write a synthetic fluorescence nuclei slide (and its labels), streamed band by band."""

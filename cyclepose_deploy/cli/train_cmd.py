@@ -20,6 +20,17 @@ def parse_diameter(text: str) -> list[float]:
     return [low, high]
 
 
+def parse_coverage(text: str) -> tuple[float, float | None]:
+    """'0.3' -> (0.3, None); '0.05-0.4' -> each mask canvas draws its coverage in [0.05, 0.4]."""
+    try:
+        parts = [float(v) for v in text.split("-")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or not all(0.02 <= v <= 0.8 for v in parts) or parts != sorted(parts):
+        raise UserError(f"--coverage must be a fraction or MIN-MAX within 0.02-0.8, e.g. 0.3 or 0.05-0.4; got {text!r}")
+    return parts[0], (parts[1] if len(parts) == 2 else None)
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     @user_errors
@@ -37,7 +48,21 @@ def register(app: typer.Typer) -> None:
         tile: int = typer.Option(128, min=32, help="Training crop size (multiple of 16)."),
         batch: int = typer.Option(8, min=1),
         diameter: str = typer.Option("10-30", help="Nucleus diameter range of the mask prior, pixels."),
-        coverage: float = typer.Option(0.3, min=0.02, max=0.8, help="Area fraction covered by nuclei."),
+        coverage: str = typer.Option(
+            "0.3", help="Area fraction covered by nuclei, or a range MIN-MAX drawn per mask canvas."
+        ),
+        real_grad: bool = typer.Option(
+            True,
+            "--real-grad/--no-real-grad",
+            help="S learns from real images through the image cycle and D_mask (the paper); "
+            "--no-real-grad: S learns from renderings only (a departure, for ablations).",
+        ),
+        rescale: bool = typer.Option(
+            True,
+            "--rescale/--no-rescale",
+            help="Resample each image so its nuclei (blob estimate) match the mask prior's mean diameter, "
+            "as the runtime does before S.",
+        ),
         widths: str = typer.Option("16,32,64,128", help="S widths (Cellpose: 32,64,128,256)."),
         lr_s: float = typer.Option(1e-3, help="Adam learning rate of S."),
         lr: float = typer.Option(2e-4, help="Adam learning rate of G and the discriminators."),
@@ -69,10 +94,14 @@ def register(app: typer.Typer) -> None:
         if resume and not out.is_file():
             raise UserError(f"--resume but {out} does not exist; drop --resume to start a new run")
         torch.set_num_threads(threads)
+        cover = parse_coverage(coverage)
         config = TrainConfig(
             widths=parse_int_list(widths, "--widths"),
             diameter=parse_diameter(diameter),
-            coverage=coverage,
+            coverage=cover[0],
+            coverage_max=cover[1],
+            real_grad=real_grad,
+            rescale_images=rescale,
             tile=tile,
             batch=batch,
             steps=steps,
@@ -82,7 +111,56 @@ def register(app: typer.Typer) -> None:
         )
         trainer = make_trainer([*images, *(more or [])], config, device, out if resume else None)
         with progress_callback(trainer.step, trainer.config.steps) as on_step:
-            summary = run(trainer, out, checkpoint_every, slim_out, max_minutes, on_step)
+            summary = run(trainer, out, checkpoint_every, slim_out, max_minutes, on_step, provenance=_provenance())
+        rescaled = [s for s in trainer.crops.scales if s != 1.0]
+        if rescaled:
+            console.print(f"rescaled {len(rescaled)} of {len(trainer.crops.scales)} images to diameter "
+                          f"{trainer.config.diam_mean:g} px (scales {min(rescaled):.2f}-{max(rescaled):.2f})")
         console.print(
             f"trained {summary['steps']} steps (now {summary['step']}) in {summary['seconds']:.0f} s -> {out}"
         )
+
+
+def _provenance() -> dict[str, str]:
+    """The command line and the machine, kept in the checkpoint beside the training time."""
+    import os
+    import platform
+    import shlex
+    import sys
+
+    import torch
+
+    return {
+        "command": "cyclepose " + shlex.join(_collapse_paths(sys.argv[1:])),
+        "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
+        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"),
+        "torch": str(torch.__version__),  # TorchVersion would not load with weights_only=True
+    }
+
+
+def _collapse_paths(args: list[str]) -> list[str]:
+    """Runs of files from one folder (a shell glob) become 'FOLDER/*.EXT' so the command stays short."""
+    from pathlib import Path
+
+    out: list[str] = []
+    run: list[Path] = []
+
+    def flush() -> None:
+        if len(run) > 3:
+            out.append(f"{run[0].parent}/*{run[0].suffix}")
+        else:
+            out.extend(str(p) for p in run)
+        run.clear()
+
+    for arg in args:
+        path = Path(arg)
+        if path.is_file() and (not run or (path.parent == run[0].parent and path.suffix == run[0].suffix)):
+            run.append(path)
+            continue
+        flush()
+        if path.is_file():
+            run.append(path)
+        else:
+            out.append(arg)
+    flush()
+    return out

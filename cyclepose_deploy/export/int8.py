@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from cyclepose_deploy.runtime.atomic import atomic_path
+from cyclepose_deploy.runtime.defaults import INPUT_NAME
 
 GROUP = 2  # tiles per calibration batch
 
@@ -22,7 +23,7 @@ GROUP = 2  # tiles per calibration batch
 class TileReader:
     """CalibrationDataReader over (N, C, H, W) tiles, a few at a time."""
 
-    def __init__(self, tiles: np.ndarray, input_name: str = "image", group: int = GROUP) -> None:
+    def __init__(self, tiles: np.ndarray, input_name: str = INPUT_NAME, group: int = GROUP) -> None:
         self.tiles, self.input_name, self.group = tiles, input_name, group
         self._it: Iterator[dict[str, np.ndarray]] = self._batches()
 

@@ -10,9 +10,8 @@ import torch
 
 from cyclepose_deploy.errors import UserError
 from cyclepose_deploy.runtime.atomic import atomic_path
+from cyclepose_deploy.runtime.defaults import INPUT_NAME, OUTPUT_NAME
 
-INPUT_NAME = "image"
-OUTPUT_NAME = "flows"
 DYNAMIC_AXES = {name: {0: "batch", 2: "height", 3: "width"} for name in (INPUT_NAME, OUTPUT_NAME)}
 MIN_OPSET, MAX_OPSET = 13, 21
 

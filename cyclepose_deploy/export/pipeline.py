@@ -16,12 +16,13 @@ from cyclepose_deploy.export import engine_step, tiles
 from cyclepose_deploy.export.loaders import OnnxFromTorch, SegmenterFromCheckpoint
 from cyclepose_deploy.export.profiles import DEFAULT, Profile
 from cyclepose_deploy.export.verify import Reference, Thresholds, make_reference, verify_runner
+from cyclepose_deploy.runtime.artifacts import model_from_file
 from cyclepose_deploy.runtime.backends.base import Runner
+from cyclepose_deploy.runtime.defaults import DIAMETER, FLOW_SCALE, PERCENTILES, PRECISIONS
 from cyclepose_deploy.runtime.manifest import Artifact, Manifest, TensorRTInfo, sha256_file
+from cyclepose_deploy.synth.shapes import ShapePrior
 
-PRECISIONS = ("fp32", "fp16", "int8")
 ONNX_NAMES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
-FLOW_SCALE = 5.0
 
 
 @dataclass
@@ -135,9 +136,7 @@ def calibration_tiles(ctx: ExportContext) -> np.ndarray:
 
 
 def verify_onnx(ctx: ExportContext, precision: str, path: Path) -> Artifact:
-    from cyclepose_deploy.runtime.backends.ort import OrtRunner
-
-    runner = OrtRunner(path, threads=ctx.options.threads, precision=precision)
+    runner = model_from_file(path, precision=precision).runner(threads=ctx.options.threads)
     return verified_artifact(ctx, runner, path, "onnx", precision)
 
 
@@ -164,28 +163,33 @@ def engine_artifact(ctx: ExportContext, artifacts: list[Artifact]) -> TensorRTIn
             ctx.report(line)
         return None
     path, info = engine_step.build_engine(target)
-    from cyclepose_deploy.runtime.backends.tensorrt import TensorRTRunner
-
-    artifacts.append(
-        verified_artifact(ctx, TensorRTRunner(path, info, ctx.channels), path, "tensorrt", "fp16")
-    )
+    engine = model_from_file(path, channels=ctx.channels, tensorrt=info)
+    artifacts.append(verified_artifact(ctx, engine.runner(), path, engine.format, engine.precision))
     return info
 
 
 def make_manifest(ctx: ExportContext, artifacts: list[Artifact], trt: TensorRTInfo | None) -> Manifest:
-    norm = ctx.config.get("normalization") or {"lower": 1.0, "upper": 99.0}
-    diameter = ctx.config.get("diameter") or [30.0, 30.0]
+    norm = ctx.config.get("normalization") or {"lower": PERCENTILES[0], "upper": PERCENTILES[1]}
+    diameter = [float(d) for d in ctx.config.get("diameter") or DIAMETER]
     return Manifest(
         channels=ctx.channels,
-        diameter=[float(d) for d in diameter],
+        diameter=diameter,
         normalization={k: float(v) for k, v in norm.items()},
         source_sha256=sha256_file(ctx.options.checkpoint),
         artifacts=artifacts,
         flow_scale=FLOW_SCALE,
+        max_extent=round(max_extent(ctx.config, diameter), 2),
         tensorrt=trt,
         tools=tool_versions(trt),
         export={"opset": ctx.options.opset, "profile": ctx.options.profile.name, **ctx.bn},
     )
+
+
+def max_extent(config: dict[str, Any], diameter: list[float]) -> float:
+    """The longest nucleus (px) of the shape prior the model was trained with: its diameter range and,
+    where the checkpoint records them, its elongation and deformation (else the prior's defaults)."""
+    shape = {k: float(config[k]) for k in ("max_aspect", "deformation") if k in config}
+    return ShapePrior(diameter_min=diameter[0], diameter_max=diameter[1], **shape).max_extent()
 
 
 def tool_versions(trt: TensorRTInfo | None) -> dict[str, str]:

@@ -14,6 +14,7 @@ from cyclepose_deploy.export.loaders import Loader, resolve
 from cyclepose_deploy.export.profiles import Profile
 from cyclepose_deploy.runtime import optional
 from cyclepose_deploy.runtime.atomic import write_atomic
+from cyclepose_deploy.runtime.optional import release
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -22,7 +23,7 @@ else:
 
 
 def trt_major(version: str) -> int:
-    return int(version.split(".")[0])
+    return release(version).major
 
 
 def strongly_typed(version: str) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -15,6 +17,9 @@ class TorchRunner(Runner):
         super().__init__("torch", device="cpu", precision="fp32", channels=channels)
         self.net = net.eval()
         self.threads = threads
+
+    def info(self) -> dict[str, Any]:
+        return {"threads": self.threads} if self.threads is not None else {}
 
     def activate_impl(self) -> None:
         if self.threads:

@@ -1,6 +1,7 @@
 """Latency statistics and the timing loop behind `cyclepose bench` and benchmarks/run_suite.py.
 
-Works on any `Runner` (runtime/backends), so every backend is measured by the same loop. No torch here.
+Works on any `Runner` (runtime/backends), so every backend is measured by the same loop; what to run
+comes from runtime/artifacts.py, the input tiles from the caller. No torch here.
 
 Percentiles are nearest-rank, like trtexec: the p-th percentile of n sorted samples is the sample at
 rank ceil(p/100 * n) (1-based), i.e. the smallest sample with at least p % of samples at or below it.
@@ -14,27 +15,23 @@ import math
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime.normalize import Normalization
+from cyclepose_deploy.runtime.backends.base import Runner
 
 SCHEMA = "cyclepose-bench/1"
 PERCENTILES = (50, 90, 95, 99)
 
 
-class RunnerLike(Protocol):
-    """What the timing loop needs from a runner (docs/CONTRACTS.md, Backends)."""
-
-    name: str
-
-    def infer(self, batch: np.ndarray) -> np.ndarray: ...
+TileMaker = Callable[[int, int, int], np.ndarray]
+"""(batch, channels, tile) -> a float32 (batch, channels, tile, tile) input batch, normalised like a slide's
+tiles (e.g. synth.tiles.synthetic_tiles: realistic nuclei, so data-dependent kernels see real work)."""
 
 
 def nearest_rank(samples: Sequence[float], percent: float) -> float:
@@ -81,14 +78,14 @@ class Timings:
     phases: dict[str, list[float]] = field(default_factory=dict)
 
 
-def time_runner(runner: RunnerLike, batch: np.ndarray, iters: int, warmup: int) -> Timings:
+def time_runner(runner: Runner, batch: np.ndarray, iters: int, warmup: int) -> Timings:
     """Run `warmup` untimed then `iters` timed inferences of `batch`.
 
     Wall time is measured around the whole `infer` call (input copy, compute, output copy, sync).
     Process CPU time (all threads) is kept beside it: on a shared machine CPU seconds per wall second
     well below the thread count means the figures were slowed by other load.
-    A runner that fills `last_timings: dict[str, float]` (seconds; the native TensorRT runner reports
-    h2d, compute and d2h, compute from CUDA events) gets those phases recorded per iteration too.
+    The runner's own phases (`last_timings`, seconds; the native TensorRT runner reports h2d, compute
+    and d2h from CUDA events) are recorded per iteration too.
     """
     for _ in range(warmup):
         runner.infer(batch)
@@ -98,39 +95,9 @@ def time_runner(runner: RunnerLike, batch: np.ndarray, iters: int, warmup: int) 
         runner.infer(batch)
         timings.wall.append(time.perf_counter() - start)
         timings.cpu.append(time.process_time() - cpu)
-        for phase, seconds in _phases(runner).items():
+        for phase, seconds in runner.last_timings.items():
             timings.phases.setdefault(phase, []).append(float(seconds))
     return timings
-
-
-def _phases(runner: Any) -> dict[str, float]:
-    """The runner's own per-phase seconds: `last_timings` if it has them, else its total GPU time."""
-    phases = getattr(runner, "last_timings", None)
-    if phases:
-        return dict(phases)
-    gpu = getattr(runner, "last_gpu_time", None)
-    return {"gpu": gpu} if gpu is not None else {}
-
-
-def synthetic_tiles(batch: int, channels: int, tile: int, seed: int = 0) -> np.ndarray:
-    """A realistic, normalised input batch (N, C, tile, tile): blurred nuclei with texture and noise,
-    so that data-dependent kernels see what a slide gives them, not zeros."""
-    from scipy import ndimage
-
-    from cyclepose_deploy.synth.shapes import ShapePrior, pack_instances
-
-    rng = np.random.default_rng(seed)
-    out = np.empty((batch, channels, tile, tile), dtype=np.float32)
-    for i in range(batch):
-        labels = pack_instances(rng, (tile, tile), ShapePrior(coverage=0.3))
-        brightness = rng.uniform(0.5, 1.0, int(labels.max()) + 1)
-        brightness[0] = 0.0
-        for c in range(channels):
-            signal = brightness[labels] * (1.0 + 0.2 * rng.standard_normal(labels.shape))
-            raw = 100.0 + 800.0 * ndimage.gaussian_filter(signal, 1.0)
-            raw = rng.poisson(np.clip(raw, 0, None)).astype(np.float32)
-            out[i, c] = Normalization.from_sample(raw).apply(raw)
-    return out
 
 
 @dataclass
@@ -175,29 +142,37 @@ def summarize(timings: Timings, *, batch: int, tile: int) -> dict[str, Any]:
 
 
 def bench_runner(
-    runner: Any, *, artifact: str, tile: int, batches: Sequence[int], iters: int, warmup: int, seed: int = 0
+    runner: Runner,
+    *,
+    artifact: str,
+    tile: int,
+    batches: Sequence[int],
+    iters: int,
+    warmup: int,
+    make_tiles: TileMaker,
 ) -> list[BenchResult]:
-    """Measure an activated runner at each batch size; batches outside its engine profile raise UserError."""
+    """Measure an activated runner at each batch size on `make_tiles(batch, channels, tile)`; a tile off
+    the size multiple or a batch outside the engine profile raises UserError before any timing."""
     if iters < 1 or warmup < 0:
         raise UserError(f"--iters must be >= 1 and --warmup >= 0; got {iters} and {warmup}")
-    channels = int(getattr(runner, "channels", None) or 1)
+    meta = runner.input_metadata()
+    channels = meta.channels or 1
     results = []
     for batch in batches:
         check_shape(runner, batch, tile)
-        data = synthetic_tiles(batch, channels, tile, seed)
-        timings = time_runner(runner, data, iters, warmup)
+        timings = time_runner(runner, make_tiles(batch, channels, tile), iters, warmup)
         results.append(
             BenchResult(
                 artifact=artifact,
-                backend=str(runner.name),
-                device=str(getattr(runner, "device", "unknown")),
-                precision=str(getattr(runner, "precision", "unknown")),
+                backend=runner.name,
+                device=runner.device,
+                precision=runner.precision,
                 tile=tile,
                 batch=batch,
                 channels=channels,
                 iters=iters,
                 warmup=warmup,
-                runner_info=runner_info(runner),
+                runner_info=runner.info(),
                 **summarize(timings, batch=batch, tile=tile),
             )
         )
@@ -216,44 +191,14 @@ def report(results: Sequence[BenchResult], *, settings: dict[str, Any]) -> dict[
     }
 
 
-def check_shape(runner: Any, batch: int, tile: int) -> None:
+def check_shape(runner: Runner, batch: int, tile: int) -> None:
     """Refuse shapes before timing: tiles off the size multiple, batches outside an engine profile."""
-    multiple = int(getattr(runner, "size_multiple", 16) or 16)
+    meta = runner.input_metadata()
+    multiple = meta.size_multiple
     if tile < multiple or tile % multiple:
         fix = max(multiple, round(tile / multiple) * multiple)
         raise UserError(f"--tile must be a positive multiple of {multiple}, got {tile}; try {fix}")
-    limits = getattr(runner, "shape_limits", None)
-    if limits is not None:
-        limits.check(batch, tile, tile)
-
-
-def runner_info(runner: Any) -> dict[str, Any]:
-    """Settings that change the numbers (threads, providers, ORT session options), as the runner has them."""
-    info: dict[str, Any] = {}
-    for attr in ("threads", "provider", "requested", "engine_info"):
-        value = getattr(runner, attr, None)
-        if value is not None and not callable(value):
-            info[attr] = value if isinstance(value, (str, int, float, bool, list, dict)) else str(value)
-    session = getattr(runner, "session", None)
-    if session is not None and hasattr(session, "get_session_options"):
-        info["providers"] = list(session.get_providers())
-        opts = session.get_session_options()
-        info["session_options"] = {
-            name: _plain(getattr(opts, name, None))
-            for name in (
-                "intra_op_num_threads",
-                "inter_op_num_threads",
-                "execution_mode",
-                "graph_optimization_level",
-                "enable_cpu_mem_arena",
-                "enable_mem_pattern",
-            )
-        }
-    return info
-
-
-def _plain(value: Any) -> Any:
-    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+    meta.check(batch, tile, tile)
 
 
 def host_info() -> dict[str, Any]:
@@ -288,81 +233,3 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
-
-
-@dataclass(frozen=True)
-class Target:
-    """One artifact to benchmark: a file, its format (onnx | tensorrt), precision, and its export folder."""
-
-    path: str
-    format: str
-    precision: str
-    export: str | None = None
-
-
-SUFFIX_FORMATS = {".onnx": "onnx", ".engine": "tensorrt", ".plan": "tensorrt", ".trt": "tensorrt"}
-
-
-def resolve_targets(paths: Sequence[str | os.PathLike[str]]) -> list[Target]:
-    """Expand each ARTIFACT: an export folder gives every verified artifact in its manifest (sha256
-    checked), a .onnx/.engine file gives itself. Anything else is a UserError naming what is accepted."""
-    targets: list[Target] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            targets.extend(_targets_from_export(path))
-        elif not path.exists():
-            raise UserError(f"artifact {path} does not exist: pass an export folder or a .onnx/.engine file")
-        elif path.suffix.lower() in SUFFIX_FORMATS:
-            targets.append(_target_from_file(path))
-        else:
-            raise UserError(f"cannot benchmark {path.name}: pass an export folder or a .onnx/.engine file")
-    if not targets:
-        raise UserError("nothing to benchmark: pass --engine with an export folder or a .onnx/.engine file")
-    return targets
-
-
-def _targets_from_export(folder: Any) -> list[Target]:
-    from cyclepose_deploy.runtime.manifest import load_manifest, verify_artifact
-
-    manifest = load_manifest(folder)
-    passed = [a for a in manifest.artifacts if a.passed]
-    if not passed:
-        raise UserError(f"{folder} has no artifact that passed verification: re-run `cyclepose export`")
-    return [
-        Target(str(verify_artifact(manifest, a.file)), a.format, a.precision, str(folder)) for a in passed
-    ]
-
-
-def _target_from_file(path: Any) -> Target:
-    """A lone file; when a manifest sits beside it and lists it, its hash and precision come from there."""
-    from cyclepose_deploy.runtime.manifest import MANIFEST_NAME, load_manifest, verify_artifact
-
-    fmt = SUFFIX_FORMATS[path.suffix.lower()]
-    if (path.parent / MANIFEST_NAME).is_file():
-        manifest = load_manifest(path.parent)
-        for art in manifest.artifacts:
-            if art.file == path.name:
-                return Target(
-                    str(verify_artifact(manifest, path)), art.format, art.precision, str(path.parent)
-                )
-    precision = next((p for p in ("fp16", "int8") if f".{p}." in path.name), "fp32")
-    return Target(str(path), fmt, precision)
-
-
-def open_runner(target: Target, *, threads: int | None = None, providers: list[str] | None = None) -> Any:
-    """An inactive runner for `target`; TensorRT is imported only when an engine is asked for."""
-    if target.format == "onnx":
-        from cyclepose_deploy.runtime.backends.ort import OrtRunner
-
-        return OrtRunner(target.path, providers=providers, threads=threads, precision=target.precision)
-    from cyclepose_deploy.runtime.backends.tensorrt import TensorRTRunner
-    from cyclepose_deploy.runtime.manifest import load_manifest
-
-    manifest = load_manifest(target.export) if target.export else None
-    if manifest is None or manifest.tensorrt is None:
-        raise UserError(
-            f"{Path(target.path).name} needs the manifest of its export (TensorRT version and GPU check): "
-            "keep manifest.json beside the engine or pass the export folder"
-        )
-    return TensorRTRunner(target.path, manifest.tensorrt, manifest.channels)

@@ -5,47 +5,66 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.runtime import defaults
+from cyclepose_deploy.runtime.backends.base import Runner
 from cyclepose_deploy.runtime.grid import TileGrid, Window
 from cyclepose_deploy.runtime.merger import Merger
 from cyclepose_deploy.runtime.normalize import Normalization
 from cyclepose_deploy.runtime.slide import Source
 from cyclepose_deploy.runtime.splitter import TileBatch, split
 
+if TYPE_CHECKING:  # the dynamics (numba) load when a chunk is first segmented
+    from cyclepose_deploy.runtime.dynamics import DynamicsSettings
+
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything besides the slide and the network that decides the result."""
+    """Everything besides the slide and the network that decides the result (defaults: runtime/defaults).
 
-    tile: int = 256
-    overlap: int = 32
-    batch: int = 8
-    chunk: int = 2048
-    cellprob_threshold: float = 0.0
-    flow_threshold: float = 0.4
-    niter: int = 200
-    min_size: int = 15
-    flow_scale: float = 5.0
-    max_diameter: float = 30.0
+    max_diameter: the model's largest mean nucleus diameter (manifest diameter[1]); max_extent: the
+    longest extent of a nucleus (manifest max_extent), which sizes the chunk halo. Without max_extent
+    the halo assumes a conservative multiple of max_diameter (see `extent`).
+    """
+
+    tile: int = defaults.TILE
+    overlap: int = defaults.OVERLAP
+    batch: int = defaults.BATCH
+    chunk: int = defaults.CHUNK
+    cellprob_threshold: float = defaults.CELLPROB_THRESHOLD
+    flow_threshold: float = defaults.FLOW_THRESHOLD
+    niter: int = defaults.NITER
+    min_size: int = defaults.MIN_SIZE
+    flow_scale: float = defaults.FLOW_SCALE
+    max_diameter: float = defaults.DIAMETER[1]
+    max_extent: float | None = None
     channels: int = 1
 
     def __post_init__(self) -> None:
         if self.batch < 1:
-            raise UserError(f"--batch {self.batch} must be at least 1, e.g. 8")
+            raise UserError(f"--batch {self.batch} must be at least 1, e.g. {defaults.BATCH}")
         if self.chunk < 64:
-            raise UserError(f"--chunk {self.chunk} must be at least 64 px, e.g. 2048")
+            raise UserError(f"--chunk {self.chunk} must be at least 64 px, e.g. {defaults.CHUNK}")
 
-    def dynamics(self) -> dict[str, Any]:
-        return {
-            "cellprob_threshold": self.cellprob_threshold,
-            "flow_threshold": self.flow_threshold,
-            "niter": self.niter,
-            "min_size": self.min_size,
-        }
+    @property
+    def extent(self) -> float:
+        """The longest extent of a nucleus in pixels, for the chunk halo."""
+        return defaults.extent_for(self.max_diameter, self.max_extent)
+
+    def dynamics(self) -> DynamicsSettings:
+        """The flow-dynamics knobs, typed, for segment_chunk."""
+        from cyclepose_deploy.runtime.dynamics import DynamicsSettings
+
+        return DynamicsSettings(
+            cellprob_threshold=self.cellprob_threshold,
+            flow_threshold=self.flow_threshold,
+            niter=self.niter,
+            min_size=self.min_size,
+        )
 
 
 @dataclass(frozen=True)
@@ -74,9 +93,10 @@ class ChunkResult:
 
 
 def halo_for(settings: Settings) -> int:
+    """The chunk halo for these settings: the dynamics' rule applied to the longest nucleus."""
     from cyclepose_deploy.runtime.dynamics import chunk_halo
 
-    return int(chunk_halo(settings.max_diameter, settings.niter))
+    return int(chunk_halo(settings.extent, settings.niter))
 
 
 def chunk_windows(shape: tuple[int, int], chunk: int, halo: int) -> list[Chunk]:
@@ -104,7 +124,7 @@ def read_chunk(
     return split(source, norm, grid, chunk.window, settings.batch, settings.channels, skip)
 
 
-def infer_batches(runner: Any, batches: Iterable[TileBatch]) -> Iterator[tuple[np.ndarray, TileBatch]]:
+def infer_batches(runner: Runner, batches: Iterable[TileBatch]) -> Iterator[tuple[np.ndarray, TileBatch]]:
     """Stage 2: the network on each batch."""
     for batch in batches:
         yield runner.infer(batch.images), batch
@@ -132,14 +152,14 @@ def segment(
         core=(slice(y0, y1), slice(x0, x1)),
         origin=(chunk.window[0], chunk.window[2]),
         image_shape=image_shape,
-        **settings.dynamics(),
+        settings=settings.dynamics(),
     )
     prob = 1.0 / (1.0 + np.exp(-logits[y0:y1, x0:x1]))
     return ChunkResult(chunk, np.asarray(ids, dtype=np.uint64), prob.astype(np.float32))
 
 
 def process_chunk(
-    source: Source, norm: Normalization, chunk: Chunk, runner: Any, settings: Settings
+    source: Source, norm: Normalization, chunk: Chunk, runner: Runner, settings: Settings
 ) -> ChunkResult:
     """The whole worker for one chunk, sequentially: read -> network -> blend -> dynamics."""
     grid = TileGrid(source.shape, settings.tile, settings.overlap)

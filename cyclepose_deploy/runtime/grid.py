@@ -10,6 +10,7 @@ from functools import cached_property
 import numpy as np
 
 from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.runtime.defaults import OVERLAP, SIZE_MULTIPLE, TILE
 
 Window = tuple[int, int, int, int]  # y0, y1, x0, x1 (half-open)
 
@@ -19,14 +20,17 @@ class TileGrid:
     """Tiles of `tile` px at stride tile - overlap; the first starts overlap // 2 before the image."""
 
     shape: tuple[int, int]
-    tile: int = 256
-    overlap: int = 32
+    tile: int = TILE
+    overlap: int = OVERLAP
 
     def __post_init__(self) -> None:
-        if self.tile < 16 or self.tile % 16:
-            raise UserError(f"--tile {self.tile} must be a multiple of 16 and at least 16, e.g. 256")
+        m = SIZE_MULTIPLE
+        if self.tile < m or self.tile % m:
+            raise UserError(f"--tile {self.tile} must be a multiple of {m} and at least {m}, e.g. {TILE}")
         if not 0 <= self.overlap < self.tile // 2 + 1:
-            raise UserError(f"--overlap {self.overlap} must lie in [0, tile/2], e.g. 32 for --tile 256")
+            raise UserError(
+                f"--overlap {self.overlap} must lie in [0, tile/2], e.g. {OVERLAP} for --tile {TILE}"
+            )
 
     @property
     def stride(self) -> int:

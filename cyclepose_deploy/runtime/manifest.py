@@ -9,11 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.runtime.defaults import (
+    FLOW_SCALE,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    PRECISIONS,
+    SIZE_MULTIPLE,
+)
 
 SCHEMA = "cyclepose-manifest/1"
 MANIFEST_NAME = "manifest.json"
 FORMATS = ("onnx", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass
@@ -38,17 +44,21 @@ class TensorRTInfo:
 
 @dataclass
 class Manifest:
+    """max_extent: the longest extent of a nucleus in pixels, from the shape prior the model was trained
+    with (the chunk halo needs it); optional, manifests written before it existed lack it."""
+
     channels: int
     diameter: list[float]
     normalization: dict[str, float]
     source_sha256: str
     artifacts: list[Artifact]
-    input_name: str = "image"
-    output_name: str = "flows"
+    input_name: str = INPUT_NAME
+    output_name: str = OUTPUT_NAME
     input_layout: str = "NCHW"
     output_layout: str = "NCHW"
-    size_multiple: int = 16
-    flow_scale: float = 5.0
+    size_multiple: int = SIZE_MULTIPLE
+    flow_scale: float = FLOW_SCALE
+    max_extent: float | None = None
     tensorrt: TensorRTInfo | None = None
     tools: dict[str, str] = field(default_factory=dict)
     export: dict[str, Any] = field(default_factory=dict)
@@ -107,6 +117,8 @@ def _check_values(m: Manifest, where: str) -> None:
         problems.append("size_multiple/flow_scale must be positive")
     if len(m.diameter) != 2:
         problems.append("diameter must be [min, max]")
+    if m.max_extent is not None and not (isinstance(m.max_extent, (int, float)) and m.max_extent > 0):
+        problems.append(f"max_extent {m.max_extent!r} (need a positive number of pixels)")
     for art in m.artifacts:
         if art.format not in FORMATS or art.precision not in PRECISIONS:
             problems.append(f"artifact {art.file}: format/precision {art.format}/{art.precision}")

@@ -6,6 +6,8 @@ import importlib
 from types import ModuleType
 from typing import Any
 
+from packaging.version import InvalidVersion, Version
+
 from cyclepose_deploy.errors import UserError
 
 INSTALL_HINTS = {
@@ -39,8 +41,8 @@ def require(name: str, min_version: str | None = None) -> ModuleType:
         hint = INSTALL_HINTS.get(name, f"pip install {name}")
         raise UserError(f"{name} is not installed (only type stubs were found): {hint}")
     if min_version is not None:
-        found = getattr(module, "__version__", "0")
-        if _version_tuple(found) < _version_tuple(min_version):
+        found = str(getattr(module, "__version__", "0"))
+        if release(found).release < release(min_version).release:  # pre-releases of a version count
             raise UserError(f"{name} {found} is too old, need >= {min_version}: upgrade it")
     return module
 
@@ -70,9 +72,10 @@ def cudart() -> ModuleType:
     return require("cuda.bindings.runtime")
 
 
-def _version_tuple(text: str) -> tuple[int, ...]:
-    parts = []
-    for piece in text.split(".")[:3]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
+def release(text: str) -> Version:
+    """A version for comparisons (PEP 440, via packaging): local and dev tags are kept, e.g.
+    '2.3.0+cu121' or '10.3.0.26'; an unparsable string counts as 0 (never 'new enough' by accident)."""
+    try:
+        return Version(text)
+    except InvalidVersion:
+        return Version("0")

@@ -14,6 +14,7 @@ from cyclepose_deploy.errors import UserError
 from cyclepose_deploy.runtime.artifacts import Model
 from cyclepose_deploy.runtime.atomic import atomic_path, check_writable
 from cyclepose_deploy.runtime.chunks import Settings, chunk_windows, halo_for
+from cyclepose_deploy.runtime.diameter import MAX_SCALE, MIN_SCALE, DiameterEstimate, estimate_diameter
 from cyclepose_deploy.runtime.grid import TileGrid
 from cyclepose_deploy.runtime.normalize import Normalization
 from cyclepose_deploy.runtime.objects import ObjectTable
@@ -48,6 +49,8 @@ class Summary:
     tiles_run: int
     tiles_grid: int
     times: dict[str, float] = field(default_factory=dict)
+    diameter: DiameterEstimate | None = None
+    scale: float = 1.0
 
     @property
     def mpix_per_s(self) -> float:
@@ -105,7 +108,6 @@ def _run(
 ) -> Summary:
     t0 = time.perf_counter()
     norm = sample_normalization(slide, model.lower, model.upper)
-    source: Source = slide if diameter is None else ScaledSource(slide, model.train_diameter / diameter)
     settings = replace(settings, flow_scale=model.flow_scale, max_diameter=model.diameter[1])
     times = {"normalize": time.perf_counter() - t0}
     with contextlib.ExitStack() as stack:
@@ -113,19 +115,38 @@ def _run(
             tempfile.TemporaryDirectory(prefix=".cyclepose-", dir=outputs.labels.parent)
         )
         temps = {p: stack.enter_context(atomic_path(p)) for p in outputs.all()}
-        store = ScratchStore(scratch, source.shape, keep_prob=outputs.prob is not None)
         runner = stack.enter_context(model.runner())
         settings = replace(settings, channels=runner.channels or 1)
         if runner.shape_limits is not None:  # an engine profile: fit the batch, refuse a tile outside it
             settings = replace(settings, batch=min(settings.batch, runner.shape_limits.max_batch))
             runner.shape_limits.check(settings.batch, settings.tile, settings.tile)
+        t0 = time.perf_counter()
+        estimate = _diameter(slide, norm, runner, settings, model, diameter)
+        times["diameter"] = time.perf_counter() - t0
+        scale = model.train_diameter / estimate.diameter if estimate is not None else 1.0
+        source: Source = slide if abs(scale - 1.0) < 1e-3 else ScaledSource(slide, scale)
+        store = ScratchStore(scratch, source.shape, keep_prob=outputs.prob is not None)
         pipe, chunks = _pass_one(source, norm, runner, settings, store, progress)
         times.update(pipe.times)
         count = _pass_two(slide, norm, store, outputs, temps, progress, times)
     grid = TileGrid(source.shape, settings.tile, settings.overlap)
     return Summary(
-        count, slide.shape, time.perf_counter() - start, len(chunks), pipe.tiles_run, grid.total, times
+        count, slide.shape, time.perf_counter() - start, len(chunks), pipe.tiles_run, grid.total, times,
+        estimate, scale,
     )
+
+
+def _diameter(
+    slide: Slide, norm: Normalization, runner: object, settings: Settings, model: Model, given: float | None
+) -> DiameterEstimate | None:
+    """The user's --diameter, else the automatic estimate (None: an empty field, keep the model's scale)."""
+    if given is not None:
+        return DiameterEstimate(float(given), "given")
+    estimate = estimate_diameter(slide, norm, runner, settings, model.train_diameter)
+    if estimate is None:
+        return None
+    low, high = model.train_diameter / MAX_SCALE, model.train_diameter / MIN_SCALE
+    return replace(estimate, diameter=float(min(max(estimate.diameter, low), high)))
 
 
 def _pass_one(

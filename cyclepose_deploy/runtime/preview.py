@@ -1,11 +1,10 @@
-"""A downsampled PNG of the slide with object outlines, written without matplotlib or PIL."""
+"""A downsampled PNG of the slide with object outlines (encoded by imagecodecs; no matplotlib or PIL)."""
 
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 
 from cyclepose_deploy.runtime.atomic import write_atomic
@@ -56,17 +55,5 @@ class Preview:
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
-    """An 8-bit RGB PNG: signature, IHDR, one zlib IDAT (filter 0 per row), IEND."""
-    h, w, _ = rgb.shape
-    raw = np.concatenate([np.zeros((h, 1), np.uint8), rgb.reshape(h, w * 3)], axis=1).tobytes()
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(raw, 6))
-        + chunk(b"IEND", b"")
-    )
+    """An 8-bit RGB PNG of an (H, W, 3) uint8 image."""
+    return bytes(imagecodecs.png_encode(np.ascontiguousarray(rgb, dtype=np.uint8), level=6))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -13,8 +12,20 @@ from cyclepose_deploy.errors import UserError
 from cyclepose_deploy.runtime.normalize import Normalization
 
 CHANNEL_AXES = ("C", "S")
-SAMPLE_PATCHES = 8  # per axis: an 8 x 8 grid of 64 px patches (256 k pixels) estimates the percentiles
-SAMPLE_PATCH = 64
+WHOLE_READ_PIXELS = 4096 * 4096  # slides up to this size are read whole (in windows) for the statistics
+SAMPLE_PATCHES = 24  # larger ones: a 24 x 24 grid of 96 px patches (5.3 M pixels)
+SAMPLE_PATCH = 96
+OME_UNITS_IN_UM = {  # OME UnitsLength -> micrometres (µ as micro sign U+00B5 or Greek mu U+03BC)
+    "pm": 1e-6,
+    "Å": 1e-4,
+    "nm": 1e-3,
+    "µm": 1.0,
+    "μm": 1.0,
+    "um": 1.0,
+    "mm": 1e3,
+    "cm": 1e4,
+    "m": 1e6,
+}
 
 
 class Source(Protocol):
@@ -113,11 +124,9 @@ def _check_channel(channel: int | None, size: int, path: Path) -> int:
 
 def _pixel_size(tif: Any) -> tuple[float, float] | None:
     """Physical pixel size (y, x) in micrometres from OME metadata or the resolution tags, if present."""
-    ome = tif.ome_metadata
-    if ome:
-        sizes = [re.search(rf'PhysicalSize{a}="([0-9.eE+-]+)"', ome) for a in "YX"]
-        if all(sizes):
-            return float(sizes[0].group(1)), float(sizes[1].group(1))  # type: ignore[union-attr]
+    ome = _ome_pixel_size(tif.ome_metadata) if tif.ome_metadata else None
+    if ome is not None:
+        return ome
     page = tif.pages[0]
     tags = page.tags
     unit = {2: 25400.0, 3: 10000.0}.get(int(getattr(tags.get("ResolutionUnit"), "value", 1)))
@@ -125,6 +134,31 @@ def _pixel_size(tif: Any) -> tuple[float, float] | None:
         return None
     ry, rx = (_ratio(tags[f"{a}Resolution"].value) for a in "YX")
     return (unit / ry, unit / rx) if ry > 0 and rx > 0 else None
+
+
+def _ome_pixel_size(xml: str) -> tuple[float, float] | None:
+    """(y, x) in micrometres from the first image's OME Pixels element (parsed by tifffile), honouring
+    PhysicalSize{X,Y}Unit (OME's default is um); None when absent, unparsable or in a unit we cannot
+    convert (e.g. 'pixel')."""
+    import tifffile
+
+    try:
+        image = tifffile.xml2dict(xml).get("OME", {}).get("Image")
+    except Exception:  # malformed XML: fall back to the resolution tags
+        return None
+    if isinstance(image, list):
+        image = image[0] if image else None
+    pixels = image.get("Pixels") if isinstance(image, dict) else None
+    if not isinstance(pixels, dict):
+        return None
+    sizes = []
+    for axis in "YX":
+        value = pixels.get(f"PhysicalSize{axis}")
+        factor = OME_UNITS_IN_UM.get(str(pixels.get(f"PhysicalSize{axis}Unit", "µm")))
+        if not isinstance(value, (int, float)) or factor is None or not value > 0:
+            return None
+        sizes.append(float(value) * factor)
+    return sizes[0], sizes[1]
 
 
 def _ratio(value: Any) -> float:
@@ -153,12 +187,19 @@ def _source_span(coords: np.ndarray, size: int) -> tuple[int, int]:
 
 
 def sample_normalization(source: Source, lower: float = 1.0, upper: float = 99.0) -> Normalization:
-    """Percentiles from a grid of small patches over the whole slide (a few MB), read once."""
+    """Normalisation statistics of the whole slide (see runtime.normalize): read whole, in windows,
+    up to WHOLE_READ_PIXELS; above that from a grid of SAMPLE_PATCHES^2 patches of SAMPLE_PATCH px."""
     h, w = source.shape
-    if h * w <= (SAMPLE_PATCHES * SAMPLE_PATCH) ** 2:
-        return Normalization.from_sample(source.read(0, h, 0, w), lower, upper)
+    if h * w <= WHOLE_READ_PIXELS:
+        step = 2048
+        patches = [
+            source.read(y, min(y + step, h), x, min(x + step, w))
+            for y in range(0, h, step)
+            for x in range(0, w, step)
+        ]
+        return Normalization.from_sample(patches, lower, upper)
     patches = []
     for y in np.linspace(0, max(h - SAMPLE_PATCH, 0), SAMPLE_PATCHES).astype(int):
         for x in np.linspace(0, max(w - SAMPLE_PATCH, 0), SAMPLE_PATCHES).astype(int):
-            patches.append(source.read(y, min(y + SAMPLE_PATCH, h), x, min(x + SAMPLE_PATCH, w)).ravel())
-    return Normalization.from_sample(np.concatenate(patches), lower, upper)
+            patches.append(source.read(y, min(y + SAMPLE_PATCH, h), x, min(x + SAMPLE_PATCH, w)))
+    return Normalization.from_sample(patches, lower, upper)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from cyclepose_deploy.runtime.backends.base import Runner
 from cyclepose_deploy.runtime.chunks import Chunk, ChunkResult, Settings, read_chunk, segment
 from cyclepose_deploy.runtime.grid import TileGrid
 from cyclepose_deploy.runtime.merger import Merger
@@ -37,7 +38,7 @@ class Pipeline:
         source: Source,
         norm: Normalization,
         chunks: list[Chunk],
-        runner: Any,
+        runner: Runner,
         settings: Settings,
         cache_dir: str | Path,
         on_tiles: Advance | None = None,

@@ -11,18 +11,38 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from cyclepose_deploy.runtime.defaults import DIAMETER
+
+HARMONICS = (2, 3, 4)  # radius wobble of nucleus_mask: 1 + deformation * sum(u_k / k * cos(k angle + phi_k))
+
 
 @dataclass(frozen=True)
 class ShapePrior:
     """What nuclei look like: diameters in pixels, elongation, boundary wobble, how densely they pack."""
 
-    diameter_min: float = 10.0
-    diameter_max: float = 30.0
+    diameter_min: float = DIAMETER[0]
+    diameter_max: float = DIAMETER[1]
     max_aspect: float = 1.8
     deformation: float = 0.12
     coverage: float = 0.3
     clustering: float = 0.5
     max_overlap: float = 0.15
+
+    def max_extent(self) -> float:
+        """An upper bound, in pixels, on the longest extent of any nucleus this prior draws (what the
+        runtime's chunk halo needs; elongated nuclei are longer than their mean diameter).
+
+        nucleus_mask keeps a pixel when its displaced position p + f lies inside the wobbled ellipse:
+        |p + f| <= major * (1 + deformation * sum(1/k)) (the radius factor is at most that, and an
+        ellipse lies inside the circle of its major semi-axis), and each component of the displacement f
+        is at most deformation * diameter / 2, so |f| <= deformation * diameter / sqrt(2). Any two pixel
+        centres are at most twice that radius apart; +1 counts the pixels' own width.
+        """
+        d, aspect = self.diameter_max, max(self.max_aspect, 1.0)
+        major = 0.5 * d * np.sqrt(aspect)
+        wobble = 1.0 + self.deformation * sum(1.0 / k for k in HARMONICS)
+        radius = major * wobble + self.deformation * d / np.sqrt(2.0)
+        return float(2.0 * radius + 1.0)
 
 
 def nucleus_mask(rng: np.random.Generator, diameter: float, aspect: float, deformation: float) -> np.ndarray:
@@ -44,7 +64,7 @@ def nucleus_mask(rng: np.random.Generator, diameter: float, aspect: float, defor
     v = -s * xx + c * yy
     angle = np.arctan2(v, u)
     radius = np.ones_like(angle)
-    for k in (2, 3, 4):
+    for k in HARMONICS:
         radius += deformation * rng.uniform(0, 1) / k * np.cos(k * angle + rng.uniform(0, 2 * np.pi))
     inside = (u / major) ** 2 + (v / minor) ** 2 <= radius**2
     if not inside.any():

@@ -6,6 +6,7 @@ user's unlabeled images, percentile-normalised like the runtime does."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,6 @@ from cyclepose_deploy.errors import UserError
 from cyclepose_deploy.runtime.normalize import Normalization
 from cyclepose_deploy.synth.shapes import ShapePrior, pack_instances
 
-NORM_SAMPLE = 4_000_000
 
 
 def mask_targets(labels: np.ndarray) -> np.ndarray:
@@ -47,8 +47,9 @@ def dihedral_flows(rng: np.random.Generator, target: np.ndarray) -> np.ndarray:
 class MaskBank:
     """Canvases of synthetic targets (3, S, S); `sample` crops them; `refresh` replaces the oldest."""
 
-    def __init__(self, prior: ShapePrior, canvas: int, count: int) -> None:
+    def __init__(self, prior: ShapePrior, canvas: int, count: int, coverage_max: float | None = None) -> None:
         self.prior, self.canvas_size, self.count = prior, canvas, count
+        self.coverage_max = coverage_max
         self.canvases: list[np.ndarray] = []
         self.next_replace = 0
 
@@ -56,7 +57,10 @@ class MaskBank:
         self.canvases = [self._make(rng) for _ in range(self.count)]
 
     def _make(self, rng: np.random.Generator) -> np.ndarray:
-        labels = pack_instances(rng, (self.canvas_size, self.canvas_size), self.prior)
+        prior = self.prior
+        if self.coverage_max is not None:  # real fields range from sparse to crowded
+            prior = replace(prior, coverage=float(rng.uniform(prior.coverage, self.coverage_max)))
+        labels = pack_instances(rng, (self.canvas_size, self.canvas_size), prior)
         return mask_targets(labels)
 
     def refresh(self, rng: np.random.Generator) -> None:
@@ -102,28 +106,62 @@ def read_image(path: str | Path, in_channels: int | None = None) -> np.ndarray:
     return image
 
 
-def normalise(image: np.ndarray, lower: float, upper: float, rng: np.random.Generator) -> np.ndarray:
-    """Per channel, the runtime's percentile normalisation estimated from a pixel sample."""
+def normalise(image: np.ndarray, lower: float, upper: float) -> np.ndarray:
+    """Per channel, the runtime's normalisation (runtime.normalize), from the whole image."""
     out = np.empty(image.shape, np.float32)
     for c, channel in enumerate(image):
-        flat = channel.ravel()
-        sample = flat if flat.size <= NORM_SAMPLE else flat[rng.integers(0, flat.size, NORM_SAMPLE)]
-        out[c] = Normalization.from_sample(sample, lower, upper).apply(channel)
+        out[c] = Normalization.from_sample(channel, lower, upper).apply(channel)
     return out
 
 
+def rescale_to_diameter(image: np.ndarray, target: float) -> tuple[np.ndarray, float]:
+    """(rescaled (C, H, W) image, scale): the image resampled (linear) so that its nuclei, measured by
+    the runtime's model-free blob estimate on channel 0, have diameter `target` px; scale 1.0 when no
+    blob is found. The same rule the runtime applies before S, so S trains at the size it will see."""
+    from scipy import ndimage
+
+    from cyclepose_deploy.runtime.diameter import MAX_SCALE, blob_diameter
+
+    diameter, count = blob_diameter(image[0])
+    if count == 0 or not np.isfinite(diameter):
+        return image, 1.0
+    scale = float(np.clip(target / diameter, 1.0 / MAX_SCALE, MAX_SCALE))
+    if abs(scale - 1.0) < 0.05:
+        return image, 1.0
+    out = np.stack([ndimage.zoom(c, scale, order=1, mode="nearest", grid_mode=True) for c in image])
+    return out.astype(np.float32), scale
+
+
+def pad_to(image: np.ndarray, tile: int) -> np.ndarray:
+    """Reflect-pad a (C, H, W) image to at least tile x tile."""
+    ph, pw = max(tile - image.shape[1], 0), max(tile - image.shape[2], 0)
+    if not ph and not pw:
+        return image
+    return np.pad(image, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)), mode="reflect")
+
+
 class ImageCrops:
-    """Random normalised crops of the training images, with flips/rot90."""
+    """Random normalised crops of the training images, with flips/rot90; with `target_diameter`, each
+    image is first rescaled so its nuclei have that diameter (see `rescale_to_diameter`)."""
 
     def __init__(
-        self, paths: Sequence[str | Path], tile: int, lower: float = 1.0, upper: float = 99.0
+        self,
+        paths: Sequence[str | Path],
+        tile: int,
+        lower: float = 1.0,
+        upper: float = 99.0,
+        target_diameter: float | None = None,
     ) -> None:
         if not paths:
             raise UserError("no training images: pass one or more TIFF files to --images")
         first = read_image(paths[0])
         images = [first] + [read_image(p, first.shape[0]) for p in paths[1:]]
-        norm_rng = np.random.default_rng(0)
-        self.images = [normalise(im, lower, upper, norm_rng) for im in images]
+        self.images = [normalise(im, lower, upper) for im in images]
+        self.scales = [1.0] * len(self.images)
+        if target_diameter is not None:
+            rescaled = [rescale_to_diameter(im, target_diameter) for im in self.images]
+            self.images = [pad_to(im, tile) for im, _ in rescaled]
+            self.scales = [scale for _, scale in rescaled]
         small = [str(p) for p, im in zip(paths, self.images, strict=True) if min(im.shape[1:]) < tile]
         if small:
             raise UserError(f"images smaller than the tile {tile}: {', '.join(small)}; pass a smaller --tile")

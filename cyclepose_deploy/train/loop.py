@@ -31,6 +31,7 @@ class TrainConfig:
     widths: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
     diameter: list[float] = field(default_factory=lambda: [10.0, 30.0])
     coverage: float = 0.3
+    coverage_max: float | None = None  # with it, each mask canvas draws its coverage in [coverage, max]
     normalization: dict[str, float] = field(default_factory=lambda: {"lower": 1.0, "upper": 99.0})
     tile: int = 128
     batch: int = 8
@@ -42,7 +43,8 @@ class TrainConfig:
     lambda_image: float = 10.0
     lambda_adv_s: float = 1.0
     detach_render: bool = False
-    real_grad: bool = False
+    real_grad: bool = True  # the paper: S learns from real images (image cycle + D_mask); False: departure
+    rescale_images: bool = True  # resample each real image to diam_mean (blob estimate); False: departure
     pool: int = 50
     bank_canvases: int = 8
     bank_canvas: int = 384
@@ -93,9 +95,10 @@ class Trainer:
         self.rng = np.random.default_rng([config.seed, 1])
         self.augment_gen = torch.Generator().manual_seed(config.seed + 2)
         self.pool_image, self.pool_mask = ImagePool(config.pool), ImagePool(config.pool)
-        self.bank = MaskBank(config.prior(), config.bank_canvas, config.bank_canvases)
+        self.bank = MaskBank(config.prior(), config.bank_canvas, config.bank_canvases, config.coverage_max)
         self.bank.fill(self.rng)
         self.step = 0
+        self.seconds = 0.0  # wall time trained, across resumes
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda")

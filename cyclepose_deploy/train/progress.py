@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from cyclepose_deploy.cli.common import console
+from cyclepose_deploy.console import console
 from cyclepose_deploy.train.run import StepCallback
 
 

@@ -15,6 +15,13 @@ from cyclepose_deploy.train.loop import TrainConfig, Trainer
 StepCallback = Callable[[int, dict[str, float]], None]
 
 
+def image_crops(images: Sequence[str | Path], config: TrainConfig) -> ImageCrops:
+    """The image domain as the config asks for it (normalisation, rescaling to diam_mean)."""
+    norm = config.normalization
+    target = config.diam_mean if config.rescale_images else None
+    return ImageCrops(images, config.tile, norm["lower"], norm["upper"], target)
+
+
 def make_trainer(
     images: Sequence[str | Path], config: TrainConfig, device: str, resume_from: Path | None
 ) -> Trainer:
@@ -28,7 +35,7 @@ def make_trainer(
         saved = {k: v for k, v in checkpoint["config"].items() if k in TrainConfig.__dataclass_fields__}
         saved["steps"] = config.steps
         config = TrainConfig(**saved)
-    crops = ImageCrops(images, config.tile, config.normalization["lower"], config.normalization["upper"])
+    crops = image_crops(images, config)
     if resume_from is None:
         config.in_channels = crops.channels
     elif crops.channels != config.in_channels:
@@ -36,6 +43,7 @@ def make_trainer(
     trainer = Trainer(config, crops, device)
     if resume_from is not None:
         trainer.load(checkpoint)
+        trainer.seconds = float(checkpoint.get("provenance", {}).get("train_seconds", 0.0))
     return trainer
 
 
@@ -47,6 +55,7 @@ def run(
     max_minutes: float | None = None,
     on_step: StepCallback | None = None,
     until: int | None = None,
+    provenance: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train until `config.steps` (or the time limit); write the full checkpoint every K steps and
     at the end, and the slim one (no training state) at the end; `until` stops early at that step
@@ -59,14 +68,19 @@ def run(
         if on_step is not None:
             on_step(trainer.step, losses)
         if checkpoint_every and trainer.step % checkpoint_every == 0 and trainer.step < trainer.config.steps:
-            save_checkpoint(out, trainer.checkpoint(full=True))
+            partial = trainer.checkpoint(full=True)
+            partial["provenance"] = {**(provenance or {}), "train_seconds": trainer.seconds + time.monotonic() - start}
+            save_checkpoint(out, partial)
         if max_minutes is not None and time.monotonic() - start > 60 * max_minutes:
             break
     final = trainer.checkpoint(full=True)
+    seconds = time.monotonic() - start
+    trainer.seconds += seconds
+    final["provenance"] = {**(provenance or {}), "train_seconds": trainer.seconds}
     save_checkpoint(out, final)
     if slim_out is not None:
         save_checkpoint(slim_out, {k: v for k, v in final.items() if k in SLIM_KEYS})
-    return {"steps": trainer.step - first, "step": trainer.step, "seconds": time.monotonic() - start}
+    return {"steps": trainer.step - first, "step": trainer.step, "seconds": seconds}
 
 
-SLIM_KEYS = ("config", "step", "S", "G", "D_image", "D_mask")
+SLIM_KEYS = ("config", "step", "S", "G", "D_image", "D_mask", "provenance")

@@ -1,14 +1,20 @@
-"""The one backend seam (Polygraphy style): inputs are validated once here; subclasses fill `*_impl` hooks."""
+"""The one backend seam (Polygraphy style): inputs are validated once here; subclasses fill `*_impl` hooks.
+
+Everything a caller needs to know about a runner is on this class, for every backend: its input metadata
+(name, channels, dtype, size multiple, shape limits), precision, device, the time of the last inference
+and its phases, and the settings that change its speed (`info`)."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 
 from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.runtime.defaults import INPUT_NAME, OUTPUT_NAME, SIZE_MULTIPLE
 
 OUTPUT_CHANNELS = 3
 
@@ -42,8 +48,34 @@ class ShapeLimits:
                 )
 
 
+@dataclass(frozen=True)
+class InputMetadata:
+    """The one input a runner takes: float32 (N, channels, H, W), H and W multiples of `size_multiple`,
+    within `shape_limits` when the backend has them (channels None: not known before activation)."""
+
+    name: str
+    channels: int | None
+    dtype: np.dtype
+    size_multiple: int
+    shape_limits: ShapeLimits | None
+
+    def check(self, batch: int, height: int, width: int) -> None:
+        """Raise UserError when a (batch, H, W) input cannot run, naming the accepted sizes."""
+        if batch < 1 or height < 1 or width < 1 or height % self.size_multiple or width % self.size_multiple:
+            raise UserError(
+                f"input of batch {batch} and {height}x{width} px cannot run: needs a non-empty batch with "
+                f"H and W multiples of {self.size_multiple}; pad the tile"
+            )
+        if self.shape_limits is not None:
+            self.shape_limits.check(batch, height, width)
+
+
 class Runner:
-    """Backend lifecycle: activate -> infer (float32 (N,C,H,W) -> float32 (N,3,H,W)) -> deactivate."""
+    """Backend lifecycle: activate -> infer (float32 (N,C,H,W) -> float32 (N,3,H,W)) -> deactivate.
+
+    After each `infer`: `last_inference_time` (seconds around the hook) and `last_timings` (the
+    backend's own phases in seconds, e.g. TensorRT's h2d / compute / d2h from CUDA events; empty when
+    the backend has none)."""
 
     def __init__(
         self,
@@ -52,7 +84,7 @@ class Runner:
         device: str = "cpu",
         precision: str = "fp32",
         channels: int | None = None,
-        size_multiple: int = 16,
+        size_multiple: int = SIZE_MULTIPLE,
         shape_limits: ShapeLimits | None = None,
     ) -> None:
         self.name = name
@@ -61,8 +93,23 @@ class Runner:
         self.channels = channels
         self.size_multiple = size_multiple
         self.shape_limits = shape_limits
+        self.input_name = INPUT_NAME
+        self.output_name = OUTPUT_NAME
+        self.input_dtype = np.dtype(np.float32)
         self.is_active = False
         self.last_inference_time: float | None = None
+        self.last_timings: dict[str, float] = {}
+
+    # what callers need to know ----------------------------------------------------------------------
+    def input_metadata(self) -> InputMetadata:
+        """Name, channels, dtype and accepted sizes of the input (complete once activated)."""
+        return InputMetadata(
+            self.input_name, self.channels, self.input_dtype, self.size_multiple, self.shape_limits
+        )
+
+    def info(self) -> dict[str, Any]:
+        """Settings that change this runner's speed (threads, providers, session options), JSON-ready."""
+        return {}
 
     # lifecycle -----------------------------------------------------------------------------------
     def activate(self) -> None:
@@ -94,6 +141,7 @@ class Runner:
         if not self.is_active:
             raise RuntimeError(f"runner {self.name} must be activated before infer (use it as a context)")
         batch = self.validate_input(batch)
+        self.last_timings = {}
         start = time.perf_counter()
         out = self.infer_impl(batch)
         self.last_inference_time = time.perf_counter() - start
@@ -111,13 +159,7 @@ class Runner:
         n, c, h, w = batch.shape
         if self.channels is not None and c != self.channels:
             raise UserError(f"{self.name} expects {self.channels} input channel(s), got {c}: check channels")
-        if n < 1 or h % self.size_multiple or w % self.size_multiple or h == 0 or w == 0:
-            raise UserError(
-                f"{self.name} needs a non-empty batch with H and W multiples of {self.size_multiple}, "
-                f"got {batch.shape}: pad the tile"
-            )
-        if self.shape_limits is not None:
-            self.shape_limits.check(n, h, w)
+        self.input_metadata().check(n, h, w)
         return np.ascontiguousarray(batch)
 
     # hooks ----------------------------------------------------------------------------------------

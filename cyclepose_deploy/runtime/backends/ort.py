@@ -18,6 +18,14 @@ PROVIDER_DEVICES = {
     "TensorrtExecutionProvider": "tensorrt",
 }
 ALIASES = {device: provider for provider, device in PROVIDER_DEVICES.items()}
+SESSION_OPTIONS = (  # recorded with benchmark results: they change the numbers
+    "intra_op_num_threads",
+    "inter_op_num_threads",
+    "execution_mode",
+    "graph_optimization_level",
+    "enable_cpu_mem_arena",
+    "enable_mem_pattern",
+)
 
 
 def resolve_providers(requested: list[str] | None, available: list[str]) -> list[str]:
@@ -63,8 +71,6 @@ class OrtRunner(Runner):
         self.threads = threads
         self.session: Any = None
         self.provider: str | None = None
-        self.input_name = "image"
-        self.output_name = "flows"
 
     def session_options(self, ort: Any) -> Any:
         opts = ort.SessionOptions()
@@ -87,10 +93,25 @@ class OrtRunner(Runner):
         self.provider = self.session.get_providers()[0]
         self.device = PROVIDER_DEVICES.get(self.provider, self.provider)
         inp = self.session.get_inputs()[0]
+        if inp.type != "tensor(float)":
+            raise UserError(
+                f"{self.path.name} takes {inp.type} input; the runtime feeds float32 tiles: "
+                "re-export it with float32 inputs and outputs"
+            )
         self.input_name = inp.name
         self.output_name = self.session.get_outputs()[0].name
         if isinstance(inp.shape[1], int):
             self.channels = inp.shape[1]
+
+    def info(self) -> dict[str, Any]:
+        """Threads and providers asked for; once active, what ORT chose and its session options."""
+        info: dict[str, Any] = {"threads": self.threads, "requested": self.requested}
+        if self.session is None:
+            return {k: v for k, v in info.items() if v is not None}
+        opts = self.session.get_session_options()
+        info.update(provider=self.provider, providers=list(self.session.get_providers()))
+        info["session_options"] = {name: _plain(getattr(opts, name, None)) for name in SESSION_OPTIONS}
+        return {k: v for k, v in info.items() if v is not None}
 
     def deactivate_impl(self) -> None:
         self.session = None
@@ -98,3 +119,7 @@ class OrtRunner(Runner):
     def infer_impl(self, batch: np.ndarray) -> np.ndarray:
         (out,) = self.session.run([self.output_name], {self.input_name: batch})
         return np.asarray(out, dtype=np.float32)
+
+
+def _plain(value: Any) -> Any:
+    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)

@@ -6,7 +6,7 @@ sizes) is plain functions, unit-tested with fakes."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -63,16 +63,19 @@ def engine_io(engine: trt.ICudaEngine) -> tuple[str, str]:
 class TensorRTRunner(Runner):
     """Runs a serialized engine; `last_timings` has the GPU time of h2d/compute/d2h (CUDA events)."""
 
-    def __init__(self, path: str | Path, info: TensorRTInfo, channels: int) -> None:
+    def __init__(self, path: str | Path, engine_info: TensorRTInfo, channels: int) -> None:
         super().__init__(f"tensorrt:{Path(path).name}", device="cuda", precision="fp16", channels=channels)
-        self.path, self.info = Path(path), info
-        self.last_gpu_time: float | None = None
-        self.last_timings: dict[str, float] = {}
+        self.path, self.engine_info = Path(path), engine_info
         self._buffers: list[cuda.DeviceBuffer | cuda.PinnedBuffer] = []
+
+    def info(self) -> dict[str, Any]:
+        """What the engine is tied to (TensorRT version, GPU) and the profile it was built with."""
+        e = self.engine_info
+        return {"tensorrt": e.version, "gpu": e.gpu, "compute_capability": e.compute_capability, **e.profile}
 
     def activate_impl(self) -> None:
         gpu, capability = cuda.device_properties(0)
-        check_compatible(self.info, trt.__version__, gpu, capability)
+        check_compatible(self.engine_info, trt.__version__, gpu, capability)
         self._trt_runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self._trt_runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
@@ -109,7 +112,6 @@ class TensorRTRunner(Runner):
         self.stream.mark(3)
         self.stream.synchronize()
         self.last_timings = self.stream.phase_seconds()
-        self.last_gpu_time = self.last_timings["compute"]
         return self.h_out.array[: out_bytes // FLOAT32_BYTES].reshape(out_shape).copy()
 
     def deactivate_impl(self) -> None:

@@ -23,24 +23,25 @@ more than D + 12 px from any seed that matters.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 
 from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.runtime.defaults import NITER
 from cyclepose_deploy.runtime.dynamics.segment import DynamicsSettings, check_inputs, segment
 
 HALO_SLACK = 16
 
 
-def chunk_halo(max_diameter: float, niter: int = 200) -> int:
+def chunk_halo(max_extent: float, niter: int = NITER) -> int:
     """Pixels of context on each side of a chunk's core so that chunked labels equal whole-image labels.
 
-    max_diameter: the largest extent of a nucleus in pixels (not the mean diameter).
+    max_extent: the largest extent of a nucleus in pixels (its longest axis, not its mean diameter:
+    elongated nuclei are longer; synth.shapes.ShapePrior.max_extent bounds it, the manifest records it).
     """
-    if not max_diameter > 0:
-        raise UserError(f"max_diameter must be > 0 pixels, got {max_diameter}: pass the largest nucleus size")
-    extent = math.ceil(max_diameter)
+    if not max_extent > 0:
+        raise UserError(f"max_extent must be > 0 pixels, got {max_extent}: pass the longest nucleus size")
+    extent = math.ceil(max_extent)
     return extent + min(extent, max(int(niter), 0)) + HALO_SLACK
 
 
@@ -51,20 +52,19 @@ def segment_chunk(
     core: tuple[slice, slice],
     origin: tuple[int, int],
     image_shape: tuple[int, int],
-    **settings: Any,
+    settings: DynamicsSettings = DynamicsSettings(),
 ) -> np.ndarray:
     """uint64 ids (1 + global linear index of the object's seed; 0 = background) for the core.
 
     flows (2, h, w) UNIT-scale and cellprob (h, w) cover the core plus its halo; `core` selects the
     core inside them, `origin` is the global (y, x) of their top-left pixel and `image_shape` the
-    slide's (H, W). settings: those of flows_to_labels (cellprob_threshold, flow_threshold, niter,
-    min_size, max_size_fraction).
+    slide's (H, W). settings: the same knobs as flows_to_labels; the halo must be
+    chunk_halo(max_extent, settings.niter).
     """
-    params = DynamicsSettings(**settings)
     flows, cellprob = check_inputs(flows, cellprob)
     height, width = (int(v) for v in image_shape)
     _check_placement(cellprob.shape, core, origin, (height, width))
-    labels, seeds = segment(flows, cellprob, params, image_area=height * width)
+    labels, seeds = segment(flows, cellprob, settings, image_area=height * width)
     seed_y, seed_x = np.divmod(seeds, cellprob.shape[1])
     ids = np.zeros(seeds.size + 1, np.uint64)
     global_y, global_x = (seed_y + origin[0]).astype(np.uint64), (seed_x + origin[1]).astype(np.uint64)

@@ -7,23 +7,32 @@ from dataclasses import dataclass
 import numpy as np
 
 from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.runtime.defaults import (
+    CELLPROB_THRESHOLD,
+    FLOW_THRESHOLD,
+    MAX_SIZE_FRACTION,
+    MIN_SIZE,
+    NITER,
+)
 from cyclepose_deploy.runtime.dynamics.follow import follow_and_count
 from cyclepose_deploy.runtime.dynamics.masks import clean_masks, flow_errors, remove_masks, seed_masks
 
 
 @dataclass(frozen=True)
 class DynamicsSettings:
-    """The knobs of flows -> labels, with Cellpose 3's defaults.
+    """The knobs of flows -> labels, with Cellpose 3's defaults (runtime/defaults.py).
 
+    cellprob_threshold: pixels whose logit exceeds it are foreground.
     flow_threshold: drop masks whose flow error exceeds it; 0 or None disables the check.
+    niter: steps of flow following. min_size: smaller masks are removed (pixels).
     max_size_fraction: drop masks larger than this fraction of the whole image (Cellpose 3.1).
     """
 
-    cellprob_threshold: float = 0.0
-    flow_threshold: float | None = 0.4
-    niter: int = 200
-    min_size: int = 15
-    max_size_fraction: float = 0.4
+    cellprob_threshold: float = CELLPROB_THRESHOLD
+    flow_threshold: float | None = FLOW_THRESHOLD
+    niter: int = NITER
+    min_size: int = MIN_SIZE
+    max_size_fraction: float = MAX_SIZE_FRACTION
 
     def __post_init__(self) -> None:
         if self.niter < 0:
@@ -36,16 +45,16 @@ def flows_to_labels(
     flows: np.ndarray,
     cellprob: np.ndarray,
     *,
-    cellprob_threshold: float = 0.0,
-    flow_threshold: float | None = 0.4,
-    niter: int = 200,
-    min_size: int = 15,
-    max_size_fraction: float = 0.4,
+    cellprob_threshold: float = CELLPROB_THRESHOLD,
+    flow_threshold: float | None = FLOW_THRESHOLD,
+    niter: int = NITER,
+    min_size: int = MIN_SIZE,
+    max_size_fraction: float = MAX_SIZE_FRACTION,
 ) -> np.ndarray:
     """Instance labels (uint32, 1..N in row-major order of the objects' seeds, 0 = background).
 
     flows: float32 (2, H, W) UNIT-scale flows (dY, dX). A network trained the Cellpose way outputs
-    5 x the unit flows; divide by the manifest's flow_scale (5) before calling this.
+    5 x the unit flows; divide by the manifest's flow_scale (defaults.FLOW_SCALE) before calling this.
     cellprob: float32 (H, W) logits; pixels above cellprob_threshold are foreground.
     NaN in flows or cellprob marks a pixel background.
     """

@@ -1,0 +1,224 @@
+"""Quality on real fluorescence nuclei (DSB2018, ../shared/data/dsb2018-fluo/dev): any checkpoint or export,
+run through `cyclepose infer`'s own code path at default settings (no per-image tuning), scored like
+StarDist's `matching_dataset` (TP/FP/FN summed over images at each IoU), beside a classical Otsu +
+distance-transform watershed baseline computed in the same run.
+
+    python benchmarks/real_quality.py --model cyclepose_deploy/models/cyclepose-real.pt \
+        [--data ../shared/data/dsb2018-fluo/dev] [--limit N] [--no-baseline] \
+        [--out benchmarks/results/real-quality-NAME]          # writes NAME.json and NAME.md
+
+`--model` takes a checkpoint (.pt, exported to a temporary fp32 ONNX first), an export folder or an .onnx.
+Extra `cyclepose infer` options go after `--`, e.g. `-- --diameter 30`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "dsb2018-fluo" / "dev"
+THRESHOLDS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+REPORT = (0.5, 0.75, 0.9)
+
+
+@dataclass
+class Tally:
+    """Dataset-level counts at each IoU threshold (StarDist's matching_dataset, by_image=False)."""
+
+    tp: dict[float, int] = field(default_factory=lambda: dict.fromkeys(THRESHOLDS, 0))
+    fp: dict[float, int] = field(default_factory=lambda: dict.fromkeys(THRESHOLDS, 0))
+    fn: dict[float, int] = field(default_factory=lambda: dict.fromkeys(THRESHOLDS, 0))
+    iou_sum: float = 0.0
+    matched: int = 0
+    n_pred: int = 0
+    n_gt: int = 0
+    seconds: float = 0.0
+    images: int = 0
+
+    def add(self, pred: np.ndarray, gt: np.ndarray, seconds: float) -> None:
+        from cyclepose_deploy.metrics import match_instances
+
+        result = match_instances(pred, gt, THRESHOLDS)
+        for s in result.scores:
+            t = min(THRESHOLDS, key=lambda x: abs(x - s.threshold))
+            self.tp[t] += s.tp
+            self.fp[t] += s.fp
+            self.fn[t] += s.fn
+        tp50 = result.at(0.5).tp
+        if tp50:
+            self.iou_sum += result.mean_iou_matched * tp50
+            self.matched += tp50
+        self.n_pred += result.n_pred
+        self.n_gt += result.n_gt
+        self.seconds += seconds
+        self.images += 1
+
+    def f1(self, t: float) -> float:
+        den = 2 * self.tp[t] + self.fp[t] + self.fn[t]
+        return 2 * self.tp[t] / den if den else 1.0
+
+    def ap(self, t: float) -> float:
+        den = self.tp[t] + self.fp[t] + self.fn[t]
+        return self.tp[t] / den if den else 1.0
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "images": self.images,
+            "objects_predicted": self.n_pred,
+            "objects_true": self.n_gt,
+            "mean_matched_iou": self.iou_sum / self.matched if self.matched else float("nan"),
+            "mean_ap_50_95": float(np.mean([self.ap(t) for t in THRESHOLDS])),
+            "seconds_per_image": self.seconds / max(self.images, 1),
+        }
+        for t in THRESHOLDS:
+            out[f"f1@{t:g}"] = self.f1(t)
+            out[f"ap@{t:g}"] = self.ap(t)
+            out[f"precision@{t:g}"] = self.tp[t] / max(self.tp[t] + self.fp[t], 1)
+            out[f"recall@{t:g}"] = self.tp[t] / max(self.tp[t] + self.fn[t], 1)
+        return out
+
+
+def otsu_watershed(image: np.ndarray) -> np.ndarray:
+    """The classical baseline: Gaussian blur (sigma 1), Otsu threshold, holes filled, objects under
+    15 px dropped, then a watershed on the distance transform seeded by its local maxima."""
+    from scipy import ndimage
+    from skimage.feature import peak_local_max
+    from skimage.filters import threshold_otsu
+    from skimage.segmentation import watershed
+
+    smooth = ndimage.gaussian_filter(image.astype(np.float32), 1.0)
+    if smooth.max() <= smooth.min():
+        return np.zeros(image.shape, np.int32)
+    fg = ndimage.binary_fill_holes(smooth > threshold_otsu(smooth))
+    lab, n = ndimage.label(fg)
+    sizes = np.bincount(lab.ravel())
+    fg &= (sizes >= 15)[lab]
+    dist = ndimage.distance_transform_edt(fg)
+    dist = ndimage.gaussian_filter(dist, 1.0)
+    peaks = peak_local_max(dist, min_distance=5, labels=ndimage.label(fg)[0], exclude_border=False)
+    markers = np.zeros(image.shape, np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    return watershed(-dist, markers, mask=fg).astype(np.int32)
+
+
+def export_checkpoint(checkpoint: Path, folder: Path) -> Path:
+    subprocess.run(
+        [sys.executable, "-m", "cyclepose_deploy", "export", str(checkpoint), "-o", str(folder),
+         "--precision", "fp32"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return folder
+
+
+def infer_options(extra: list[str]) -> dict[str, object]:
+    """`cyclepose infer` options given after `--` (only the few a quality run needs)."""
+    names = {"--diameter": ("diameter", float), "--cellprob-threshold": ("cellprob_threshold", float),
+             "--flow-threshold": ("flow_threshold", float)}
+    out: dict[str, object] = {}
+    for flag, value in zip(extra[::2], extra[1::2], strict=False):
+        key, kind = names[flag]
+        out[key] = kind(value)
+    return out
+
+
+def score_model(model_path: Path, pairs: list[tuple[Path, Path]], extra: dict[str, object]) -> tuple[Tally, list]:
+    from cyclepose_deploy.runtime.artifacts import resolve_model
+    from cyclepose_deploy.runtime.chunks import Settings
+    from cyclepose_deploy.runtime.pipeline import Outputs, run_infer
+
+    model = resolve_model(model_path)
+    settings_kw = {k: v for k, v in extra.items() if k != "diameter"}
+    tally, rows = Tally(), []
+    with tempfile.TemporaryDirectory() as tmp:
+        for image_path, label_path in pairs:
+            out = Path(tmp) / f"{image_path.stem}.labels.tif"
+            t = time.perf_counter()
+            summary = run_infer(
+                image_path, model, Outputs(out), Settings(**settings_kw), diameter=extra.get("diameter")
+            )
+            seconds = time.perf_counter() - t
+            pred = tifffile.imread(out).astype(np.int64)
+            gt = tifffile.imread(label_path).astype(np.int64)
+            tally.add(pred, gt, seconds)
+            rows.append({"image": image_path.name, "objects": summary.objects, "true": int(len(np.unique(gt)) - 1),
+                         "diameter": getattr(summary, "diameter", None), "seconds": seconds})
+            out.unlink()
+    return tally, rows
+
+
+def score_baseline(pairs: list[tuple[Path, Path]]) -> Tally:
+    tally = Tally()
+    for image_path, label_path in pairs:
+        t = time.perf_counter()
+        pred = otsu_watershed(tifffile.imread(image_path))
+        tally.add(pred, tifffile.imread(label_path).astype(np.int64), time.perf_counter() - t)
+    return tally
+
+
+def table(results: dict[str, dict]) -> str:
+    head = "| method | F1@0.5 | F1@0.75 | F1@0.9 | AP 0.5:0.95 | mean matched IoU | found / true | s/image |"
+    lines = [head, "|---|--:|--:|--:|--:|--:|--:|--:|"]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {r['f1@0.5']:.3f} | {r['f1@0.75']:.3f} | {r['f1@0.9']:.3f} | {r['mean_ap_50_95']:.3f} "
+            f"| {r['mean_matched_iou']:.3f} | {r['objects_predicted']} / {r['objects_true']} "
+            f"| {r['seconds_per_image']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def dataset_pairs(data: Path, limit: int | None) -> list[tuple[Path, Path]]:
+    images = sorted((data / "images").glob("*.tif"))
+    pairs = [(p, data / "labels" / p.name) for p in images if (data / "labels" / p.name).is_file()]
+    if not pairs:
+        raise SystemExit(f"no image/label pairs under {data}: point --data at dsb2018-fluo/dev")
+    return pairs[:limit] if limit else pairs
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--name", default=None, help="row name in the table (default: the model's file name)")
+    parser.add_argument("--out", type=Path, default=None, help="write OUT.json and OUT.md")
+    args = parser.parse_args(argv)
+    pairs = dataset_pairs(args.data, args.limit)
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model
+        if model.suffix == ".pt" or (model.is_file() and model.suffix not in (".onnx", ".engine")):
+            model = export_checkpoint(model, Path(tmp) / "export")
+        tally, rows = score_model(model, pairs, infer_options(extra))
+    name = args.name or args.model.name
+    results[f"cyclepose ({name})"] = tally.to_dict()
+    if not args.no_baseline:
+        results["Otsu + watershed"] = score_baseline(pairs).to_dict()
+    text = table(results)
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"data": str(args.data), "images": len(pairs), "infer_options": extra,
+                   "results": results, "per_image": rows}
+        args.out.with_suffix(".json").write_text(json.dumps(payload, indent=1))
+        args.out.with_suffix(".md").write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Automatic nucleus diameter, so that users need not know it (Cellpose's `eval(diameter=None)` idea).
+
+Two stages, both functions of the slide alone (never of a chunk), so chunked == whole-image still holds:
+1. `blob_diameter`: model-free. Scale-normalised Laplacian of Gaussian (Lindeberg 1998): a bright disc
+   of diameter d answers most strongly at sigma = d / (2 sqrt 2). The median over the strongest blobs
+   is a first estimate that does not depend on the network's own trained range (a network shown
+   nuclei twice its trained size splits them, and would then measure its fragments).
+2. `refine_diameter`: the network segments the estimation sample rescaled to its trained diameter,
+   and the median mask diameter of that segmentation (Cellpose's `utils.diameters`: the median of
+   sqrt(area) / (sqrt(pi) / 2), i.e. the equivalent-circle diameter) is mapped back to slide pixels,
+   as Cellpose's size model refines its style-vector guess with a first segmentation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from cyclepose_deploy.runtime.normalize import Normalization
+
+LOG_SIGMAS = np.geomspace(1.25, 48.0, 22)  # diameters ~3.5-136 px
+BLOB_THRESHOLD = 0.12  # normalised LoG response (image 0..1): weaker blobs are noise or texture
+SAMPLE_SIDE = 1024  # estimation sample: at most this many px per side, at slide resolution
+MIN_OBJECTS = 3
+AGREEMENT = 2.0  # the network's measurement is kept within this factor of the blob estimate
+MAX_SCALE = 4.0  # never upscale more than this for the estimate (or the run)
+MIN_SCALE = 1.0 / 16
+
+
+@dataclass(frozen=True)
+class DiameterEstimate:
+    """Median nucleus diameter in slide pixels and how it was found ('blob', 'network', 'given')."""
+
+    diameter: float
+    method: str
+    blob: float | None = None
+    objects: int = 0
+
+
+def mask_diameter(labels: np.ndarray) -> tuple[float, int]:
+    """Cellpose's `utils.diameters`: (median equivalent-circle diameter in px, object count) of an
+    integer label image (0 = background); (nan, 0) when it holds no object."""
+    _, counts = np.unique(labels[labels > 0], return_counts=True)
+    if counts.size == 0:
+        return float("nan"), 0
+    return float(np.median(np.sqrt(counts)) / (math.sqrt(math.pi) / 2.0)), int(counts.size)
+
+
+def blob_diameter(image: np.ndarray, threshold: float = BLOB_THRESHOLD) -> tuple[float, int]:
+    """(median diameter in px, blob count) of bright blobs in a normalised 2-D float image (0 =
+    background, 1 = bright nucleus), from scale-normalised LoG maxima; (nan, 0) when none is found.
+
+    Each pixel keeps its strongest response over LOG_SIGMAS; blobs are spatial maxima of that
+    response above `threshold`, and their best sigma gives d = 2 sqrt(2) sigma."""
+    image = np.asarray(image, np.float32)
+    best = np.full(image.shape, -np.inf, np.float32)
+    arg = np.zeros(image.shape, np.int16)
+    for i, sigma in enumerate(LOG_SIGMAS):
+        if 3 * sigma > max(image.shape):
+            break
+        response = -(sigma**2) * ndimage.gaussian_laplace(image, sigma, mode="reflect")
+        better = response > best
+        best[better] = response[better]
+        arg[better] = i
+    peaks = (best == ndimage.maximum_filter(best, size=5)) & (best > threshold)
+    if not peaks.any():
+        return float("nan"), 0
+    diameters = 2.0 * math.sqrt(2.0) * LOG_SIGMAS[arg[peaks]]
+    return float(np.median(diameters)), int(diameters.size)
+
+
+def sample_window(shape: tuple[int, int], side: int = SAMPLE_SIDE) -> tuple[int, int, int, int]:
+    """The central window (y0, y1, x0, x1) of at most side x side px used for the estimate."""
+    h, w = shape
+    sh, sw = min(h, side), min(w, side)
+    y0, x0 = (h - sh) // 2, (w - sw) // 2
+    return y0, y0 + sh, x0, x0 + sw
+
+
+class ArraySource:
+    """An in-memory 2-D image as a runtime Source."""
+
+    def __init__(self, image: np.ndarray) -> None:
+        self.image = np.asarray(image, np.float32)
+        self.shape = (int(self.image.shape[0]), int(self.image.shape[1]))
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        return self.image[y0:y1, x0:x1]
+
+
+def refine_diameter(
+    raw: np.ndarray, norm: Normalization, runner: Any, settings: Any, model_diameter: float, first: float
+) -> tuple[float, int]:
+    """(diameter in px, objects) measured on the network's segmentation of `raw` (a raw-intensity
+    sample) rescaled by model_diameter / first; (nan, n) with fewer than MIN_OBJECTS objects."""
+    from cyclepose_deploy.runtime.chunks import Chunk, process_chunk
+    from cyclepose_deploy.runtime.slide import ScaledSource
+
+    scale = float(np.clip(model_diameter / first, MIN_SCALE, MAX_SCALE))
+    source = ScaledSource(ArraySource(raw), scale)
+    h, w = source.shape
+    result = process_chunk(source, norm, Chunk(0, (0, h, 0, w), (0, h, 0, w)), runner, settings)
+    diameter, count = mask_diameter(result.ids)
+    if count < MIN_OBJECTS:
+        return float("nan"), count
+    return diameter / scale, count
+
+
+def estimate_diameter(
+    source: Any, norm: Normalization, runner: Any, settings: Any, model_diameter: float
+) -> DiameterEstimate | None:
+    """The slide's median nucleus diameter in px from its central sample (see module docstring),
+    or None when the sample holds no nucleus-like blob (an empty field: keep the model's scale)."""
+    y0, y1, x0, x1 = sample_window(source.shape)
+    raw = np.asarray(source.read(y0, y1, x0, x1), np.float32)
+    first, blobs = blob_diameter(norm.apply(raw))
+    if blobs == 0 or not math.isfinite(first):
+        return None
+    refined, objects = refine_diameter(raw, norm, runner, settings, model_diameter, first)
+    # disagreement by more than AGREEMENT means the segmentation at that scale is not trustworthy
+    # (noise taken for nuclei, or nuclei split): the model-free estimate is then the safer one
+    if not math.isfinite(refined) or not 1 / AGREEMENT <= refined / first <= AGREEMENT:
+        return DiameterEstimate(first, "blob", first, blobs)
+    return DiameterEstimate(refined, "network", first, objects)
