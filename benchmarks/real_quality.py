@@ -113,8 +113,17 @@ def otsu_watershed(image: np.ndarray) -> np.ndarray:
 
 def export_checkpoint(checkpoint: Path, folder: Path) -> Path:
     subprocess.run(
-        [sys.executable, "-m", "cyclepose_deploy", "export", str(checkpoint), "-o", str(folder),
-         "--precision", "fp32"],
+        [
+            sys.executable,
+            "-m",
+            "cyclepose_deploy",
+            "export",
+            str(checkpoint),
+            "-o",
+            str(folder),
+            "--precision",
+            "fp32",
+        ],
         check=True,
         stdout=subprocess.DEVNULL,
     )
@@ -123,8 +132,11 @@ def export_checkpoint(checkpoint: Path, folder: Path) -> Path:
 
 def infer_options(extra: list[str]) -> dict[str, object]:
     """`cyclepose infer` options given after `--` (only the few a quality run needs)."""
-    names = {"--diameter": ("diameter", float), "--cellprob-threshold": ("cellprob_threshold", float),
-             "--flow-threshold": ("flow_threshold", float)}
+    names = {
+        "--diameter": ("diameter", float),
+        "--cellprob-threshold": ("cellprob_threshold", float),
+        "--flow-threshold": ("flow_threshold", float),
+    }
     out: dict[str, object] = {}
     for flag, value in zip(extra[::2], extra[1::2], strict=False):
         key, kind = names[flag]
@@ -132,7 +144,9 @@ def infer_options(extra: list[str]) -> dict[str, object]:
     return out
 
 
-def score_model(model_path: Path, pairs: list[tuple[Path, Path]], extra: dict[str, object]) -> tuple[Tally, list]:
+def score_model(
+    model_path: Path, pairs: list[tuple[Path, Path]], extra: dict[str, object]
+) -> tuple[Tally, list]:
     from cyclepose_deploy.runtime.artifacts import resolve_model
     from cyclepose_deploy.runtime.chunks import Settings
     from cyclepose_deploy.runtime.pipeline import Outputs, run_infer
@@ -151,8 +165,15 @@ def score_model(model_path: Path, pairs: list[tuple[Path, Path]], extra: dict[st
             pred = tifffile.imread(out).astype(np.int64)
             gt = tifffile.imread(label_path).astype(np.int64)
             tally.add(pred, gt, seconds)
-            rows.append({"image": image_path.name, "objects": summary.objects, "true": int(len(np.unique(gt)) - 1),
-                         "diameter": getattr(summary, "diameter", None), "seconds": seconds})
+            rows.append(
+                {
+                    "image": image_path.name,
+                    "objects": summary.objects,
+                    "true": int(len(np.unique(gt)) - 1),
+                    "diameter": summary.diameter.diameter if summary.diameter else None,
+                    "seconds": seconds,
+                }
+            )
             out.unlink()
     return tally, rows
 
@@ -171,7 +192,8 @@ def table(results: dict[str, dict]) -> str:
     lines = [head, "|---|--:|--:|--:|--:|--:|--:|--:|"]
     for name, r in results.items():
         lines.append(
-            f"| {name} | {r['f1@0.5']:.3f} | {r['f1@0.75']:.3f} | {r['f1@0.9']:.3f} | {r['mean_ap_50_95']:.3f} "
+            f"| {name} | {r['f1@0.5']:.3f} | {r['f1@0.75']:.3f} | {r['f1@0.9']:.3f} "
+            f"| {r['mean_ap_50_95']:.3f} "
             f"| {r['mean_matched_iou']:.3f} | {r['objects_predicted']} / {r['objects_true']} "
             f"| {r['seconds_per_image']:.2f} |"
         )
@@ -213,8 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"data": str(args.data), "images": len(pairs), "infer_options": extra,
-                   "results": results, "per_image": rows}
+        payload = {
+            "data": str(args.data),
+            "images": len(pairs),
+            "infer_options": extra,
+            "results": results,
+            "per_image": rows,
+        }
         args.out.with_suffix(".json").write_text(json.dumps(payload, indent=1))
         args.out.with_suffix(".md").write_text(text + "\n")
     return 0

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from cyclepose_deploy.cli import app
 from cyclepose_deploy.train.checkpoint import load_checkpoint, load_segmenter
-from cyclepose_deploy.train.data import ImageCrops, dihedral_flows, mask_targets
+from cyclepose_deploy.train.data import dihedral_flows, mask_targets
 from cyclepose_deploy.train.loop import TrainConfig, Trainer
 from cyclepose_deploy.train.run import image_crops, make_trainer, run
 

@@ -29,7 +29,11 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @user_errors
     def export(
-        checkpoint: Path = typer.Argument(..., help="CyclePose model.pt or a Cellpose 3 model file."),
+        checkpoint: Path = typer.Argument(
+            ...,
+            help="CyclePose model.pt, a Cellpose 3 model file, or a shipped model: 'nuclei' (real "
+            "fluorescence nuclei) or 'synth' (synthetic slides).",
+        ),
         out_dir: Path = typer.Option(..., "-o", "--output", help="Folder for model*.onnx, engine, manifest."),
         precision: str = typer.Option(
             ",".join(PRECISIONS), "--precision", help=f"Comma list: {', '.join(PRECISIONS)}."
@@ -52,7 +56,9 @@ def register(app: typer.Typer) -> None:
         """Export S to ONNX (fp32, fp16, int8) and TensorRT, verified against torch, with a manifest."""
         from cyclepose_deploy.export.pipeline import ExportOptions, run_export
         from cyclepose_deploy.export.profiles import load_profile
+        from cyclepose_deploy.train.checkpoint import shipped_or_path
 
+        checkpoint = shipped_or_path(checkpoint)
         if out_dir.exists() and not out_dir.is_dir():
             raise UserError(f"{out_dir} is a file: -o needs a folder")
         options = ExportOptions(

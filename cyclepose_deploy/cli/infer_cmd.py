@@ -37,7 +37,18 @@ def register(app: typer.Typer) -> None:
         channel: int | None = typer.Option(
             None, "--channel", help="Channel of a multi-channel slide (0-based)."
         ),
-        diameter: float | None = typer.Option(None, "--diameter", help="Nucleus diameter in px (rescales)."),
+        diameter: float | None = typer.Option(
+            None,
+            "--diameter",
+            help="Median nucleus diameter in px; the slide is rescaled to the model's. Default: estimated "
+            "per slide (reported in the summary).",
+        ),
+        norm_percentiles: str | None = typer.Option(
+            None, "--norm-percentiles", help="LO,HI percentiles mapped to 0 and 1 (default: the model's)."
+        ),
+        norm_range: str | None = typer.Option(
+            None, "--norm-range", help="MIN,MAX fixed intensities mapped to 0 and 1 (plates imaged alike)."
+        ),
         cellprob_threshold: float = typer.Option(
             defaults.CELLPROB_THRESHOLD, "--cellprob-threshold", help="Logit threshold."
         ),
@@ -73,10 +84,32 @@ def register(app: typer.Typer) -> None:
         console.print(f"model: {model.describe()}")
         outputs = Outputs(out, objects, preview, prob)
         with _progress() as report:
-            summary = run_infer(slide, model, outputs, settings, channel, diameter, report)
+            summary = run_infer(
+                slide,
+                model,
+                outputs,
+                settings,
+                channel,
+                diameter,
+                report,
+                _pair(norm_percentiles, "--norm-percentiles", "1,99.8"),
+                _pair(norm_range, "--norm-range", "100,4000"),
+            )
         _print_summary(summary, outputs)
         if summary_json is not None:
             write_json_atomic(summary_json, _summary_dict(summary, outputs, model.describe()))
+
+
+def _pair(text: str | None, option: str, example: str) -> tuple[float, float] | None:
+    from cyclepose_deploy.errors import UserError
+
+    if text is None:
+        return None
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"{option} must be two numbers LO,HI, e.g. {example}; got {text!r}") from None
+    return low, high
 
 
 class _progress:
@@ -115,6 +148,7 @@ def _print_summary(summary: Any, outputs: Any) -> None:
         f"network tiles {summary.tiles_run} for a grid of {summary.tiles_grid} "
         f"(+{100 * summary.tile_overhead:.0f}% for halos)"
     )
+    console.print(_diameter_line(summary))
     console.print(f"time per stage (threads overlap): {stages}")
     console.print("wrote " + ", ".join(str(p) for p in outputs.all()))
 
@@ -131,4 +165,21 @@ def _summary_dict(summary: Any, outputs: Any, model: str) -> dict[str, Any]:
         "tiles_grid": summary.tiles_grid,
         "stage_seconds": summary.times,
         "outputs": [str(p) for p in outputs.all()],
+        "diameter": _diameter_dict(summary),
+        "scale": summary.scale,
     }
+
+
+def _diameter_dict(summary: Any) -> dict[str, Any] | None:
+    est = summary.diameter
+    if est is None:
+        return None
+    return {"px": est.diameter, "method": est.method, "blob_px": est.blob, "objects_measured": est.objects}
+
+
+def _diameter_line(summary: Any) -> str:
+    est = summary.diameter
+    if est is None:
+        return "diameter: no nucleus-like structure found for an estimate; ran at the model's scale"
+    how = {"given": "given", "network": "estimated (network)", "blob": "estimated (blob filter)"}[est.method]
+    return f"diameter {est.diameter:.1f} px ({how}); slide rescaled by {summary.scale:.3f}"

@@ -27,7 +27,9 @@ def parse_coverage(text: str) -> tuple[float, float | None]:
     except ValueError:
         parts = []
     if len(parts) not in (1, 2) or not all(0.02 <= v <= 0.8 for v in parts) or parts != sorted(parts):
-        raise UserError(f"--coverage must be a fraction or MIN-MAX within 0.02-0.8, e.g. 0.3 or 0.05-0.4; got {text!r}")
+        raise UserError(
+            f"--coverage must be a fraction or MIN-MAX within 0.02-0.8, e.g. 0.3 or 0.05-0.4; got {text!r}"
+        )
     return parts[0], (parts[1] if len(parts) == 2 else None)
 
 
@@ -111,7 +113,9 @@ def register(app: typer.Typer) -> None:
         )
         trainer = make_trainer([*images, *(more or [])], config, device, out if resume else None)
         with progress_callback(trainer.step, trainer.config.steps) as on_step:
-            summary = run(trainer, out, checkpoint_every, slim_out, max_minutes, on_step, provenance=_provenance())
+            summary = run(
+                trainer, out, checkpoint_every, slim_out, max_minutes, on_step, provenance=_provenance()
+            )
         rescaled = [s for s in trainer.crops.scales if s != 1.0]
         if rescaled:
             console.print(f"rescaled {len(rescaled)} of {len(trainer.crops.scales)} images to diameter "

@@ -39,6 +39,8 @@ class Settings:
     flow_threshold: float = defaults.FLOW_THRESHOLD
     niter: int = defaults.NITER
     min_size: int = defaults.MIN_SIZE
+    min_contrast: float = defaults.MIN_CONTRAST
+    outline_shell: int = defaults.OUTLINE_SHELL
     flow_scale: float = defaults.FLOW_SCALE
     max_diameter: float = defaults.DIAMETER[1]
     max_extent: float | None = None
@@ -64,6 +66,8 @@ class Settings:
             flow_threshold=self.flow_threshold,
             niter=self.niter,
             min_size=self.min_size,
+            min_contrast=self.min_contrast,
+            outline_shell=self.outline_shell,
         )
 
 
@@ -124,14 +128,23 @@ def read_chunk(
     return split(source, norm, grid, chunk.window, settings.batch, settings.channels, skip)
 
 
+BLEND_CHANNELS = 4  # flows dY, dX, cellprob logit, and the normalised input image
+
+
+def with_image(outputs: np.ndarray, images: np.ndarray) -> np.ndarray:
+    """(N, 4, T, T): the network's 3 output channels and the tiles' first input channel, so that
+    blending yields the normalised image of the window beside the flows (for the contrast check)."""
+    return np.concatenate([outputs, images[:, :1]], axis=1)
+
+
 def infer_batches(runner: Runner, batches: Iterable[TileBatch]) -> Iterator[tuple[np.ndarray, TileBatch]]:
-    """Stage 2: the network on each batch."""
+    """Stage 2: the network on each batch (with the input image appended, see with_image)."""
     for batch in batches:
-        yield runner.infer(batch.images), batch
+        yield with_image(runner.infer(batch.images), batch.images), batch
 
 
 def blend(grid: TileGrid, chunk: Chunk, outputs: Iterable[tuple[np.ndarray, TileBatch]]) -> np.ndarray:
-    merger = Merger(grid, chunk.window)
+    merger = Merger(grid, chunk.window, BLEND_CHANNELS)
     for out, batch in outputs:
         merger.add_batch(out, batch.origins)
     return merger.finalize()
@@ -153,6 +166,7 @@ def segment(
         origin=(chunk.window[0], chunk.window[2]),
         image_shape=image_shape,
         settings=settings.dynamics(),
+        image=blended[3] if blended.shape[0] > 3 else None,
     )
     prob = 1.0 / (1.0 + np.exp(-logits[y0:y1, x0:x1]))
     return ChunkResult(chunk, np.asarray(ids, dtype=np.uint64), prob.astype(np.float32))

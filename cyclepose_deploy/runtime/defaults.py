@@ -33,6 +33,12 @@ CELLPROB_THRESHOLD = 0.0
 FLOW_THRESHOLD = 0.4
 NITER = 200
 MIN_SIZE = 15
+# An object must be brighter than the ring around it by this much (normalised units, 1 = a bright
+# nucleus; runtime.normalize keeps noise far below it): fluorescent nuclei are never darker than
+# their surroundings, and a network can see "nuclei" in empty background (dynamics/masks.py).
+MIN_CONTRAST = 0.1
+CONTRAST_RING = 3  # px around an object that define its local background
+OUTLINE_SHELL = 2  # px an outline may move to its half-maximum edge (dynamics/masks.refine_outlines)
 MAX_SIZE_FRACTION = 0.4
 
 

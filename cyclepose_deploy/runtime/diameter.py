@@ -27,6 +27,8 @@ BLOB_THRESHOLD = 0.12  # normalised LoG response (image 0..1): weaker blobs are 
 SAMPLE_SIDE = 1024  # estimation sample: at most this many px per side, at slide resolution
 MIN_OBJECTS = 3
 AGREEMENT = 2.0  # the network's measurement is kept within this factor of the blob estimate
+GUESS_FACTORS = (1.0, 2.0, 4.0)  # multiples of the blob estimate that the network checks
+CONFIRM = 1.3  # a larger guess wins when the network measures within this factor of it
 MAX_SCALE = 4.0  # never upscale more than this for the estimate (or the run)
 MIN_SCALE = 1.0 / 16
 
@@ -69,8 +71,34 @@ def blob_diameter(image: np.ndarray, threshold: float = BLOB_THRESHOLD) -> tuple
     peaks = (best == ndimage.maximum_filter(best, size=5)) & (best > threshold)
     if not peaks.any():
         return float("nan"), 0
-    diameters = 2.0 * math.sqrt(2.0) * LOG_SIGMAS[arg[peaks]]
-    return float(np.median(diameters)), int(diameters.size)
+    ys, xs = np.nonzero(peaks)
+    diameters = 2.0 * math.sqrt(2.0) * LOG_SIGMAS[arg[ys, xs]]
+    kept = _inside_stronger_blobs(ys, xs, diameters, best[ys, xs], image.shape)
+    return float(np.median(diameters[kept])), int(kept.sum())
+
+
+def _inside_stronger_blobs(
+    ys: np.ndarray, xs: np.ndarray, diameters: np.ndarray, responses: np.ndarray, shape: tuple[int, int]
+) -> np.ndarray:
+    """Keep-mask over blobs: a blob is dropped when it lies inside a stronger blob at least 1.5 x
+    larger (chromatin texture inside a nucleus); blobs inside a weaker, larger one (nuclei inside
+    the faint blob of their cluster) are kept. Strongest first, larger discs painted as kept."""
+    cover = np.zeros(shape, np.float32)  # largest kept diameter covering each pixel
+    keep = np.zeros(ys.size, bool)
+    h, w = shape
+    for i in np.argsort(-responses, kind="stable"):
+        y, x, d = int(ys[i]), int(xs[i]), float(diameters[i])
+        if cover[y, x] >= 1.5 * d:
+            continue
+        keep[i] = True
+        r = d / 2.0
+        y0, y1 = max(0, int(y - r)), min(h, int(y + r) + 1)
+        x0, x1 = max(0, int(x - r)), min(w, int(x + r) + 1)
+        yy, xx = np.ogrid[y0:y1, x0:x1]
+        disc = (yy - y) ** 2 + (xx - x) ** 2 <= r * r
+        region = cover[y0:y1, x0:x1]
+        region[disc] = np.maximum(region[disc], d)
+    return keep
 
 
 def sample_window(shape: tuple[int, int], side: int = SAMPLE_SIDE) -> tuple[int, int, int, int]:
@@ -114,15 +142,25 @@ def estimate_diameter(
     source: Any, norm: Normalization, runner: Any, settings: Any, model_diameter: float
 ) -> DiameterEstimate | None:
     """The slide's median nucleus diameter in px from its central sample (see module docstring),
-    or None when the sample holds no nucleus-like blob (an empty field: keep the model's scale)."""
+    or None when the sample holds no nucleus-like blob (an empty field: keep the model's scale).
+
+    The blob estimate can fall on chromatin texture inside large nuclei (too small, never too large
+    by much), and a network shown nuclei far above its size splits them into fragments whose size
+    agrees with that wrong guess. So the network measures at the guess and at 2 and 4 times it; the
+    largest guess that its own measurement confirms (within CONFIRM) wins."""
     y0, y1, x0, x1 = sample_window(source.shape)
     raw = np.asarray(source.read(y0, y1, x0, x1), np.float32)
     first, blobs = blob_diameter(norm.apply(raw))
     if blobs == 0 or not math.isfinite(first):
         return None
-    refined, objects = refine_diameter(raw, norm, runner, settings, model_diameter, first)
-    # disagreement by more than AGREEMENT means the segmentation at that scale is not trustworthy
-    # (noise taken for nuclei, or nuclei split): the model-free estimate is then the safer one
-    if not math.isfinite(refined) or not 1 / AGREEMENT <= refined / first <= AGREEMENT:
-        return DiameterEstimate(first, "blob", first, blobs)
-    return DiameterEstimate(refined, "network", first, objects)
+    best: DiameterEstimate | None = None
+    for factor in GUESS_FACTORS:
+        guess = first * factor
+        if model_diameter / guess < MIN_SCALE:
+            break
+        measured, objects = refine_diameter(raw, norm, runner, settings, model_diameter, guess)
+        if factor == 1 and math.isfinite(measured) and 1 / AGREEMENT <= measured / first <= AGREEMENT:
+            best = DiameterEstimate(measured, "network", first, objects)
+        elif factor > 1 and math.isfinite(measured) and 1 / CONFIRM <= measured / guess <= CONFIRM:
+            best = DiameterEstimate(measured, "network", first, objects)
+    return best if best is not None else DiameterEstimate(first, "blob", first, blobs)

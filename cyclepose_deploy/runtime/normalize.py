@@ -26,8 +26,9 @@ MAD_TO_SIGMA = 1.4826
 
 
 def noise_sigma(patches: Sequence[np.ndarray]) -> float:
-    """Robust noise standard deviation of 2-D patches (same units as the pixels; 0.0 if unknown)."""
-    diffs = []
+    """Robust noise standard deviation of 2-D patches (same units as the pixels; 0.0 if unknown):
+    the MAD of neighbour differences about their median (a smooth gradient only shifts them)."""
+    deviations = []
     for patch in patches:
         p = np.asarray(patch, np.float32)
         if p.ndim != 2:
@@ -35,10 +36,10 @@ def noise_sigma(patches: Sequence[np.ndarray]) -> float:
         for d in (np.diff(p, axis=0), np.diff(p, axis=1)):
             d = d[np.isfinite(d)]
             if d.size:
-                diffs.append(np.abs(d.ravel()))
-    if not diffs:
+                deviations.append(np.abs(d - np.median(d)))
+    if not deviations:
         return 0.0
-    return float(MAD_TO_SIGMA * np.median(np.concatenate(diffs)) / np.sqrt(2.0))
+    return float(MAD_TO_SIGMA * np.median(np.concatenate(deviations)) / np.sqrt(2.0))
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,11 @@ class Normalization:
         """From a 2-D image or a list of 2-D patches of one slide (a 1-D array: percentiles only).
         `lower`/`upper` are percentiles in [0, 100]."""
         patches = [np.asarray(sample)] if isinstance(sample, np.ndarray) else [np.asarray(p) for p in sample]
-        values = np.concatenate([p.astype(np.float32, copy=False).ravel() for p in patches]) if patches else np.empty(0)
+        values = (
+            np.concatenate([p.astype(np.float32, copy=False).ravel() for p in patches])
+            if patches
+            else np.empty(0)
+        )
         values = values[np.isfinite(values)]
         if values.size == 0:
             return cls(0.0, 1.0)

@@ -4,6 +4,7 @@ labels BigTIFF, object table, preview, probability), every output written atomic
 from __future__ import annotations
 
 import contextlib
+import math
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -81,18 +82,30 @@ def run_infer(
     channel: int | None = None,
     diameter: float | None = None,
     progress: Progress | None = None,
+    norm_percentiles: tuple[float, float] | None = None,
+    norm_range: tuple[float, float] | None = None,
 ) -> Summary:
-    """Segment a slide of any size in memory bounded by the chunk size."""
+    """Segment a slide of any size in memory bounded by the chunk size.
+
+    diameter: median nucleus diameter in slide px (None: estimated, see runtime.diameter);
+    norm_percentiles: (low, high) percentiles instead of the model's; norm_range: fixed (min, max)
+    intensities mapped to 0 and 1 instead of statistics of the slide."""
     for path in outputs.all():
         check_writable(path)
     if len({p.resolve() for p in outputs.all()} | {Path(slide_path).resolve()}) != len(outputs.all()) + 1:
         raise UserError("output paths must differ from each other and from the slide: choose distinct names")
-    if diameter is not None and diameter <= 0:
-        raise UserError(f"--diameter {diameter} must be positive (pixels), e.g. 17")
+    if diameter is not None and not (math.isfinite(diameter) and diameter > 0):
+        raise UserError(f"--diameter {diameter} must be a positive number of pixels, e.g. 17")
+    if norm_percentiles is not None:
+        low, high = norm_percentiles
+        if not (0.0 <= low < high <= 100.0):
+            raise UserError(f"--norm-percentiles {low:g},{high:g} needs 0 <= LO < HI <= 100, e.g. 1,99.8")
+        model = replace(model, lower=float(low), upper=float(high))
+    fixed = Normalization.fixed(*norm_range) if norm_range is not None else None
     start = time.perf_counter()
     slide = Slide(slide_path, channel)
     try:
-        return _run(slide, model, outputs, settings, diameter, progress or (lambda *a: None), start)
+        return _run(slide, model, outputs, settings, diameter, progress or (lambda *a: None), start, fixed)
     finally:
         slide.close()
 
@@ -105,10 +118,13 @@ def _run(
     diameter: float | None,
     progress: Progress,
     start: float,
+    fixed: Normalization | None = None,
 ) -> Summary:
     t0 = time.perf_counter()
-    norm = sample_normalization(slide, model.lower, model.upper)
-    settings = replace(settings, flow_scale=model.flow_scale, max_diameter=model.diameter[1])
+    norm = fixed if fixed is not None else sample_normalization(slide, model.lower, model.upper)
+    settings = replace(
+        settings, flow_scale=model.flow_scale, max_diameter=model.diameter[1], max_extent=model.max_extent
+    )
     times = {"normalize": time.perf_counter() - t0}
     with contextlib.ExitStack() as stack:
         scratch = stack.enter_context(

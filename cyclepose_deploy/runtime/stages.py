@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from cyclepose_deploy.runtime.backends.base import Runner
-from cyclepose_deploy.runtime.chunks import Chunk, ChunkResult, Settings, read_chunk, segment
+from cyclepose_deploy.runtime.chunks import (
+    BLEND_CHANNELS,
+    Chunk,
+    ChunkResult,
+    Settings,
+    read_chunk,
+    segment,
+    with_image,
+)
 from cyclepose_deploy.runtime.grid import TileGrid
 from cyclepose_deploy.runtime.merger import Merger
 from cyclepose_deploy.runtime.normalize import Normalization
@@ -124,7 +132,7 @@ class Pipeline:
             chunk, batch = item
             if batch is not None:
                 start = time.perf_counter()
-                item = (chunk, (self.runner.infer(batch.images), batch))
+                item = (chunk, (with_image(self.runner.infer(batch.images), batch.images), batch))
                 self._timed("network", start)
                 self.tiles_run += len(batch.origins)
                 self.on_tiles(len(batch.origins))
@@ -137,7 +145,7 @@ class Pipeline:
             chunk, payload = item
             start = time.perf_counter()
             if merger is None:
-                merger = Merger(self.grid, chunk.window)
+                merger = Merger(self.grid, chunk.window, BLEND_CHANNELS)
                 for origin in self.plan.reuse[chunk.index]:
                     merger.add(self.cache.take(origin), origin)
             if payload is not None:

@@ -16,7 +16,6 @@ from cyclepose_deploy.runtime.normalize import Normalization
 from cyclepose_deploy.synth.shapes import ShapePrior, pack_instances
 
 
-
 def mask_targets(labels: np.ndarray) -> np.ndarray:
     """(3, H, W) float32: unit flow dY, unit flow dX (heat diffusion, as Cellpose) and mask > 0."""
     from cyclepose_deploy.runtime.dynamics import labels_to_flows

@@ -69,7 +69,8 @@ def run(
             on_step(trainer.step, losses)
         if checkpoint_every and trainer.step % checkpoint_every == 0 and trainer.step < trainer.config.steps:
             partial = trainer.checkpoint(full=True)
-            partial["provenance"] = {**(provenance or {}), "train_seconds": trainer.seconds + time.monotonic() - start}
+            elapsed = trainer.seconds + time.monotonic() - start
+            partial["provenance"] = {**(provenance or {}), "train_seconds": elapsed}
             save_checkpoint(out, partial)
         if max_minutes is not None and time.monotonic() - start > 60 * max_minutes:
             break

@@ -9,13 +9,23 @@ import numpy as np
 from cyclepose_deploy.errors import UserError
 from cyclepose_deploy.runtime.defaults import (
     CELLPROB_THRESHOLD,
+    CONTRAST_RING,
     FLOW_THRESHOLD,
     MAX_SIZE_FRACTION,
+    MIN_CONTRAST,
     MIN_SIZE,
     NITER,
+    OUTLINE_SHELL,
 )
 from cyclepose_deploy.runtime.dynamics.follow import follow_and_count
-from cyclepose_deploy.runtime.dynamics.masks import clean_masks, flow_errors, remove_masks, seed_masks
+from cyclepose_deploy.runtime.dynamics.masks import (
+    clean_masks,
+    contrasts,
+    flow_errors,
+    refine_outlines,
+    remove_masks,
+    seed_masks,
+)
 
 
 @dataclass(frozen=True)
@@ -26,6 +36,10 @@ class DynamicsSettings:
     flow_threshold: drop masks whose flow error exceeds it; 0 or None disables the check.
     niter: steps of flow following. min_size: smaller masks are removed (pixels).
     max_size_fraction: drop masks larger than this fraction of the whole image (Cellpose 3.1).
+    min_contrast: with the normalised image given, drop masks not at least this much brighter than
+    the CONTRAST_RING px around them (0 disables; not in Cellpose).
+    outline_shell: with the image given, move outlines by up to this many px to the half-maximum
+    of the local intensity edge (masks.refine_outlines; 0 disables; not in Cellpose).
     """
 
     cellprob_threshold: float = CELLPROB_THRESHOLD
@@ -33,6 +47,8 @@ class DynamicsSettings:
     niter: int = NITER
     min_size: int = MIN_SIZE
     max_size_fraction: float = MAX_SIZE_FRACTION
+    min_contrast: float = MIN_CONTRAST
+    outline_shell: int = OUTLINE_SHELL
 
     def __post_init__(self) -> None:
         if self.niter < 0:
@@ -50,6 +66,8 @@ def flows_to_labels(
     niter: int = NITER,
     min_size: int = MIN_SIZE,
     max_size_fraction: float = MAX_SIZE_FRACTION,
+    image: np.ndarray | None = None,
+    min_contrast: float = MIN_CONTRAST,
 ) -> np.ndarray:
     """Instance labels (uint32, 1..N in row-major order of the objects' seeds, 0 = background).
 
@@ -57,10 +75,13 @@ def flows_to_labels(
     5 x the unit flows; divide by the manifest's flow_scale (defaults.FLOW_SCALE) before calling this.
     cellprob: float32 (H, W) logits; pixels above cellprob_threshold are foreground.
     NaN in flows or cellprob marks a pixel background.
+    image: optional float32 (H, W) normalised image (runtime.normalize) for the min_contrast check.
     """
-    settings = DynamicsSettings(cellprob_threshold, flow_threshold, niter, min_size, max_size_fraction)
+    settings = DynamicsSettings(
+        cellprob_threshold, flow_threshold, niter, min_size, max_size_fraction, min_contrast
+    )
     flows, cellprob = check_inputs(flows, cellprob)
-    labels, _ = segment(flows, cellprob, settings, image_area=cellprob.size)
+    labels, _ = segment(flows, cellprob, settings, image_area=cellprob.size, image=image)
     return renumber(labels)
 
 
@@ -81,11 +102,16 @@ def check_inputs(flows: np.ndarray, cellprob: np.ndarray) -> tuple[np.ndarray, n
 
 
 def segment(
-    flows: np.ndarray, cellprob: np.ndarray, settings: DynamicsSettings, image_area: int
+    flows: np.ndarray,
+    cellprob: np.ndarray,
+    settings: DynamicsSettings,
+    image_area: int,
+    image: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Masks labelled by seed rank 1..n (int32) and the seeds' row-major linear indices.
 
     image_area: pixels in the whole image, for max_size_fraction (chunks pass the slide's area).
+    image: the normalised image under the flows, for settings.min_contrast (None: no check).
     """
     foreground = cellprob > settings.cellprob_threshold
     if not foreground.any():
@@ -101,6 +127,11 @@ def segment(
     if settings.flow_threshold:
         remove_masks(labels, flow_errors(labels, count, flows) > settings.flow_threshold)
     clean_masks(labels, count, settings.min_size)
+    if image is not None and settings.min_contrast > 0:
+        remove_masks(labels, contrasts(labels, count, image, CONTRAST_RING) < settings.min_contrast)
+    if image is not None and settings.outline_shell > 0:
+        refine_outlines(labels, count, image, settings.outline_shell)
+        clean_masks(labels, count, settings.min_size)
     return labels, seeds
 
 

@@ -1,0 +1,87 @@
+"""The automatic diameter against the truth, on synthetic slides rendered at known nucleus sizes.
+
+For each diameter D, a slide whose nuclei have diameters in [0.85 D, 1.15 D] is segmented by
+`cyclepose infer`'s code path twice: with the automatic estimate and with the true median diameter
+(`--diameter`). Reports the estimate's error and both F1@0.5 scores.
+
+    python benchmarks/diameter_check.py --model EXPORT_DIR [--diameters 10,20,40] [--seed 5] \
+        [--out benchmarks/results/diameter-check]        # writes .json and .md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import tifffile
+
+from cyclepose_deploy.metrics import match_instances
+from cyclepose_deploy.runtime.artifacts import resolve_model
+from cyclepose_deploy.runtime.chunks import Settings
+from cyclepose_deploy.runtime.diameter import mask_diameter
+from cyclepose_deploy.runtime.pipeline import Outputs, run_infer
+from cyclepose_deploy.synth.shapes import ShapePrior
+from cyclepose_deploy.synth.slide import make_slide
+
+
+def check(model_path: Path, diameter: float, seed: int, folder: Path) -> dict[str, float]:
+    side = int(max(512, diameter * 20))
+    image, truth = make_slide(side, side, seed, ShapePrior(0.85 * diameter, 1.15 * diameter))
+    slide = folder / f"d{diameter:g}.tif"
+    tifffile.imwrite(slide, image, tile=(256, 256))
+    true_diameter, count = mask_diameter(truth)
+    model = resolve_model(model_path)
+    row: dict[str, float] = {
+        "diameter": diameter,
+        "side": side,
+        "nuclei": count,
+        "true_median": true_diameter,
+    }
+    for name, given in (("auto", None), ("given", true_diameter)):
+        out = folder / f"d{diameter:g}-{name}.tif"
+        summary = run_infer(slide, model, Outputs(out), Settings(), diameter=given)
+        row[f"f1_{name}"] = match_instances(tifffile.imread(out), truth, [0.5]).scores[0].f1
+        if given is None and summary.diameter is not None:
+            row["estimate"] = summary.diameter.diameter
+            row["method"] = summary.diameter.method  # type: ignore[assignment]
+    row["error"] = row["estimate"] / true_diameter - 1.0
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--diameters", default="10,20,40")
+    parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for d in (float(v) for v in args.diameters.split(",")):
+            rows.append(check(args.model, d, args.seed, Path(tmp)))
+    lines = [
+        "| rendered D | true median | estimate | error | F1@0.5 auto | F1@0.5 true D | difference |",
+        "|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['diameter']:g} | {r['true_median']:.1f} | {r['estimate']:.1f} ({r['method']}) "
+            f"| {100 * r['error']:+.1f} % | {r['f1_auto']:.3f} | {r['f1_given']:.3f} "
+            f"| {r['f1_auto'] - r['f1_given']:+.3f} |"
+        )
+    text = "\n".join(lines)
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".json").write_text(
+            json.dumps({"model": str(args.model), "rows": rows}, indent=1)
+        )
+        args.out.with_suffix(".md").write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
