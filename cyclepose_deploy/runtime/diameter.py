@@ -5,10 +5,13 @@ Two stages, both functions of the slide alone (never of a chunk), so chunked == 
    of diameter d answers most strongly at sigma = d / (2 sqrt 2). The median over the strongest blobs
    is a first estimate that does not depend on the network's own trained range (a network shown
    nuclei twice its trained size splits them, and would then measure its fragments).
-2. `refine_diameter`: the network segments the estimation sample rescaled to its trained diameter,
-   and the median mask diameter of that segmentation (Cellpose's `utils.diameters`: the median of
-   sqrt(area) / (sqrt(pi) / 2), i.e. the equivalent-circle diameter) is mapped back to slide pixels,
-   as Cellpose's size model refines its style-vector guess with a first segmentation.
+2. `refine_diameter`: the network segments the estimation sample rescaled so that a guessed diameter
+   becomes its trained one, and the median mask diameter of that segmentation (Cellpose's
+   `utils.diameters`: the median of sqrt(area) / (sqrt(pi) / 2), the equivalent-circle diameter) is
+   mapped back to slide pixels, as Cellpose refines its size model's guess with a first segmentation.
+   `estimate_diameter` checks the blob guess and 2x and 4x it, and keeps the largest guess that the
+   network's own measurement confirms (texture can make the blob guess too small; a network shown
+   nuclei far above its size splits them, so a too-small guess can look self-consistent).
 """
 
 from __future__ import annotations
