@@ -174,3 +174,29 @@ def tiny_export() -> Callable[[Path], Path]:
 def run_onnx() -> Callable[[Path, np.ndarray], np.ndarray]:
     _needs_onnx()
     return run_onnx_model
+
+
+# training -----------------------------------------------------------------------------------------
+TINY_TRAIN = {
+    "widths": [8, 16, 32, 64],
+    "tile": 64,
+    "batch": 2,
+    "bank_canvases": 2,
+    "bank_canvas": 128,
+    "render_width": 8,
+    "disc_base": 8,
+    "calibration_batches": 2,
+    "pool": 4,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_train_config() -> Callable[..., object]:
+    """A factory of TrainConfig with tiny nets and crops, for fast CPU training tests:
+    tiny_train_config(steps=6, lr_s=2e-3). torch is imported only by the tests that use it."""
+    from cyclepose_deploy.train.loop import TrainConfig
+
+    def make(**overrides: object) -> TrainConfig:
+        return TrainConfig(**{**TINY_TRAIN, **overrides})  # type: ignore[arg-type]
+
+    return make

@@ -24,17 +24,6 @@ from cyclepose_deploy.train.loop import TrainConfig, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 DSB = REPO.parent / "shared" / "data" / "dsb2018-fluo"
-TINY = {
-    "widths": [8, 16, 32, 64],
-    "tile": 64,
-    "batch": 2,
-    "bank_canvases": 2,
-    "bank_canvas": 128,
-    "render_width": 8,
-    "disc_base": 8,
-    "calibration_batches": 2,
-    "pool": 4,
-}
 
 
 def _discs(shape: tuple[int, int], diameter: float, count: int, seed: int = 0) -> np.ndarray:
@@ -59,10 +48,12 @@ def image_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("real_grad", [True, False])
-def test_gradient_reaches_s_from_real_crops_only_with_real_grad(image_path: Path, real_grad: bool) -> None:
+def test_gradient_reaches_s_from_real_crops_only_with_real_grad(
+    image_path: Path, real_grad: bool, tiny_train_config: Callable
+) -> None:
     """With the mask cycle switched off, S can only learn from real crops (image cycle + D_mask)."""
     torch.set_num_threads(1)
-    config = TrainConfig(steps=2, lambda_mask=0.0, real_grad=real_grad, rescale_images=False, **TINY)
+    config = tiny_train_config(steps=2, lambda_mask=0.0, real_grad=real_grad, rescale_images=False)
     trainer = Trainer(config, ImageCrops([image_path], config.tile))
     x, r = trainer._batches()
     losses, _, _ = trainer._generator_step(x, r)

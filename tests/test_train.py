@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,18 +16,6 @@ from cyclepose_deploy.train.checkpoint import load_checkpoint, load_segmenter
 from cyclepose_deploy.train.data import dihedral_flows, mask_targets
 from cyclepose_deploy.train.loop import TrainConfig, Trainer
 from cyclepose_deploy.train.run import image_crops, make_trainer, run
-
-TINY = {
-    "widths": [8, 16, 32, 64],
-    "tile": 64,
-    "batch": 2,
-    "bank_canvases": 2,
-    "bank_canvas": 128,
-    "render_width": 8,
-    "disc_base": 8,
-    "calibration_batches": 2,
-    "pool": 4,
-}
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +31,11 @@ def image_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _trainer(image_path: Path, steps: int, **extra: object) -> Trainer:
+def _trainer(
+    make_config: Callable[..., TrainConfig], image_path: Path, steps: int, **extra: object
+) -> Trainer:
     torch.set_num_threads(1)
-    config = TrainConfig(steps=steps, **{**TINY, **extra})  # type: ignore[arg-type]
+    config = make_config(steps=steps, **extra)
     return Trainer(config, image_crops([image_path], config))
 
 
@@ -62,21 +53,23 @@ def test_dihedral_flows_turn_vectors_with_pixels() -> None:
         assert cosine > 0.97 and np.abs(moved - recomputed).mean() < 0.02
 
 
-def test_losses_finite_and_mask_cycle_decreases(image_path: Path) -> None:
-    trainer = _trainer(image_path, steps=24, lr_s=2e-3, batch=4)
+def test_losses_finite_and_mask_cycle_decreases(image_path: Path, tiny_train_config: Callable) -> None:
+    trainer = _trainer(tiny_train_config, image_path, steps=24, lr_s=2e-3, batch=4)
     history = [trainer.train_step() for _ in range(24)]
     assert all(np.isfinite(v) for losses in history for v in losses.values())
     mask = [h["mask"] for h in history]
     assert np.mean(mask[-6:]) < 0.9 * np.mean(mask[:6])
 
 
-def test_resume_reproduces_uninterrupted_run(image_path: Path, tmp_path: Path) -> None:
-    straight = _trainer(image_path, steps=6)
+def test_resume_reproduces_uninterrupted_run(
+    image_path: Path, tmp_path: Path, tiny_train_config: Callable
+) -> None:
+    straight = _trainer(tiny_train_config, image_path, steps=6)
     run(straight, tmp_path / "a.pt", checkpoint_every=0)
-    first = _trainer(image_path, steps=6)
+    first = _trainer(tiny_train_config, image_path, steps=6)
     run(first, tmp_path / "b.pt", checkpoint_every=0, until=3)
     assert load_checkpoint(tmp_path / "b.pt")["step"] == 3
-    config = TrainConfig(steps=6, **TINY)  # type: ignore[arg-type]
+    config = tiny_train_config(steps=6)
     resumed = make_trainer([image_path], config, "cpu", tmp_path / "b.pt")
     run(resumed, tmp_path / "b.pt", checkpoint_every=0)
     a, b = load_checkpoint(tmp_path / "a.pt"), load_checkpoint(tmp_path / "b.pt")

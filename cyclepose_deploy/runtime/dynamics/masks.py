@@ -136,14 +136,15 @@ def _fill_object_holes(labels: np.ndarray, boxes: np.ndarray) -> None:
                     labels[y0 + v - 1, x0 + u - 1] = k
 
 
-def contrasts(labels: np.ndarray, count: int, image: np.ndarray, ring: int) -> np.ndarray:
-    """Per label 0..count: mean image intensity inside the mask minus the mean over the background
-    pixels within `ring` px of it (0.0 for labels without pixels; the ring of an object with no
-    background around it is taken as 0, the normalised background)."""
+def _inside_and_ring_means(
+    labels: np.ndarray, count: int, values: np.ndarray, ring: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per label 0..count: (pixel count, mean of `values` inside, mean over the background pixels
+    within `ring` px of it; 0.0 where there are none)."""
     from scipy import ndimage
 
     flat = labels.ravel()
-    values = np.nan_to_num(np.asarray(image, np.float64)).ravel()
+    values = values.ravel()
     area = np.bincount(flat, minlength=count + 1)
     inside = np.bincount(flat, weights=values, minlength=count + 1) / np.maximum(area, 1)
     grown = ndimage.grey_dilation(labels, size=2 * ring + 1).ravel()
@@ -151,6 +152,15 @@ def contrasts(labels: np.ndarray, count: int, image: np.ndarray, ring: int) -> n
     ring_area = np.bincount(grown[ring_px], minlength=count + 1)
     ring_sum = np.bincount(grown[ring_px], weights=values[ring_px], minlength=count + 1)
     outside = np.where(ring_area > 0, ring_sum / np.maximum(ring_area, 1), 0.0)
+    return area, inside, outside
+
+
+def contrasts(labels: np.ndarray, count: int, image: np.ndarray, ring: int) -> np.ndarray:
+    """Per label 0..count: mean image intensity inside the mask minus the mean over the background
+    pixels within `ring` px of it (0.0 for labels without pixels; the ring of an object with no
+    background around it is taken as 0, the normalised background)."""
+    values = np.nan_to_num(np.asarray(image, np.float64))
+    area, inside, outside = _inside_and_ring_means(labels, count, values, ring)
     out = np.where(area > 0, inside - outside, 0.0)
     out[0] = 0.0
     return out
@@ -161,7 +171,7 @@ def refine_outlines(labels: np.ndarray, count: int, image: np.ndarray, shell: in
 
     A blurred step edge crosses halfway between its plateau and its background exactly at the true
     boundary (the full-width-at-half-maximum rule of microscopy). Per object, the level is the mean of
-    its inside and of the CONTRAST_RING-free background ring around it; object pixels within `shell`
+    its inside and of the background ring of shell + 1 px around it; object pixels within `shell`
     px of the background that are below it are released, and background pixels within `shell` px of
     the object that are above it are taken (never another object's pixels). Works on a Gaussian
     (sigma 1) smoothed image; holes are filled again afterwards by the caller."""
@@ -170,15 +180,7 @@ def refine_outlines(labels: np.ndarray, count: int, image: np.ndarray, shell: in
     if count == 0:
         return
     smooth = ndimage.gaussian_filter(np.nan_to_num(np.asarray(image, np.float32)), 1.0)
-    flat = labels.ravel()
-    values = smooth.ravel().astype(np.float64)
-    area = np.bincount(flat, minlength=count + 1)
-    inside = np.bincount(flat, weights=values, minlength=count + 1) / np.maximum(area, 1)
-    grown = ndimage.grey_dilation(labels, size=2 * shell + 3)
-    ring = (labels == 0) & (grown > 0)
-    ring_area = np.bincount(grown[ring], minlength=count + 1)
-    ring_sum = np.bincount(grown[ring], weights=smooth[ring].astype(np.float64), minlength=count + 1)
-    outside = np.where(ring_area > 0, ring_sum / np.maximum(ring_area, 1), 0.0)
+    _, inside, outside = _inside_and_ring_means(labels, count, smooth.astype(np.float64), shell + 1)
     level = (0.5 * (inside + outside)).astype(np.float32)
     level[0] = np.inf
     depth = ndimage.distance_transform_cdt(labels > 0, metric="chessboard")
