@@ -39,7 +39,18 @@ def ensure_slide(workdir: Path, size: int) -> Path:
 
 def measure(slide: Path, model: str, out: Path, extra: list[str]) -> dict[str, Any]:
     """Run infer in a child process; peak RSS (MB) of that child from the kernel, wall time, summary."""
-    cmd = [sys.executable, "-m", "cyclepose_deploy", "infer", str(slide), "--model", model, "-o", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cyclepose_deploy",
+        "infer",
+        str(slide),
+        "--model",
+        model,
+        "-o",
+        str(out),
+        "--overwrite",
+    ]
     start = time.perf_counter()
     proc = subprocess.Popen([*cmd, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = proc.stdout.read() if proc.stdout else ""

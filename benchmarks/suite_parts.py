@@ -51,7 +51,7 @@ def write_slide(path: Path, side: int, channels: int) -> Path:
 def infer_command(slide: Path, export: Path, out: Path) -> list[str]:
     """The `cyclepose infer` call measured end to end (the runtime engineer's CLI)."""
     cli = [sys.executable, "-m", "cyclepose_deploy", "infer"]
-    return [*cli, str(slide), "--model", str(export), "-o", str(out)]
+    return [*cli, str(slide), "--model", str(export), "-o", str(out), "--overwrite"]
 
 
 def measure_infer(slide: Path, export: Path, out: Path, threads: int | None) -> dict[str, Any]:

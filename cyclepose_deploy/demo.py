@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
             str(preview),
             "--summary-json",
             str(infer_json),
+            "--overwrite",
         ],
     )
     times["eval"] = run(

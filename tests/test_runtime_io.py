@@ -78,7 +78,7 @@ def test_channel_selection_and_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"--channel 3 is out of range.*3 channels"):
         Slide(tmp_path / "c.ome.tif", channel=3)
     tifffile.imwrite(tmp_path / "z.ome.tif", image, ome=True, metadata={"axes": "ZYX"})
-    with pytest.raises(UserError, match="single 2D plane"):
+    with pytest.raises(UserError, match=r"3 Z planes.*2D plane with --z N \(0\.\.2\)"):
         Slide(tmp_path / "z.ome.tif")
     (tmp_path / "bad.tif").write_bytes(b"II*\x00garbage")
     with pytest.raises(UserError, match="cannot read"):

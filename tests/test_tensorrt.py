@@ -148,7 +148,7 @@ def test_every_shipped_profile_loads() -> None:
 
 def test_bad_profiles_are_user_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
-    bad.write_text('batch = { min = 4, opt = 2, max = 8 }\ntile_range = { min = 64, opt = 256, max = 512 }\n')
+    bad.write_text("batch = { min = 4, opt = 2, max = 8 }\ntile_range = { min = 64, opt = 256, max = 512 }\n")
     with pytest.raises(UserError, match="min <= opt <= max"):
         load_profile(bad)
     with pytest.raises(UserError, match="not found"):

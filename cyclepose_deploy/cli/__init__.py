@@ -22,7 +22,6 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
 def _root() -> None:
     """CyclePose nuclei segmentation: train without annotations, export, and run on slides of any size."""

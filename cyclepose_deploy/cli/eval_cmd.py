@@ -26,7 +26,10 @@ def read_labels(path: Path, name: str) -> np.ndarray:
             labels = tif.series[0].levels[0].asarray()
     except (tifffile.TiffFileError, ValueError, IndexError) as exc:
         raise UserError(f"{name} file {path} is not a readable TIFF ({exc}): pass a label TIFF") from None
-    labels = np.squeeze(labels)
+    while labels.ndim > 2 and labels.shape[0] == 1:  # drop leading singleton axes, keep a 1xN image 2-D
+        labels = labels[0]
+    if labels.ndim == 3 and labels.shape[-1] == 1:
+        labels = labels[..., 0]
     if labels.ndim != 2:
         raise UserError(f"{name} file {path} has shape {labels.shape}, not one 2-D plane: pass 2-D labels")
     return labels

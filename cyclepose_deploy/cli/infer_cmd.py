@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from cyclepose_deploy.cli.common import console, user_errors
+from cyclepose_deploy.errors import UserError
 from cyclepose_deploy.runtime import defaults
 
 
@@ -16,7 +17,10 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @user_errors
     def infer(
-        slide: Path = typer.Argument(..., help="Input TIFF / BigTIFF / OME-TIFF (2D or multi-channel)."),
+        slide: Path = typer.Argument(
+            ...,
+            help="Input TIFF / BigTIFF / OME-TIFF / ImageJ TIFF, OME-Zarr or zarr array, PNG / JPEG / BMP.",
+        ),
         engine: Path = typer.Option(
             ...,
             "--model",
@@ -35,8 +39,24 @@ def register(app: typer.Typer) -> None:
             defaults.CHUNK, "--chunk", help="Chunk size for dynamics; bounds the memory."
         ),
         channel: int | None = typer.Option(
-            None, "--channel", help="Channel of a multi-channel slide (0-based)."
+            None, "--channel", help="Channel of a multi-channel or RGB image (0-based)."
         ),
+        series: int | None = typer.Option(
+            None, "--series", help="Series of a multi-series file (0-based). Default: the largest image."
+        ),
+        level: int | None = typer.Option(None, "--level", help="Pyramid level (0 = full resolution)."),
+        z: int | None = typer.Option(None, "--z", help="Plane of a Z stack (0-based)."),
+        t: int | None = typer.Option(None, "--t", help="Time point of a time series (0-based)."),
+        plane: int | None = typer.Option(
+            None, "--plane", help="Page of a multi-page stack without Z/T axes (0-based)."
+        ),
+        pixel_size: str | None = typer.Option(
+            None, "--pixel-size", help="Pixel size in µm, S or Y,X; overrides the file's."
+        ),
+        diameter_um: float | None = typer.Option(
+            None, "--diameter-um", help="Median nucleus diameter in µm (needs the pixel size)."
+        ),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace outputs that already exist."),
         diameter: float | None = typer.Option(
             None,
             "--diameter",
@@ -68,6 +88,21 @@ def register(app: typer.Typer) -> None:
         from cyclepose_deploy.runtime.chunks import Settings
         from cyclepose_deploy.runtime.grid import TileGrid
         from cyclepose_deploy.runtime.pipeline import Outputs, run_infer
+        from cyclepose_deploy.runtime.slide import SlideOptions
+        from cyclepose_deploy.runtime.units import parse_pixel_size
+
+        for value, option in (
+            (series, "--series"),
+            (level, "--level"),
+            (z, "--z"),
+            (t, "--t"),
+            (plane, "--plane"),
+        ):
+            if value is not None and value < 0:
+                raise UserError(f"{option} {value} must be 0 or more (indices are 0-based)")
+        options = SlideOptions(
+            channel, series, level, z, t, plane, parse_pixel_size(pixel_size) if pixel_size else None
+        )
 
         settings = Settings(
             tile=tile,
@@ -94,15 +129,23 @@ def register(app: typer.Typer) -> None:
                 report,
                 _pair(norm_percentiles, "--norm-percentiles", "1,99.8"),
                 _pair(norm_range, "--norm-range", "100,4000"),
+                options=options,
+                diameter_um=diameter_um,
+                overwrite=overwrite,
+                warn=_say,
             )
         _print_summary(summary, outputs)
         if summary_json is not None:
             write_json_atomic(summary_json, _summary_dict(summary, outputs, model.describe()))
 
 
-def _pair(text: str | None, option: str, example: str) -> tuple[float, float] | None:
-    from cyclepose_deploy.errors import UserError
+def _say(text: str) -> None:
+    from rich.markup import escape
 
+    console.print(escape(text) if text.startswith(("warning:", "image:")) else "note: " + escape(text))
+
+
+def _pair(text: str | None, option: str, example: str) -> tuple[float, float] | None:
     if text is None:
         return None
     try:
@@ -167,6 +210,8 @@ def _summary_dict(summary: Any, outputs: Any, model: str) -> dict[str, Any]:
         "outputs": [str(p) for p in outputs.all()],
         "diameter": _diameter_dict(summary),
         "scale": summary.scale,
+        "image": summary.image,
+        "pixel_size_um": list(summary.pixel_size) if summary.pixel_size else None,
     }
 
 

@@ -118,8 +118,10 @@ def register(app: typer.Typer) -> None:
             )
         rescaled = [s for s in trainer.crops.scales if s != 1.0]
         if rescaled:
-            console.print(f"rescaled {len(rescaled)} of {len(trainer.crops.scales)} images to diameter "
-                          f"{trainer.config.diam_mean:g} px (scales {min(rescaled):.2f}-{max(rescaled):.2f})")
+            console.print(
+                f"rescaled {len(rescaled)} of {len(trainer.crops.scales)} images to diameter "
+                f"{trainer.config.diam_mean:g} px (scales {min(rescaled):.2f}-{max(rescaled):.2f})"
+            )
         console.print(
             f"trained {summary['steps']} steps (now {summary['step']}) in {summary['seconds']:.0f} s -> {out}"
         )

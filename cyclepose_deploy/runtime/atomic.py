@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,11 @@ from cyclepose_deploy.errors import UserError
 
 
 def _temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.partial-{os.getpid()}")
+    """A new, empty file beside `path` with an unpredictable name, created with O_EXCL (mkstemp), so a
+    symlink planted in a shared output folder is never followed."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    return Path(name)
 
 
 def check_writable(path: str | Path) -> Path:
@@ -24,6 +29,8 @@ def check_writable(path: str | Path) -> Path:
         raise UserError(f"output folder {parent} does not exist: create it or choose another path")
     if not os.access(parent, os.W_OK):
         raise UserError(f"cannot write to {parent}: choose a writable output path")
+    if path.is_dir():
+        raise UserError(f"output {path} is a folder: give a file name, e.g. {path / 'labels.tif'}")
     return path
 
 
@@ -31,7 +38,10 @@ def check_writable(path: str | Path) -> Path:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path; on success rename it to `path`, on any failure delete it."""
     final = check_writable(path)
-    temp = _temp_name(final)
+    try:
+        temp = _temp_name(final)
+    except OSError as exc:
+        raise UserError(f"could not write {final}: {exc.strerror or exc}; choose another path") from None
     try:
         yield temp
         os.replace(temp, final)

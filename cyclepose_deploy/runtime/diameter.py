@@ -23,10 +23,14 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from cyclepose_deploy.runtime.normalize import Normalization
+from cyclepose_deploy.runtime.normalize import Normalization, noise_sigma
 
 LOG_SIGMAS = np.geomspace(1.25, 48.0, 22)  # diameters ~3.5-136 px
 BLOB_THRESHOLD = 0.12  # normalised LoG response (image 0..1): weaker blobs are noise or texture
+# A blob must also stand this many noise sigmas above the LoG response of the image's own noise:
+# white noise of sigma s gives a scale-normalised response of std s / (sqrt(2 pi) sigma), which at
+# small sigma exceeds BLOB_THRESHOLD on a noisy empty field.
+BLOB_NOISE_SIGMAS = 6.0
 SAMPLE_SIDE = 1024  # estimation sample: at most this many px per side, at slide resolution
 MIN_OBJECTS = 3
 AGREEMENT = 2.0  # the network's measurement is kept within this factor of the blob estimate
@@ -55,12 +59,15 @@ def mask_diameter(labels: np.ndarray) -> tuple[float, int]:
     return float(np.median(np.sqrt(counts)) / (math.sqrt(math.pi) / 2.0)), int(counts.size)
 
 
-def blob_diameter(image: np.ndarray, threshold: float = BLOB_THRESHOLD) -> tuple[float, int]:
+def blob_diameter(
+    image: np.ndarray, threshold: float = BLOB_THRESHOLD, noise: float = 0.0
+) -> tuple[float, int]:
     """(median diameter in px, blob count) of bright blobs in a normalised 2-D float image (0 =
     background, 1 = bright nucleus), from scale-normalised LoG maxima; (nan, 0) when none is found.
 
     Each pixel keeps its strongest response over LOG_SIGMAS; blobs are spatial maxima of that
-    response above `threshold`, and their best sigma gives d = 2 sqrt(2) sigma."""
+    response above `threshold` and above BLOB_NOISE_SIGMAS x the response std of white noise of
+    std `noise` (normalised units) at their scale; their best sigma gives d = 2 sqrt(2) sigma."""
     image = np.asarray(image, np.float32)
     best = np.full(image.shape, -np.inf, np.float32)
     arg = np.zeros(image.shape, np.int16)
@@ -71,7 +78,8 @@ def blob_diameter(image: np.ndarray, threshold: float = BLOB_THRESHOLD) -> tuple
         better = response > best
         best[better] = response[better]
         arg[better] = i
-    peaks = (best == ndimage.maximum_filter(best, size=5)) & (best > threshold)
+    floor = BLOB_NOISE_SIGMAS * noise / (math.sqrt(2.0 * math.pi) * LOG_SIGMAS[arg])
+    peaks = (best == ndimage.maximum_filter(best, size=5)) & (best > np.maximum(threshold, floor))
     if not peaks.any():
         return float("nan"), 0
     ys, xs = np.nonzero(peaks)
@@ -153,7 +161,8 @@ def estimate_diameter(
     largest guess that its own measurement confirms (within CONFIRM) wins."""
     y0, y1, x0, x1 = sample_window(source.shape)
     raw = np.asarray(source.read(y0, y1, x0, x1), np.float32)
-    first, blobs = blob_diameter(norm.apply(raw))
+    noise = noise_sigma([raw]) / (norm.high - norm.low)
+    first, blobs = blob_diameter(norm.apply(raw), noise=noise)
     if blobs == 0 or not math.isfinite(first):
         return None
     best: DiameterEstimate | None = None

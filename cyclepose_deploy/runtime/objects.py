@@ -20,15 +20,22 @@ COLUMNS = (
     "bbox_y1",
     "bbox_x1",
     "mean_intensity",
+    "centroid_y_um",
+    "centroid_x_um",
+    "area_um2",
 )
 
 
 class ObjectTable:
     """Sums and extremes per label 1..N; `observe` takes a block of labels whose top-left is (r0, c0)."""
 
-    def __init__(self, count: int, source: Source | None = None) -> None:
+    def __init__(
+        self, count: int, source: Source | None = None, pixel_size: tuple[float, float] | None = None
+    ) -> None:
+        """count: labels 1..count; source: the raw image for mean intensities; pixel_size: (y, x) µm
+        for the µm columns (left empty when None)."""
         n = count + 1
-        self.source = source
+        self.source, self.pixel_size = source, pixel_size
         self.area = np.zeros(n, np.int64)
         self.sum_y, self.sum_x, self.sum_i = (np.zeros(n, np.float64) for _ in range(3))
         self.y0, self.x0 = (np.full(n, np.iinfo(np.int64).max, np.int64) for _ in range(2))
@@ -53,7 +60,7 @@ class ObjectTable:
         np.maximum.at(self.x1, lab, xs + 1)
 
     def rows(self) -> np.ndarray:
-        """(K, 9) float64 rows for the labels that have pixels."""
+        """(K, 12) float64 rows for the labels that have pixels (COLUMNS; µm columns NaN if unknown)."""
         present = np.nonzero(self.area)[0]
         area = self.area[present].astype(np.float64)
         return np.column_stack(
@@ -67,8 +74,15 @@ class ObjectTable:
                 self.y1[present],
                 self.x1[present],
                 self.sum_i[present] / area if self.source is not None else np.full(area.size, np.nan),
+                *self._physical(self.sum_y[present] / area, self.sum_x[present] / area, area),
             ]
         )
+
+    def _physical(self, cy: np.ndarray, cx: np.ndarray, area: np.ndarray) -> list[np.ndarray]:
+        if self.pixel_size is None:
+            return [np.full(area.size, np.nan)] * 3
+        py, px = self.pixel_size
+        return [cy * py, cx * px, area * py * px]
 
     def save_csv(self, path: str | Path) -> int:
         rows = self.rows()
@@ -77,6 +91,11 @@ class ObjectTable:
             for row in rows:
                 handle.write(
                     f"{int(row[0])},{row[1]:.2f},{row[2]:.2f},{int(row[3])},{int(row[4])},{int(row[5])},"
-                    f"{int(row[6])},{int(row[7])},{row[8]:.4g}\n"
+                    f"{int(row[6])},{int(row[7])},{row[8]:.4g},{_um(row[9])},{_um(row[10])},{_um(row[11])}\n"
                 )
         return len(rows)
+
+
+def _um(value: float) -> str:
+    """A physical value, or an empty field (read as missing by pandas / R) when the size is unknown."""
+    return "" if not np.isfinite(value) else f"{value:.4g}"

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.runtime import defaults
 from cyclepose_deploy.runtime.artifacts import Model
 from cyclepose_deploy.runtime.atomic import atomic_path, check_writable
 from cyclepose_deploy.runtime.chunks import Settings, chunk_windows, halo_for
@@ -21,7 +22,7 @@ from cyclepose_deploy.runtime.normalize import Normalization
 from cyclepose_deploy.runtime.objects import ObjectTable
 from cyclepose_deploy.runtime.preview import Preview
 from cyclepose_deploy.runtime.scratch import ScratchStore
-from cyclepose_deploy.runtime.slide import ScaledSource, Slide, Source, sample_normalization
+from cyclepose_deploy.runtime.slide import ScaledSource, Slide, SlideOptions, Source, sample_normalization
 from cyclepose_deploy.runtime.stages import Pipeline
 from cyclepose_deploy.runtime.writer import BlockObserver, label_blocks, resampled_blocks, write_tiled_tiff
 
@@ -52,6 +53,8 @@ class Summary:
     times: dict[str, float] = field(default_factory=dict)
     diameter: DiameterEstimate | None = None
     scale: float = 1.0
+    pixel_size: tuple[float, float] | None = None  # (y, x) µm of the segmented image, None if unknown
+    image: str = ""  # which series / level / plane was segmented
 
     @property
     def mpix_per_s(self) -> float:
@@ -84,30 +87,79 @@ def run_infer(
     progress: Progress | None = None,
     norm_percentiles: tuple[float, float] | None = None,
     norm_range: tuple[float, float] | None = None,
+    *,
+    options: SlideOptions | None = None,
+    diameter_um: float | None = None,
+    overwrite: bool = True,
+    warn: Callable[[str], None] | None = None,
 ) -> Summary:
     """Segment a slide of any size in memory bounded by the chunk size.
 
     diameter: median nucleus diameter in slide px (None: estimated, see runtime.diameter);
+    diameter_um: the same in µm (needs a pixel size, from the file or options.pixel_size);
     norm_percentiles: (low, high) percentiles instead of the model's; norm_range: fixed (min, max)
-    intensities mapped to 0 and 1 instead of statistics of the slide."""
-    for path in outputs.all():
-        check_writable(path)
-    if len({p.resolve() for p in outputs.all()} | {Path(slide_path).resolve()}) != len(outputs.all()) + 1:
-        raise UserError("output paths must differ from each other and from the slide: choose distinct names")
-    if diameter is not None and not (math.isfinite(diameter) and diameter > 0):
-        raise UserError(f"--diameter {diameter} must be a positive number of pixels, e.g. 17")
+    intensities mapped to 0 and 1 instead of statistics of the slide; options: which series, level,
+    plane and channel of the file (runtime.slide.SlideOptions); overwrite: False refuses outputs that
+    exist; warn: called with each note for the user (chosen series, empty channel, small overlap).
+    Raises UserError for bad options and inputs, before any output is written."""
+    say = warn or (lambda text: None)
+    _check_outputs(outputs, slide_path, overwrite)
+    for value, option, unit in (
+        (diameter, "--diameter", "pixels, e.g. 17"),
+        (diameter_um, "--diameter-um", "µm, e.g. 6.5"),
+    ):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UserError(f"{option} {value} must be a positive number of {unit}")
+    if diameter is not None and diameter_um is not None:
+        raise UserError("--diameter and --diameter-um both given: pass one")
     if norm_percentiles is not None:
         low, high = norm_percentiles
         if not (0.0 <= low < high <= 100.0):
             raise UserError(f"--norm-percentiles {low:g},{high:g} needs 0 <= LO < HI <= 100, e.g. 1,99.8")
         model = replace(model, lower=float(low), upper=float(high))
     fixed = Normalization.fixed(*norm_range) if norm_range is not None else None
+    if settings.overlap < model.diameter[1]:
+        say(
+            f"warning: --overlap {settings.overlap} px is less than the largest nucleus the model expects "
+            f"({model.diameter[1]:.0f} px): nuclei on tile borders lose context and may be split or cut; "
+            f"use --overlap {max(defaults.OVERLAP, math.ceil(model.diameter[1]))} or more"
+        )
     start = time.perf_counter()
-    slide = Slide(slide_path, channel)
+    slide = Slide(slide_path, channel, options)
     try:
+        say(f"image: {slide.description}, pixel size {_size_text(slide)}")
+        for note in slide.notes:
+            say(note)
+        if diameter_um is not None:
+            if slide.pixel_size is None:
+                raise UserError(
+                    f"--diameter-um needs the pixel size, and {slide.path.name} does not say it: "
+                    "add --pixel-size (µm) or give --diameter in px"
+                )
+            diameter = diameter_um / math.sqrt(slide.pixel_size[0] * slide.pixel_size[1])
         return _run(slide, model, outputs, settings, diameter, progress or (lambda *a: None), start, fixed)
     finally:
         slide.close()
+
+
+def _check_outputs(outputs: Outputs, slide_path: str | Path, overwrite: bool) -> None:
+    for path in outputs.all():
+        check_writable(path)
+    if len({p.resolve() for p in outputs.all()} | {Path(slide_path).resolve()}) != len(outputs.all()) + 1:
+        raise UserError("output paths must differ from each other and from the slide: choose distinct names")
+    for path in outputs.all():
+        if not overwrite and (path.exists() or path.is_symlink()):
+            raise UserError(
+                f"output {path} already exists: pass --overwrite to replace it, or choose another path"
+            )
+
+
+def _size_text(slide: Slide) -> str:
+    if slide.pixel_size is None:
+        return "unknown (give --pixel-size for µm in the object table)"
+    y, x = slide.pixel_size
+    source = "given" if slide.pixel_size != slide.file_pixel_size else "from the file"
+    return f"{x:.4g} x {y:.4g} µm ({source})"
 
 
 def _run(
@@ -147,8 +199,17 @@ def _run(
         count = _pass_two(slide, norm, store, outputs, temps, progress, times)
     grid = TileGrid(source.shape, settings.tile, settings.overlap)
     return Summary(
-        count, slide.shape, time.perf_counter() - start, len(chunks), pipe.tiles_run, grid.total, times,
-        estimate, scale,
+        count,
+        slide.shape,
+        time.perf_counter() - start,
+        len(chunks),
+        pipe.tiles_run,
+        grid.total,
+        times,
+        estimate,
+        scale,
+        slide.pixel_size,
+        slide.description,
     )
 
 
@@ -196,7 +257,7 @@ def _pass_two(
 ) -> int:
     t = time.perf_counter()
     table = store.id_table()
-    objects = ObjectTable(len(table), slide) if outputs.objects else None
+    objects = ObjectTable(len(table), slide, slide.pixel_size) if outputs.objects else None
     preview = Preview(slide.shape, slide, norm) if outputs.preview else None
     observers: list[BlockObserver] = [o.observe for o in (objects, preview) if o is not None]
     rows = slide.shape[0]

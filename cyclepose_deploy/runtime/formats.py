@@ -1,0 +1,270 @@
+"""Open the image a user points at, whatever holds it, as one lazily indexed array with named axes.
+
+- TIFF / BigTIFF / OME-TIFF / ImageJ TIFF (tifffile): every series and pyramid level; the default is
+  the full-resolution image (the series with the most pixels at level 0), never a thumbnail or
+  overview that happens to come first.
+- OME-Zarr (NGFF 0.4 / 0.5 multiscales) and plain zarr arrays (zarr): lazy, chunk by chunk.
+- PNG, JPEG, BMP (imagecodecs): decoded whole (these formats cannot be read by window, and are small).
+
+Axes use tifffile's letters (Y, X, C channel, S interleaved sample, Z, T, I/Q other planes). The
+pixel size is read from the metadata of the image actually chosen (see runtime.units).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.runtime import units
+
+TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
+FLAT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+NGFF_AXES = {"t": "T", "c": "C", "z": "Z", "y": "Y", "x": "X"}
+# A strip of a compressed, untiled TIFF is decoded whole for any window inside it; strips at least
+# this big are kept decoded in a small cache (runtime.slide.StripCache) rather than decoded per read.
+LARGE_STRIP_BYTES = 4 << 20
+
+
+@dataclass
+class Found:
+    """The chosen image: an array-like (numpy or zarr) with tifffile axis letters, its pixel size
+    (y, x) µm or None, a description of the choice, and notes for the user."""
+
+    array: Any
+    axes: str
+    pixel_size: tuple[float, float] | None
+    description: str
+    notes: list[str] = field(default_factory=list)
+    strip_rows: int | None = None  # rows per compressed strip when reads should go through a cache
+    closer: Any = None
+
+    def close(self) -> None:
+        if self.closer is not None:
+            self.closer.close()
+
+
+def open_image(path: Path, series: int | None = None, level: int | None = None) -> Found:
+    """The image at `path`: series `series` (default: the full-resolution one) at pyramid level
+    `level` (default 0). Raises UserError naming the problem and the fix."""
+    if path.is_dir() or path.suffix.lower() == ".zarr":
+        if not path.exists():
+            raise UserError(f"slide {path} not found: check the path")
+        if series not in (None, 0):
+            raise UserError(f"--series {series}: {path} is a zarr store with one image; drop --series")
+        return _open_zarr(path, level)
+    if not path.is_file():
+        raise UserError(f"slide {path} not found: check the path")
+    if path.suffix.lower() in FLAT_SUFFIXES:
+        if series not in (None, 0) or level not in (None, 0):
+            raise UserError(f"{path} holds a single image: drop --series / --level")
+        return _open_flat(path)
+    return _open_tiff(path, series, level)
+
+
+# TIFF ------------------------------------------------------------------------------------------
+def _open_tiff(path: Path, series: int | None, level: int | None) -> Found:
+    import tifffile
+
+    try:
+        tif = tifffile.TiffFile(path)
+    except Exception as exc:
+        hint = "check that the file is complete"
+        if path.suffix.lower() not in TIFF_SUFFIXES:
+            hint = "give a TIFF, OME-Zarr, PNG, JPEG or BMP image"
+        raise UserError(f"cannot read {path} as a TIFF ({exc}): {hint}") from None
+    try:
+        return _choose_tiff(tif, path, series, level)
+    except UserError:
+        tif.close()
+        raise
+    except Exception as exc:
+        tif.close()
+        raise UserError(f"cannot read {path} as a TIFF ({exc}): check that the file is complete") from None
+
+
+def _choose_tiff(tif: Any, path: Path, series: int | None, level: int | None) -> Found:
+    import zarr
+
+    all_series = list(tif.series)
+    if not all_series:
+        raise UserError(f"cannot read {path}: it holds no image data; check that the file is complete")
+    sizes = [_plane_pixels(s) for s in all_series]
+    if series is None:
+        index = int(np.argmax(sizes))
+    elif 0 <= series < len(all_series):
+        index = series
+    else:
+        raise UserError(
+            f"--series {series} is out of range: {path} has {len(all_series)} series "
+            f"(0..{len(all_series) - 1})"
+        )
+    chosen = all_series[index]
+    levels = chosen.levels
+    lev = 0 if level is None else level
+    if not 0 <= lev < len(levels):
+        raise UserError(
+            f"--level {level} is out of range: series {index} of {path} has {len(levels)} level(s) "
+            f"(0..{len(levels) - 1})"
+        )
+    data = levels[lev]
+    array = zarr.open(chosen.aszarr(level=lev), mode="r")
+    pixel_size = _tiff_pixel_size(tif, chosen, index)
+    if pixel_size is not None and lev > 0:  # a pyramid level's pixels are bigger by the downsampling
+        pixel_size = _scaled(pixel_size, _yx(chosen.axes, chosen.shape), _yx(data.axes, data.shape))
+    description = _describe(all_series, index, lev, len(levels), data)
+    notes = []
+    if len(all_series) > 1 and series is None:
+        others = ", ".join(f"{i}: {_yx_text(s)}" for i, s in enumerate(all_series) if i != index)
+        notes.append(
+            f"{path.name} has {len(all_series)} series; segmenting series {index} (the largest; "
+            f"others {others}); pick another with --series"
+        )
+    return Found(array, data.axes, pixel_size, description, notes, _strip_rows(data), tif)
+
+
+def _plane_pixels(series: Any) -> int:
+    try:
+        y, x = _yx(series.axes, series.shape)
+    except ValueError:
+        return 0
+    return y * x
+
+
+def _yx(axes: str, shape: tuple[int, ...]) -> tuple[int, int]:
+    if "Y" not in axes or "X" not in axes:
+        raise ValueError("no Y and X axes")
+    return int(shape[axes.index("Y")]), int(shape[axes.index("X")])
+
+
+def _yx_text(series: Any) -> str:
+    try:
+        y, x = _yx(series.axes, series.shape)
+        return f"{y}x{x}"
+    except ValueError:
+        return f"axes {series.axes}"
+
+
+def _describe(all_series: list, index: int, level: int, levels: int, data: Any) -> str:
+    y, x = _yx(data.axes, data.shape)
+    text = f"series {index} of {len(all_series)}"
+    if levels > 1:
+        text += f", level {level} of {levels}"
+    return f"{text} ({y}x{x} px, axes {data.axes})"
+
+
+def _tiff_pixel_size(tif: Any, series: Any, index: int) -> tuple[float, float] | None:
+    """From the chosen series' own metadata: its OME Image, else ImageJ, else its first page's tags."""
+    if tif.is_ome and tif.ome_metadata:
+        image_index = _ome_image_index(tif, series, index)
+        size = units.ome_pixel_size(tif.ome_metadata, image_index)
+        if size is not None:
+            return size
+    tags = series.keyframe.tags
+    if tif.is_imagej:
+        size = units.imagej_pixel_size(tif.imagej_metadata, tags)
+        if size is not None:
+            return size
+        return None  # ImageJ with unit 'pixel' (or none): the tags are not a physical size
+    return units.tiff_pixel_size(tags)
+
+
+def _ome_image_index(tif: Any, series: Any, index: int) -> int:
+    """tifffile builds one series per OME Image in document order; match by name when it can."""
+    import tifffile
+
+    with contextlib.suppress(Exception):
+        images = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
+        images = images if isinstance(images, list) else [images]
+        names = [i.get("Name") for i in images]
+        if series.name and names.count(series.name) == 1:
+            return names.index(series.name)
+    return index
+
+
+def _scaled(size: tuple[float, float], full: tuple[int, int], level: tuple[int, int]) -> tuple[float, float]:
+    return (size[0] * full[0] / level[0], size[1] * full[1] / level[1])
+
+
+def _strip_rows(data: Any) -> int | None:
+    page = data.keyframe
+    if page.is_tiled or page.compression == 1:
+        return None
+    rows = min(int(page.rowsperstrip or page.imagelength), int(page.imagelength))
+    bytes_per_strip = rows * int(page.imagewidth) * int(page.samplesperpixel) * np.dtype(page.dtype).itemsize
+    return rows if bytes_per_strip >= LARGE_STRIP_BYTES else None
+
+
+# zarr / OME-Zarr -------------------------------------------------------------------------------
+def _open_zarr(path: Path, level: int | None) -> Found:
+    import zarr
+
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as exc:
+        raise UserError(
+            f"cannot open {path} as zarr ({exc}): give an OME-Zarr image or a zarr array"
+        ) from None
+    if isinstance(node, zarr.Array):
+        if level not in (None, 0):
+            raise UserError(f"--level {level}: {path} is a single zarr array; drop --level")
+        axes = _guess_axes(node.shape, path)
+        return Found(node, axes, None, f"zarr array ({'x'.join(map(str, node.shape))}, axes {axes})")
+    attrs = dict(node.attrs)
+    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    if not multiscales:
+        raise UserError(
+            f"{path} is a zarr group without OME-Zarr 'multiscales' metadata: give an image group or array"
+        )
+    meta = multiscales[0]
+    datasets = meta.get("datasets", [])
+    lev = 0 if level is None else level
+    if not 0 <= lev < len(datasets):
+        raise UserError(
+            f"--level {level} is out of range: {path} has {len(datasets)} level(s) (0..{len(datasets) - 1})"
+        )
+    axes_meta = meta.get("axes") or [{"name": n} for n in "tczyx"[-node[datasets[0]["path"]].ndim :]]
+    axes_meta = [a if isinstance(a, dict) else {"name": a} for a in axes_meta]
+    letters = "".join(NGFF_AXES.get(str(a.get("name", "")).lower(), "Q") for a in axes_meta)
+    try:
+        array = node[datasets[lev]["path"]]
+    except Exception as exc:
+        raise UserError(f"{path} level {lev} cannot be opened ({exc}): check the OME-Zarr store") from None
+    transforms = list(datasets[lev].get("coordinateTransformations", []))
+    pixel_size = units.ngff_pixel_size(axes_meta, transforms)
+    y, x = _yx(letters, array.shape)
+    text = f"OME-Zarr level {lev} of {len(datasets)} ({y}x{x} px, axes {letters})"
+    return Found(array, letters, pixel_size, text)
+
+
+def _guess_axes(shape: tuple[int, ...], path: Path) -> str:
+    """A plain array has no axis names: YX, YXS (last axis of 3 or 4: RGB(A)), or CYX."""
+    if len(shape) == 2:
+        return "YX"
+    if len(shape) == 3:
+        return "YXS" if shape[-1] in (3, 4) else "CYX"
+    raise UserError(
+        f"{path} is a {len(shape)}-D zarr array without axis names: save it as OME-Zarr (with axes)"
+    )
+
+
+# PNG / JPEG / BMP ------------------------------------------------------------------------------
+def _open_flat(path: Path) -> Found:
+    import imagecodecs
+
+    try:
+        image = np.asarray(imagecodecs.imread(str(path)))
+    except Exception as exc:
+        raise UserError(f"cannot decode {path} ({exc}): check that the file is a complete image") from None
+    if image.ndim == 2:
+        axes = "YX"
+    elif image.ndim == 3 and image.shape[-1] in (2, 3, 4):
+        axes = "YXS"
+    else:
+        raise UserError(f"{path} decodes to shape {image.shape}: give a grayscale or RGB image")
+    y, x = image.shape[:2]
+    return Found(image, axes, None, f"{path.suffix.lstrip('.').upper()} image ({y}x{x} px, axes {axes})")

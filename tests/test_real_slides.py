@@ -1,0 +1,438 @@
+"""`cyclepose infer` on what real microscopes and scanners produce (issue: real slides): sparse and
+empty fields, multi-series / pyramid / multi-page files, stacks and RGB, missing pixels, physical
+units, PNG / JPEG / BMP and OME-Zarr, and the small faults. Each test checks the output itself."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from typer.testing import CliRunner
+
+from cyclepose_deploy.cli import app
+from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.metrics import match_instances
+from cyclepose_deploy.runtime.slide import Slide, SlideOptions
+from cyclepose_deploy.synth.slide import make_slide
+
+pytest.importorskip("onnxruntime")
+RNG = np.random.default_rng(12)
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory, nuclei_net: Callable) -> Path:
+    return nuclei_net(tmp_path_factory.mktemp("net") / "nuclei.onnx")
+
+
+def infer(slide: Path, net: Path, out: Path, *extra: object) -> tuple[int, str, dict]:
+    """Run the CLI; return (exit code, output, summary JSON or {})."""
+    summary = out.with_suffix(".json")
+    args = ["infer", str(slide), "--model", str(net), "-o", str(out), "--summary-json", str(summary)]
+    result = CliRunner().invoke(app, [*args, *[str(a) for a in extra]])
+    data = json.loads(summary.read_text()) if result.exit_code == 0 else {}
+    return result.exit_code, result.output, data
+
+
+def error_line(code: int, text: str) -> str:
+    assert code == 2, text
+    assert "Traceback" not in text
+    lines = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+def field_with_nuclei(size: int, seed: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    image, labels = make_slide(size, size, seed)
+    return image, labels.astype(np.int32)
+
+
+def f1(pred_path: Path, truth: np.ndarray) -> float:
+    return match_instances(tifffile.imread(pred_path).astype(np.int64), truth).at(0.5).f1
+
+
+def reference(image: np.ndarray, net: Path, folder: Path) -> np.ndarray:
+    """Labels of the same pixels saved as a plain 2-D TIFF: what every other container must give."""
+    folder.mkdir(exist_ok=True)
+    tifffile.imwrite(folder / "ref.tif", image)
+    code, text, _ = infer(folder / "ref.tif", net, folder / "ref_labels.tif")
+    assert code == 0, text
+    labels = tifffile.imread(folder / "ref_labels.tif")
+    assert labels.max() > 10  # the proxy network finds nuclei on these fields
+    return labels
+
+
+# 1. normalisation --------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_sparse_field_scores_like_the_patch_alone(net: Path, tmp_path: Path) -> None:
+    """2048x2048 of camera background with one 256x256 patch of nuclei (the issue's case)."""
+    patch, truth_patch = field_with_nuclei(256, seed=21)
+    background = float(np.percentile(patch, 5))
+    field = RNG.normal(background, 3.0, (2048, 2048)).clip(0).astype(np.uint16)
+    field[896:1152, 896:1152] = patch
+    truth = np.zeros(field.shape, np.int32)
+    truth[896:1152, 896:1152] = truth_patch
+    tifffile.imwrite(tmp_path / "patch.tif", patch)
+    tifffile.imwrite(tmp_path / "field.tif", field, tile=(256, 256))
+    code, text, alone = infer(tmp_path / "patch.tif", net, tmp_path / "p.tif")
+    assert code == 0, text
+    code, text, sparse = infer(tmp_path / "field.tif", net, tmp_path / "f.tif")
+    assert code == 0, text
+    f_alone, f_sparse = f1(tmp_path / "p.tif", truth_patch), f1(tmp_path / "f.tif", truth)
+    assert f_alone > 0.5  # the blur proxy network merges touching nuclei; the comparison is the point
+    assert f_sparse >= f_alone - 0.05, (f_alone, f_sparse, sparse["objects"], int(truth_patch.max()))
+
+
+@pytest.mark.parametrize("illumination", [False, True])
+def test_noise_only_field_gives_almost_no_objects(net: Path, tmp_path: Path, illumination: bool) -> None:
+    yy, xx = np.mgrid[0:1024, 0:1024]
+    base = 200.0 + 300.0 * np.exp(-((yy - 300) ** 2 + (xx - 700) ** 2) / 4e5) * illumination
+    field = RNG.poisson(base).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "noise.tif", field)
+    code, text, summary = infer(tmp_path / "noise.tif", net, tmp_path / "n.tif")
+    assert code == 0, text
+    assert summary["objects"] <= 2  # at most 2 per megapixel on 1.05 MP
+    assert tifffile.imread(tmp_path / "n.tif").max() == summary["objects"]
+
+
+def test_norm_range_and_percentiles_are_used(net: Path, tmp_path: Path) -> None:
+    image, truth = field_with_nuclei(256)
+    tifffile.imwrite(tmp_path / "s.tif", image)
+    code, text, _ = infer(tmp_path / "s.tif", net, tmp_path / "a.tif", "--norm-range", "0,65535")
+    assert code == 0, text
+    assert tifffile.imread(tmp_path / "a.tif").max() == 0  # the whole 16-bit range: nothing is bright
+    low, high = np.percentile(image, [1, 99.8])
+    code, text, _ = infer(tmp_path / "s.tif", net, tmp_path / "b.tif", "--norm-range", f"{low},{high}")
+    assert code == 0, text
+    assert f1(tmp_path / "b.tif", truth) > 0.5
+    code, text, _ = infer(tmp_path / "s.tif", net, tmp_path / "c.tif", "--norm-percentiles", "1,99.8")
+    assert code == 0 and f1(tmp_path / "c.tif", truth) > 0.5, text
+    line = error_line(*infer(tmp_path / "s.tif", net, tmp_path / "d.tif", "--norm-range", "5,5")[:2])
+    assert "--norm-range" in line and not (tmp_path / "d.tif").exists()
+
+
+# 2. several images in one file ---------------------------------------------------------------------
+def test_multi_series_defaults_to_full_resolution_with_its_pixel_size(net: Path, tmp_path: Path) -> None:
+    image, truth = field_with_nuclei(256)
+    path = tmp_path / "two.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        tif.write(
+            image[::4, ::4],
+            metadata={"axes": "YX", "Name": "overview", "PhysicalSizeX": 1.3, "PhysicalSizeY": 1.3},
+        )
+        tif.write(
+            image,
+            metadata={
+                "axes": "YX",
+                "Name": "full",
+                "PhysicalSizeX": 325,
+                "PhysicalSizeXUnit": "nm",
+                "PhysicalSizeY": 325,
+                "PhysicalSizeYUnit": "nm",
+            },
+        )
+    code, text, summary = infer(path, net, tmp_path / "l.tif", "--objects", tmp_path / "o.csv")
+    assert code == 0, text
+    assert "series 1 of 2" in summary["image"] and "--series" in text
+    assert summary["pixel_size_um"] == pytest.approx([0.325, 0.325])
+    np.testing.assert_array_equal(
+        tifffile.imread(tmp_path / "l.tif"), reference(image, net, tmp_path / "ref")
+    )
+    code, text, summary = infer(path, net, tmp_path / "t.tif", "--series", 0)
+    assert code == 0, text
+    assert tifffile.imread(tmp_path / "t.tif").shape == (64, 64)
+    assert summary["pixel_size_um"] == pytest.approx([1.3, 1.3])
+    assert "out of range" in error_line(*infer(path, net, tmp_path / "x.tif", "--series", 2)[:2])
+
+
+def test_pyramid_level_and_its_pixel_size(tmp_path: Path) -> None:
+    image = (RNG.random((256, 256)) * 1000).astype(np.uint16)
+    path = tmp_path / "pyr.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        tif.write(
+            image,
+            subifds=2,
+            tile=(64, 64),
+            metadata={"axes": "YX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5},
+        )
+        tif.write(image[::2, ::2], subfiletype=1, tile=(64, 64))
+        tif.write(image[::4, ::4], subfiletype=1, tile=(64, 64))
+    full = Slide(path)
+    assert full.shape == (256, 256) and full.pixel_size == pytest.approx((0.5, 0.5))
+    half = Slide(path, options=SlideOptions(level=1))
+    assert half.shape == (128, 128) and half.pixel_size == pytest.approx((1.0, 1.0))
+    np.testing.assert_array_equal(half.read(0, 128, 0, 128), image[::2, ::2])
+    with pytest.raises(UserError, match=r"--level 3 is out of range.*3 level"):
+        Slide(path, options=SlideOptions(level=3))
+
+
+def test_multi_page_stack_needs_a_plane(tmp_path: Path) -> None:
+    pages = (RNG.random((4, 40, 50)) * 100).astype(np.uint16)
+    with tifffile.TiffWriter(tmp_path / "pages.tif") as tif:
+        for page in pages:
+            tif.write(page, contiguous=False, metadata=None)
+    with pytest.raises(UserError, match=r"4 planes along axis I.*--plane N \(0\.\.3\)"):
+        Slide(tmp_path / "pages.tif")
+    np.testing.assert_array_equal(
+        Slide(tmp_path / "pages.tif", options=SlideOptions(plane=2)).read(0, 40, 0, 50), pages[2]
+    )
+    with pytest.raises(UserError, match="--plane 4 is out of range"):
+        Slide(tmp_path / "pages.tif", options=SlideOptions(plane=4))
+
+
+# 3. axes -------------------------------------------------------------------------------------------
+def test_imagej_hyperstack_picks_t_z_and_channel(tmp_path: Path) -> None:
+    stack = (RNG.random((2, 3, 2, 30, 40)) * 1000).astype(np.uint16)  # TZCYX
+    tifffile.imwrite(tmp_path / "h.tif", stack, imagej=True, metadata={"axes": "TZCYX"})
+    with pytest.raises(UserError, match=r"time points.*--t N"):
+        Slide(tmp_path / "h.tif", options=SlideOptions(z=1))
+    slide = Slide(tmp_path / "h.tif", options=SlideOptions(t=1, z=2, channel=1))
+    np.testing.assert_array_equal(slide.read(0, 30, 0, 40), stack[1, 2, 1])
+    with pytest.raises(UserError, match="several stacked axes"):
+        Slide(tmp_path / "h.tif", options=SlideOptions(plane=1))
+    with pytest.raises(UserError, match=r"--z 3 is out of range"):
+        Slide(tmp_path / "h.tif", options=SlideOptions(t=0, z=3))
+
+
+def test_rgb_channel_and_empty_channel_warning(net: Path, tmp_path: Path) -> None:
+    image, truth = field_with_nuclei(256)
+    scaled = (image.astype(np.float64) / image.max() * 255).astype(np.uint8)
+    rgb = np.zeros((*image.shape, 3), np.uint8)
+    rgb[..., 2] = scaled  # nuclei in the blue channel, as a DAPI overlay
+    rgb[..., 0] = RNG.integers(0, 3, image.shape)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    code, text, summary = infer(tmp_path / "rgb.tif", net, tmp_path / "a.tif")
+    assert code == 0, text
+    assert "warning: channel 0 (the default)" in text and "--channel 2" in text
+    code, text, summary = infer(tmp_path / "rgb.tif", net, tmp_path / "b.tif", "--channel", 2)
+    assert code == 0, text
+    assert "warning" not in text
+    np.testing.assert_array_equal(
+        tifffile.imread(tmp_path / "b.tif"), reference(scaled, net, tmp_path / "ref")
+    )
+
+
+# 4. non-finite pixels ------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_a_missing_pixel_changes_only_the_object_that_holds_it(net: Path, tmp_path: Path, bad: float) -> None:
+    image, _ = field_with_nuclei(256)
+    image = image.astype(np.float32)
+    tifffile.imwrite(tmp_path / "clean.tif", image)
+    code, text, _ = infer(tmp_path / "clean.tif", net, tmp_path / "clean_l.tif", "--diameter", 20)
+    assert code == 0, text
+    clean = tifffile.imread(tmp_path / "clean_l.tif")
+    ys, xs = np.nonzero(clean)
+    y, x = ys[len(ys) // 2], xs[len(xs) // 2]
+    image[y, x] = bad
+    tifffile.imwrite(tmp_path / "bad.tif", image)
+    code, text, _ = infer(tmp_path / "bad.tif", net, tmp_path / "bad_l.tif", "--diameter", 20)
+    assert code == 0, text
+    dirty = tifffile.imread(tmp_path / "bad_l.tif")
+    hit = clean[y, x]
+    same = (clean != hit) & (dirty != dirty[y, x])
+    np.testing.assert_array_equal(clean[same] > 0, dirty[same] > 0)
+    assert len(np.unique(clean)) == len(np.unique(dirty))
+
+
+# 5. physical units ---------------------------------------------------------------------------------
+def test_pixel_size_from_imagej_ome_and_tags(tmp_path: Path) -> None:
+    image = np.zeros((32, 32), np.uint16)
+    tifffile.imwrite(
+        tmp_path / "ij.tif",
+        image,
+        imagej=True,
+        resolution=(1 / 0.325, 1 / 0.325),
+        metadata={"unit": "micron"},
+    )
+    assert Slide(tmp_path / "ij.tif").pixel_size == pytest.approx((0.325, 0.325))
+    tifffile.imwrite(
+        tmp_path / "nm.ome.tif",
+        image,
+        ome=True,
+        metadata={
+            "PhysicalSizeX": 325,
+            "PhysicalSizeXUnit": "nm",
+            "PhysicalSizeY": 325,
+            "PhysicalSizeYUnit": "nm",
+        },
+    )
+    assert Slide(tmp_path / "nm.ome.tif").pixel_size == pytest.approx((0.325, 0.325))
+    tifffile.imwrite(
+        tmp_path / "cm.tif", image, resolution=(1e4 / 0.65, 1e4 / 0.65), resolutionunit="CENTIMETER"
+    )
+    assert Slide(tmp_path / "cm.tif").pixel_size == pytest.approx((0.65, 0.65))
+    tifffile.imwrite(tmp_path / "dpi.tif", image, resolution=(72, 72), resolutionunit="INCH")
+    assert Slide(tmp_path / "dpi.tif").pixel_size is None  # a print default, not a microscope pixel
+    given = Slide(tmp_path / "dpi.tif", options=SlideOptions(pixel_size=(0.2, 0.3)))
+    assert given.pixel_size == (0.2, 0.3)
+
+
+def test_units_reach_labels_prob_and_object_table(net: Path, tmp_path: Path) -> None:
+    image, _ = field_with_nuclei(256)
+    tifffile.imwrite(
+        tmp_path / "ij.tif", image, imagej=True, resolution=(1 / 0.325, 1 / 0.325), metadata={"unit": "um"}
+    )
+    out = tmp_path / "l.tif"
+    code, text, summary = infer(
+        tmp_path / "ij.tif",
+        net,
+        out,
+        "--objects",
+        tmp_path / "o.csv",
+        "--prob",
+        tmp_path / "p.tif",
+        "--diameter-um",
+        6.5,
+    )
+    assert code == 0, text
+    assert summary["diameter"]["px"] == pytest.approx(20.0) and summary["diameter"]["method"] == "given"
+    for path in (out, tmp_path / "p.tif"):
+        assert Slide(path).pixel_size == pytest.approx((0.325, 0.325))
+    rows = list(csv.DictReader(open(tmp_path / "o.csv")))
+    assert rows
+    for row in rows:
+        assert float(row["area_um2"]) == pytest.approx(int(row["area"]) * 0.325**2, rel=1e-3)
+        assert float(row["centroid_x_um"]) == pytest.approx(float(row["centroid_x"]) * 0.325, abs=0.01)
+    code, text, summary = infer(tmp_path / "ij.tif", net, tmp_path / "g.tif", "--pixel-size", "0.5")
+    assert code == 0 and summary["pixel_size_um"] == [0.5, 0.5], text
+    tifffile.imwrite(tmp_path / "plain.tif", image)
+    line = error_line(*infer(tmp_path / "plain.tif", net, tmp_path / "h.tif", "--diameter-um", 6)[:2])
+    assert "--pixel-size" in line and not (tmp_path / "h.tif").exists()
+    line = error_line(*infer(tmp_path / "plain.tif", net, tmp_path / "h.tif", "--pixel-size", "nan")[:2])
+    assert "--pixel-size" in line
+
+
+# 6. other formats ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("suffix", "dtype"), [(".png", np.uint8), (".png", np.uint16), (".jpg", np.uint8), (".bmp", np.uint8)]
+)
+def test_png_jpeg_bmp(net: Path, tmp_path: Path, suffix: str, dtype: type) -> None:
+    import imagecodecs
+
+    image, truth = field_with_nuclei(256)
+    top = np.iinfo(dtype).max
+    scaled = (image.astype(np.float64) / image.max() * top).astype(dtype)
+    path = tmp_path / f"field{suffix}"
+    encode = {
+        ".png": imagecodecs.png_encode,
+        ".jpg": imagecodecs.jpeg8_encode,
+        ".bmp": imagecodecs.bmp_encode,
+    }
+    path.write_bytes(encode[suffix](scaled))
+    code, text, summary = infer(path, net, tmp_path / "l.tif")
+    assert code == 0, text
+    expected = reference(scaled, net, tmp_path / "ref")
+    labels = tifffile.imread(tmp_path / "l.tif")
+    if suffix == ".jpg":  # lossy: the same nuclei, not the same pixels
+        assert match_instances(labels.astype(np.int64), expected.astype(np.int64)).at(0.5).f1 > 0.9
+    else:
+        np.testing.assert_array_equal(labels, expected)
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_ome_zarr_multiscale_with_units(net: Path, tmp_path: Path, version: str) -> None:
+    import zarr
+
+    image, truth = field_with_nuclei(256)
+    store = tmp_path / "field.zarr"
+    fmt = 2 if version == "0.4" else 3
+    root = zarr.open_group(str(store), mode="w", zarr_format=fmt)
+    for level, step in enumerate((1, 2)):
+        root.create_array(str(level), data=image[None, ::step, ::step], chunks=(1, 64, 64))
+    multiscales = [
+        {
+            "version": version,
+            "axes": [
+                {"name": "c", "type": "channel"},
+                {"name": "y", "type": "space", "unit": "micrometer"},
+                {"name": "x", "type": "space", "unit": "micrometer"},
+            ],
+            "datasets": [
+                {
+                    "path": str(i),
+                    "coordinateTransformations": [{"type": "scale", "scale": [1, 0.4 * s, 0.4 * s]}],
+                }
+                for i, s in enumerate((1, 2))
+            ],
+        }
+    ]
+    if version == "0.4":
+        root.attrs["multiscales"] = multiscales
+    else:
+        root.attrs["ome"] = {"version": version, "multiscales": multiscales}
+    code, text, summary = infer(store, net, tmp_path / "l.tif")
+    assert code == 0, text
+    assert summary["pixel_size_um"] == pytest.approx([0.4, 0.4])
+    np.testing.assert_array_equal(
+        tifffile.imread(tmp_path / "l.tif"), reference(image, net, tmp_path / "ref")
+    )
+    low = Slide(store, options=SlideOptions(level=1))
+    assert low.shape == (128, 128) and low.pixel_size == pytest.approx((0.8, 0.8))
+
+
+def test_plain_zarr_array_is_read_lazily(tmp_path: Path) -> None:
+    import zarr
+
+    image = (RNG.random((300, 200)) * 100).astype(np.float32)
+    array = zarr.open_array(
+        str(tmp_path / "a.zarr"), mode="w", shape=image.shape, chunks=(64, 64), dtype="f4"
+    )
+    array[:] = image
+    slide = Slide(tmp_path / "a.zarr")
+    assert isinstance(slide._array, zarr.Array) and slide.pixel_size is None
+    np.testing.assert_array_equal(slide.read(10, 50, 20, 90), image[10:50, 20:90])
+
+
+# 7. smaller faults ---------------------------------------------------------------------------------
+def test_small_overlap_warns(net: Path, tmp_path: Path) -> None:
+    image, _ = field_with_nuclei(128)
+    tifffile.imwrite(tmp_path / "s.tif", image)
+    code, text, _ = infer(tmp_path / "s.tif", net, tmp_path / "l.tif", "--overlap", 0)
+    assert code == 0, text
+    assert "warning: --overlap 0 px" in text and "split" in text
+    code, text, _ = infer(tmp_path / "s.tif", net, tmp_path / "m.tif")
+    assert "--overlap" not in text
+
+
+def test_existing_output_needs_overwrite_and_folders_are_refused(net: Path, tmp_path: Path) -> None:
+    image, _ = field_with_nuclei(128)
+    tifffile.imwrite(tmp_path / "s.tif", image)
+    (tmp_path / "l.tif").write_bytes(b"keep")
+    line = error_line(*infer(tmp_path / "s.tif", net, tmp_path / "l.tif")[:2])
+    assert "already exists" in line and "--overwrite" in line
+    assert (tmp_path / "l.tif").read_bytes() == b"keep"
+    code, text, _ = infer(tmp_path / "s.tif", net, tmp_path / "l.tif", "--overwrite")
+    assert code == 0 and tifffile.imread(tmp_path / "l.tif").shape == (128, 128), text
+    (tmp_path / "dir.tif").mkdir()
+    line = error_line(*infer(tmp_path / "s.tif", net, tmp_path / "dir.tif")[:2])
+    assert "is a folder" in line
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_eval_accepts_one_row_images(tmp_path: Path) -> None:
+    labels = np.array([[0, 1, 1, 0, 2, 2, 2, 0]], np.uint16)
+    tifffile.imwrite(tmp_path / "p.tif", labels)
+    tifffile.imwrite(tmp_path / "g.tif", labels)
+    result = CliRunner().invoke(
+        app, ["eval", str(tmp_path / "p.tif"), str(tmp_path / "g.tif"), "--json", str(tmp_path / "r.json")]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["n_pred"] == 2 and report["n_gt"] == 2
+
+
+def test_compressed_single_strip_tiff_is_decoded_once(tmp_path: Path) -> None:
+    image = (RNG.random((1200, 2000)) * 1000).astype(np.uint16)  # one zlib strip of 4.6 MB
+    tifffile.imwrite(tmp_path / "strip.tif", image, compression="zlib", rowsperstrip=1200)
+    slide = Slide(tmp_path / "strip.tif")
+    assert slide._strips is not None and any("strips" in note for note in slide.notes)
+    for y in range(0, 1200, 256):
+        for x in range(0, 2000, 256):
+            np.testing.assert_array_equal(
+                slide.read(y, min(y + 256, 1200), x, min(x + 256, 2000)), image[y : y + 256, x : x + 256]
+            )
+    assert slide._strips.decoded == 1
