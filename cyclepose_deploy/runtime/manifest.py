@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from pydantic import ValidationError
 
 from cyclepose_deploy.errors import UserError
 from cyclepose_deploy.runtime.defaults import (
@@ -30,6 +34,7 @@ class Artifact:
     sha256: str
     verification: dict[str, Any] = field(default_factory=dict)
     passed: bool = True
+    __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid"}
 
 
 @dataclass
@@ -64,6 +69,7 @@ class Manifest:
     export: dict[str, Any] = field(default_factory=dict)
     schema: str = SCHEMA
     root: Path | None = field(default=None, compare=False, repr=False)
+    __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid"}  # a misspelt field is an error
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -98,19 +104,34 @@ def manifest_from_dict(data: Any, where: str = "manifest") -> Manifest:
         raise UserError(f"{where} is not a JSON object: re-export the model")
     if data.get("schema") != SCHEMA:
         raise UserError(f"{where} has schema {data.get('schema')!r}, this runtime reads {SCHEMA}: re-export")
-    try:
-        arts = [Artifact(**a) for a in data["artifacts"]]
-        trt = TensorRTInfo(**data["tensorrt"]) if data.get("tensorrt") else None
-        fields = {k: v for k, v in data.items() if k not in ("artifacts", "tensorrt")}
-        manifest = Manifest(artifacts=arts, tensorrt=trt, **fields)
-    except (KeyError, TypeError) as exc:
-        raise UserError(f"{where} is malformed ({exc}): re-export the model") from None
+    fields = {k: v for k, v in data.items() if k not in ("schema", "root")}
+    try:  # the whole schema, typed (pydantic, strict: "16" is not an int, null is not a number)
+        manifest = _adapter().validate_json(json.dumps(fields), strict=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        place = ".".join(str(p) for p in first["loc"]) or "top level"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise UserError(f"{where} is malformed: {place}: {first['msg']}{more}; re-export the model") from None
     _check_values(manifest, where)
     return manifest
 
 
+@functools.cache
+def _adapter() -> Any:
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(Manifest)
+
+
 def _check_values(m: Manifest, where: str) -> None:
     problems = []
+    numbers = [m.flow_scale, *m.diameter, *m.normalization.values()]
+    if m.max_extent is not None:
+        numbers.append(m.max_extent)
+    if not all(math.isfinite(v) for v in numbers):
+        problems.append("a number is NaN or infinite")
+    if len(m.diameter) == 2 and not 0 < m.diameter[0] <= m.diameter[1]:
+        problems.append(f"diameter {m.diameter} (need 0 < min <= max)")
     if m.channels not in (1, 2):
         problems.append(f"channels {m.channels} (need 1 or 2)")
     if m.size_multiple < 1 or m.flow_scale <= 0:
@@ -147,8 +168,8 @@ def load_manifest(directory: str | Path) -> Manifest:
 def verify_artifact(manifest: Manifest, file: str | Path) -> Path:
     """Return the artifact's path once its sha256 matches the manifest; refuse it otherwise."""
     path = Path(file)
-    if not path.is_absolute() and manifest.root is not None and not path.exists():
-        path = manifest.root / path
+    if not path.is_absolute() and manifest.root is not None:  # relative to the export, never the cwd
+        path = manifest.root / path.name
     listed = [a for a in manifest.artifacts if a.file == path.name]
     if not listed:
         raise UserError(f"{path.name} is not listed in the manifest: use an artifact from the same export")

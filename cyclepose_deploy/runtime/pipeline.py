@@ -112,6 +112,16 @@ def run_infer(
             raise UserError(f"{option} {value} must be a positive number of {unit}")
     if diameter is not None and diameter_um is not None:
         raise UserError("--diameter and --diameter-um both given: pass one")
+    for value, option in (
+        (settings.cellprob_threshold, "--cellprob-threshold"),
+        (settings.flow_threshold, "--flow-threshold"),
+    ):
+        if not math.isfinite(value):
+            raise UserError(f"{option} {value} must be a finite number (defaults: cellprob 0.0, flow 0.4)")
+    if settings.flow_threshold < 0:
+        raise UserError(
+            f"--flow-threshold {settings.flow_threshold} must be >= 0 (0 disables the check; default 0.4)"
+        )
     if norm_percentiles is not None:
         low, high = norm_percentiles
         if not (0.0 <= low < high <= 100.0):
@@ -137,9 +147,23 @@ def run_infer(
                     "add --pixel-size (µm) or give --diameter in px"
                 )
             diameter = diameter_um / math.sqrt(slide.pixel_size[0] * slide.pixel_size[1])
+        if diameter is not None:
+            _check_scale(diameter, model, slide.shape)
         return _run(slide, model, outputs, settings, diameter, progress or (lambda *a: None), start, fixed)
     finally:
         slide.close()
+
+
+def _check_scale(diameter: float, model: Model, shape: tuple[int, int]) -> None:
+    """A given diameter rescales the slide by train_diameter / diameter: keep it within the range the
+    automatic estimate uses (MIN_SCALE..MAX_SCALE) so a typo cannot ask for a 50x larger slide."""
+    low, high = model.train_diameter / MAX_SCALE, model.train_diameter / MIN_SCALE
+    if not low <= diameter <= high:
+        raise UserError(
+            f"diameter {diameter:.3g} px would rescale the slide by {model.train_diameter / diameter:.3g}x; "
+            f"this model accepts {low:.3g}..{high:.3g} px (it was trained at {model.train_diameter:.3g} px): "
+            "check the value and its unit (--diameter is in px, --diameter-um in µm)"
+        )
 
 
 def _check_outputs(outputs: Outputs, slide_path: str | Path, overwrite: bool) -> None:

@@ -117,6 +117,35 @@ class Runner:
             return
         self.activate_impl()
         self.is_active = True
+        try:
+            self._probe()
+        except BaseException:
+            self.deactivate()
+            raise
+
+    def _probe(self) -> None:
+        """Run one zero tile and check the I/O contract before any slide work: (N, C, H, W) float32 in,
+        (N, 3, H, W) out (a model with other outputs, a fixed input size or another output size would
+        otherwise fail hours into a run, or silently misalign)."""
+        limits = self.shape_limits
+        batch = limits.min_batch if limits else 1
+        h, w = limits.opt_tile if limits else (4 * self.size_multiple, 4 * self.size_multiple)
+        tile = np.zeros((batch, self.channels or 1, h, w), np.float32)
+        try:
+            out = np.asarray(self.infer_impl(tile))
+        except UserError:
+            raise
+        except Exception as exc:
+            raise UserError(
+                f"{self.name} cannot run a {h}x{w} px tile ({str(exc).splitlines()[0][:200]}): the runtime "
+                f"needs dynamic H and W (multiples of {self.size_multiple}); re-export the model"
+            ) from None
+        expected = (batch, OUTPUT_CHANNELS, h, w)
+        if out.shape != expected:
+            raise UserError(
+                f"{self.name} maps a {tile.shape} input to {out.shape}; the runtime needs {expected} "
+                "(3 flow/cellprob channels, the input's size): export a CyclePose/Cellpose-style network"
+            )
 
     def deactivate(self) -> None:
         if not self.is_active:
@@ -147,7 +176,9 @@ class Runner:
         self.last_inference_time = time.perf_counter() - start
         expected = (batch.shape[0], OUTPUT_CHANNELS, batch.shape[2], batch.shape[3])
         if out.shape != expected:
-            raise RuntimeError(f"runner {self.name} returned shape {out.shape}, expected {expected}")
+            raise UserError(
+                f"{self.name} returned shape {out.shape} for input {batch.shape}, expected {expected}"
+            )
         return np.asarray(out, dtype=np.float32)
 
     def validate_input(self, batch: np.ndarray) -> np.ndarray:

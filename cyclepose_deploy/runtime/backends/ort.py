@@ -84,12 +84,26 @@ class OrtRunner(Runner):
     def activate_impl(self) -> None:
         ort = optional.onnxruntime()
         providers = resolve_providers(self.requested, list(ort.get_available_providers()))
+        # From the bytes, not the path: what runs is exactly what was hashed, and weights kept in external
+        # data files (which no manifest hash covers) cannot be pulled in.
+        try:
+            model = self.path.read_bytes()
+        except OSError as exc:
+            raise UserError(
+                f"cannot read {self.path}: {exc.strerror or exc}; check the permissions"
+            ) from None
         try:
             self.session = ort.InferenceSession(
-                str(self.path), sess_options=self.session_options(ort), providers=providers
+                model, sess_options=self.session_options(ort), providers=providers
             )
         except Exception as exc:  # ORT raises its own exception types for unreadable models
-            raise UserError(f"ONNX Runtime could not load {self.path}: {exc}; re-export the model") from None
+            text = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            if "external" in text.lower() or "model_path" in text.lower():
+                raise UserError(
+                    f"{self.path.name} keeps weights in external data files, which the runtime refuses "
+                    "(no export hash covers them): re-export it as one .onnx file"
+                ) from None
+            raise UserError(f"ONNX Runtime could not load {self.path}: {text}; re-export the model") from None
         self.provider = self.session.get_providers()[0]
         self.device = PROVIDER_DEVICES.get(self.provider, self.provider)
         inp = self.session.get_inputs()[0]
@@ -98,8 +112,24 @@ class OrtRunner(Runner):
                 f"{self.path.name} takes {inp.type} input; the runtime feeds float32 tiles: "
                 "re-export it with float32 inputs and outputs"
             )
+        outputs = self.session.get_outputs()
+        if len(inp.shape) != 4 or len(outputs) < 1 or len(outputs[0].shape) != 4:
+            raise UserError(
+                f"{self.path.name} has input shape {inp.shape} and outputs "
+                f"{[o.shape for o in outputs]}; the runtime needs (N, C, H, W) -> (N, 3, H, W): re-export it"
+            )
+        if any(isinstance(d, int) for d in inp.shape[2:]):
+            raise UserError(
+                f"{self.path.name} has a fixed input size {inp.shape[2:]}; the runtime tiles slides at any "
+                "size: re-export it with dynamic H and W"
+            )
+        if isinstance(outputs[0].shape[1], int) and outputs[0].shape[1] != 3:
+            raise UserError(
+                f"{self.path.name} outputs {outputs[0].shape[1]} channels; the runtime needs 3 (flows y, x "
+                "and cellprob): export a CyclePose/Cellpose-style network"
+            )
         self.input_name = inp.name
-        self.output_name = self.session.get_outputs()[0].name
+        self.output_name = outputs[0].name
         if isinstance(inp.shape[1], int):
             self.channels = inp.shape[1]
 
