@@ -4,7 +4,6 @@ manifest, the failure gate, and the CLI."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
@@ -120,13 +119,32 @@ def test_int8_model_is_quantized(exported: tuple[Path, list[str]]) -> None:
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
 
 
-def test_failed_check_fails_the_export_naming_it(checkpoint: Path, tmp_path: Path) -> None:
+def test_failed_check_fails_the_export_naming_it_and_keeps_the_previous_one(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "export"
+    run_export(small_options(checkpoint, out, precisions=("fp32",)), report=lambda line: None)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
     impossible = Thresholds(int8_min_f1=1.5)
-    options = small_options(checkpoint, tmp_path, precisions=("fp32", "int8"), thresholds=impossible)
+    options = small_options(checkpoint, out, precisions=("fp32", "int8"), thresholds=impossible)
     with pytest.raises(UserError, match=r"model.int8.onnx mask F1 .* < 1.5 \(short by"):
         run_export(options, report=lambda line: None)
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert [a["passed"] for a in manifest["artifacts"]] == [True, False]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the previous export still works
+    assert load_manifest(out).artifacts[0].passed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no staging folder left
+    with pytest.raises(UserError, match=r"model.int8.onnx mask F1"):
+        run_export(
+            small_options(checkpoint, tmp_path / "new", precisions=("fp32", "int8"), thresholds=impossible),
+            report=lambda line: None,
+        )
+    assert not (tmp_path / "new").exists()
+
+
+def test_export_refuses_a_folder_of_other_files(checkpoint: Path, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not part of an export"):
+        run_export(small_options(checkpoint, tmp_path), report=lambda line: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
 def test_cellpose3_state_dict_exports_through_the_cli(tmp_path: Path) -> None:

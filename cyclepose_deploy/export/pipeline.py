@@ -3,9 +3,12 @@ against torch on synthetic-slide tiles, then the manifest. A failed check fails 
 
 from __future__ import annotations
 
+import os
 import platform
+import shutil
+import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +55,65 @@ class ExportContext:
     reference: Reference
     report: Callable[[str], None]
     bn: dict[str, int] = field(default_factory=dict)
+    final_dir: Path | None = None  # where the export lands (options.out_dir is the staging folder)
 
 
 def run_export(options: ExportOptions, report: Callable[[str], None] = print) -> Manifest:
-    """Write DIR/model*.onnx (+ engine) and DIR/manifest.json; raise UserError when a check fails."""
+    """Write DIR/model*.onnx (+ engine) and DIR/manifest.json; raise UserError when a check fails.
+
+    Transactional: everything is built in a hidden staging folder beside DIR and swapped in only once
+    every artifact passed its checks, so a failed or killed re-export leaves the previous export
+    working (and a first export that fails leaves nothing)."""
     check_options(options)
-    options.out_dir.mkdir(parents=True, exist_ok=True)
+    final = options.out_dir
+    check_export_folder(final)
     net, config = SegmenterFromCheckpoint(options.checkpoint)()
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    except OSError as exc:
+        raise UserError(f"cannot create {final}: {exc.strerror or exc}; choose a writable folder") from None
+    try:
+        manifest = _export(replace(options, out_dir=staging), net, config, report, final)
+        swap_in(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    manifest.root = final
+    return manifest
+
+
+EXPORT_FILES = {*ONNX_NAMES.values(), engine_step.ENGINE_NAME, "manifest.json"}
+
+
+def check_export_folder(final: Path) -> None:
+    """-o must be new, empty, or an earlier export (its files are replaced as a whole)."""
+    if final.exists() and not final.is_dir():
+        raise UserError(f"{final} is a file: -o needs a folder")
+    if final.is_dir():
+        other = sorted(
+            p.name for p in final.iterdir() if p.name not in EXPORT_FILES and not p.name.startswith(".")
+        )
+        if other:
+            raise UserError(
+                f"{final} holds files that are not part of an export ({', '.join(other[:3])}): "
+                "choose a new or empty folder"
+            )
+
+
+def swap_in(staging: Path, final: Path) -> None:
+    """Replace `final` by `staging` with two renames (the old export is removed after)."""
+    old = None
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+        os.replace(final, old / final.name)
+    os.replace(staging, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _export(
+    options: ExportOptions, net: Any, config: dict[str, Any], report: Callable[[str], None], final: Path
+) -> Manifest:
     channels = int(config["in_channels"])
     fp32_path, bn = OnnxFromTorch(net, options.out_dir / ONNX_NAMES["fp32"], channels, options.opset)()
     report(
@@ -67,6 +122,7 @@ def run_export(options: ExportOptions, report: Callable[[str], None] = print) ->
     )
     ctx = make_context(options, net, config, channels, report)
     ctx.bn = bn
+    ctx.final_dir = final
     artifacts = [
         verify_onnx(ctx, p, build_onnx(ctx, p, fp32_path)) for p in PRECISIONS if p in options.precisions
     ]
@@ -151,6 +207,8 @@ def engine_artifact(ctx: ExportContext, artifacts: list[Artifact]) -> TensorRTIn
     opts = ctx.options
     fp16 = opts.out_dir / ONNX_NAMES["fp16"]
     target = engine_step.EngineTarget(opts.checkpoint, opts.out_dir, fp16, opts.profile, ctx.channels)
+    shown = ctx.final_dir or opts.out_dir  # what the printed commands name
+    shown_target = replace(target, out_dir=shown, fp16_onnx=shown / ONNX_NAMES["fp16"])
     if opts.engine is False:
         return None
     reason = engine_step.tensorrt_unavailable_reason()
@@ -159,7 +217,7 @@ def engine_artifact(ctx: ExportContext, artifacts: list[Artifact]) -> TensorRTIn
     if reason is not None:
         if opts.engine:
             raise UserError(f"--engine: {reason}; run the export on the target GPU machine")
-        for line in engine_step.engine_instructions(target, reason):
+        for line in engine_step.engine_instructions(shown_target, reason):
             ctx.report(line)
         return None
     path, info = engine_step.build_engine(target)

@@ -36,7 +36,14 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> Path:
     """Write atomically: a crash mid-save leaves the previous checkpoint intact."""
     data = {"format": FORMAT, "version": VERSION, **checkpoint}
     with atomic_path(path) as temp:
-        torch.save(data, temp)
+        try:
+            torch.save(data, temp)
+        except RuntimeError as exc:  # torch wraps a full disk as "PytorchStreamWriter failed writing"
+            detail = str(exc).splitlines()[0][:160]
+            raise UserError(
+                f"could not write checkpoint {path} ({detail}); free space or choose another path "
+                "(the previous checkpoint, if any, is untouched)"
+            ) from None
     return Path(path)
 
 
@@ -71,14 +78,65 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     for key in ("config", "S"):
         if key not in data:
             raise UserError(f"{path} lacks {key!r}: the checkpoint is incomplete; train again or re-save it")
+    check_config(data["config"], str(path))
+    for key in ("S", "G", "D_image", "D_mask", "S_train"):
+        if key in data:
+            check_state(data[key], f"{path} [{key}]")
     return data
 
 
+MAX_WIDTH = 1024  # channels per level: Cellpose uses 32..256
+MAX_PARAMETERS = 200_000_000  # far above any segmenter here (~0.3 to 7 M); guards memory before building
+
+
+def check_config(config: Any, source: str) -> None:
+    """Refuse a config that cannot build a segmenter, before any memory is allocated for it."""
+    if not isinstance(config, dict):
+        raise UserError(f"{source}: config is {type(config).__name__}, not a dict; train again or re-save it")
+    missing = [k for k in ("in_channels", "widths") if k not in config]
+    if missing:
+        raise UserError(f"{source}: config lacks {', '.join(missing)}; train again or re-save it")
+    channels, widths = config["in_channels"], config["widths"]
+    if isinstance(channels, bool) or channels not in (1, 2):
+        raise UserError(f"{source}: in_channels {channels!r} (need 1 or 2); train again or re-save it")
+    if (
+        not isinstance(widths, (list, tuple))
+        or not 2 <= len(widths) <= 8
+        or not all(isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= MAX_WIDTH for w in widths)
+    ):
+        raise UserError(
+            f"{source}: widths {str(widths)[:80]} (need 2 to 8 channel counts of 1..{MAX_WIDTH}); "
+            "train again or re-save it"
+        )
+    estimate = sum(80 * w * w for w in widths)  # two 3x3 residual blocks down and up per level
+    if estimate > MAX_PARAMETERS:
+        raise UserError(f"{source}: widths {widths} would build about {estimate:,} weights; refusing")
+    for key in ("diam_mean",):
+        value = config.get(key, 30.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < float(value) < 1e4:
+            raise UserError(f"{source}: {key} {value!r} (need a positive number of px); train again")
+
+
+def check_state(state: Any, source: str) -> None:
+    """A state dict is a non-empty dict of finite tensors (a NaN weight would segment nothing)."""
+    if not isinstance(state, dict) or not state:
+        raise UserError(f"{source} holds no weights (empty or not a state dict); train again or re-save it")
+    for name, value in state.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise UserError(f"{source} entry {name!r} is not a named tensor; train again or re-save it")
+        if value.is_floating_point() and not bool(value.isfinite().all()):
+            raise UserError(
+                f"{source} weight {name} holds NaN or Inf: the training diverged; use an earlier checkpoint"
+            )
+
+
 def segmenter_from_state(state: dict[str, torch.Tensor], config: dict[str, Any], source: str) -> Segmenter:
+    check_config(config, source)
+    check_state(state, source)
     net = Segmenter(int(config["in_channels"]), config["widths"], float(config.get("diam_mean", 30.0)))
     try:
         net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, ValueError) as exc:
         detail = str(exc).splitlines()[0][:160]
         raise UserError(f"{source}: weights do not fit the segmenter layout ({detail})") from None
     return net.eval()

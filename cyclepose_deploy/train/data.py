@@ -93,6 +93,10 @@ def read_image(path: str | Path, in_channels: int | None = None) -> np.ndarray:
         image = np.asarray(tifffile.imread(path))
     except Exception as exc:
         raise UserError(f"cannot read {path} as TIFF ({type(exc).__name__}); pass TIFF images") from None
+    if image.dtype.kind not in "uif":
+        raise UserError(f"{path} has pixel type {image.dtype}: convert it to uint8, uint16 or float32")
+    if image.size == 0:
+        raise UserError(f"{path} is an empty image (shape {image.shape}): remove it from --images")
     image = np.squeeze(image)
     if image.ndim == 2:
         image = image[None]

@@ -34,7 +34,12 @@ def make_trainer(
             )
         saved = {k: v for k, v in checkpoint["config"].items() if k in TrainConfig.__dataclass_fields__}
         saved["steps"] = config.steps
-        config = TrainConfig(**saved)
+        try:
+            config = TrainConfig(**saved)
+        except TypeError as exc:
+            raise UserError(
+                f"{resume_from} has a config this version cannot use ({exc}); start a new run"
+            ) from None
     crops = image_crops(images, config)
     if resume_from is None:
         config.in_channels = crops.channels
@@ -42,7 +47,14 @@ def make_trainer(
         raise UserError(f"images have {crops.channels} channel(s), the checkpoint {config.in_channels}")
     trainer = Trainer(config, crops, device)
     if resume_from is not None:
-        trainer.load(checkpoint)
+        try:
+            trainer.load(checkpoint)
+        except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
+            detail = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            raise UserError(
+                f"{resume_from} cannot be resumed (training state missing or of another shape: {detail}); "
+                "start a new run without --resume"
+            ) from None
         trainer.seconds = float(checkpoint.get("provenance", {}).get("train_seconds", 0.0))
     return trainer
 
@@ -65,6 +77,7 @@ def run(
     last = trainer.config.steps if until is None else min(until, trainer.config.steps)
     while trainer.step < last:
         losses = trainer.train_step()
+        _check_finite(trainer, losses, out)
         if on_step is not None:
             on_step(trainer.step, losses)
         if checkpoint_every and trainer.step % checkpoint_every == 0 and trainer.step < trainer.config.steps:
@@ -82,6 +95,28 @@ def run(
     if slim_out is not None:
         save_checkpoint(slim_out, {k: v for k, v in final.items() if k in SLIM_KEYS})
     return {"steps": trainer.step - first, "step": trainer.step, "seconds": seconds}
+
+
+def _check_finite(trainer: Trainer, losses: dict[str, float], out: Path) -> None:
+    """Stop with a clear error, before any checkpoint is written, when a loss or weight turns NaN/Inf
+    (a NaN checkpoint would load and silently segment nothing)."""
+    import math
+
+    bad = sorted(name for name, value in losses.items() if not math.isfinite(value))
+    if not bad:
+        if trainer.step % 10:  # weights follow the losses; checking them every 10 steps is enough
+            return
+        for name in ("S", "G", "D_image", "D_mask"):
+            net = getattr(trainer, name, None)
+            if net is not None and not all(bool(p.detach().isfinite().all()) for p in net.parameters()):
+                bad.append(f"{name} weights")
+        if not bad:
+            return
+    kept = f"the last good checkpoint stays at {out}" if out.exists() else "no checkpoint was written"
+    raise UserError(
+        f"training diverged at step {trainer.step}: {', '.join(bad)} not finite; {kept}. "
+        "Check the images (saturated or constant ones) or lower the learning rate"
+    )
 
 
 SLIM_KEYS = ("config", "step", "S", "G", "D_image", "D_mask", "provenance")
