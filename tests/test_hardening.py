@@ -192,3 +192,61 @@ def test_output_that_is_a_symlink_is_replaced_not_followed(
     code, text = invoke("infer", slide, "--model", model, "-o", tmp_path / "l.tif", "--overwrite")
     assert code == 0, text
     assert victim.read_text() == "precious" and not (tmp_path / "l.tif").is_symlink()
+
+
+def test_leftovers_of_killed_runs_are_swept(tmp_path: Path, slide: Path, tiny_onnx: Callable) -> None:
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a PID that no longer runs
+    old = [tmp_path / f".l.tif.{dead.pid}.abc123.partial", tmp_path / f".cyclepose-{dead.pid}-xyz"]
+    old[0].write_bytes(b"half")
+    old[1].mkdir()
+    (old[1] / "ids.npy").write_bytes(b"x")
+    fresh = tmp_path / f".o.csv.{dead.pid}.def456.partial"  # too recent: could be another machine's run
+    fresh.write_bytes(b"half")
+    for path in old:
+        os.utime(path, (1e9, 1e9))
+    mine = tmp_path / f".x.tif.{os.getpid()}.ghi789.partial"
+    mine.write_bytes(b"mine")
+    os.utime(mine, (1e9, 1e9))
+    code, text = invoke("infer", slide, "--model", tiny_onnx(tmp_path / "m.onnx"), "-o", tmp_path / "l.tif")
+    assert code == 0, text
+    assert "removed 2 leftover(s)" in " ".join(text.split())
+    assert not any(p.exists() for p in old) and fresh.exists() and mine.exists()
+
+
+def test_eval_truncated_and_oversized_tiffs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    labels = np.random.default_rng(0).integers(0, 5, (256, 256)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "g.tif", labels, compression="zlib")
+    data = (tmp_path / "g.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[: len(data) // 2])
+    line = error_line(*invoke("eval", tmp_path / "cut.tif", tmp_path / "g.tif"))
+    assert "prediction file" in line and "cut.tif" in line
+    monkeypatch.setattr("cyclepose_deploy.runtime.formats.MAX_WHOLE_BYTES", 64 * 1024)  # a 128 KiB image
+    line = error_line(*invoke("eval", tmp_path / "g.tif", tmp_path / "g.tif"))
+    assert "claims 256x256 px" in line
+
+
+def test_permission_denied_is_one_line_for_every_command(
+    tmp_path: Path, slide: Path, tiny_onnx: Callable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As root nothing is unreadable, so the OS error is raised where a file is opened."""
+    import builtins
+    import errno
+
+    model = tiny_onnx(tmp_path / "m.onnx")
+    real_open = builtins.open
+
+    def deny(file: object, *args: object, **kwargs: object) -> object:
+        if str(file).endswith(("s.tif", "m.onnx", "manifest.json", "labels.tif")):
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", deny)
+    for args in (
+        ("infer", slide, "--model", model, "-o", tmp_path / "l.tif"),
+        ("eval", slide, slide),
+    ):
+        line = error_line(*invoke(*args))
+        assert "Permission denied" in line, line

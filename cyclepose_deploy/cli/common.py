@@ -30,8 +30,29 @@ def user_errors(func: F) -> F:
         except KeyboardInterrupt:
             print("error: interrupted; partial outputs were removed", file=sys.stderr)
             raise typer.Exit(130) from None
+        except OSError as exc:  # permission denied, full disk, I/O error on a path we were given
+            print(f"error: {os_error_text(exc)}", file=sys.stderr)
+            raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def os_error_text(exc: OSError) -> str:
+    """One line for an OSError that reached the CLI boundary: what, which path, and the fix."""
+    import errno
+
+    where = f" {exc.filename}" if exc.filename else ""
+    what = exc.strerror or type(exc).__name__
+    fix = {
+        errno.EACCES: "check the file and folder permissions",
+        errno.EPERM: "check the file and folder permissions",
+        errno.ENOSPC: "free space or choose another output folder",
+        errno.EDQUOT: "free space or choose another output folder",
+        errno.EROFS: "choose a writable output folder",
+        errno.ENOENT: "check the path",
+        errno.EISDIR: "give a file, not a folder",
+    }.get(exc.errno or 0, "check the path and try again")
+    return f"cannot access{where}: {what}; {fix}"
 
 
 def parse_int_list(text: str, what: str) -> list[int]:

@@ -17,15 +17,9 @@ if TYPE_CHECKING:
 
 def read_labels(path: Path, name: str) -> np.ndarray:
     """Level 0 of a label TIFF, whole, as a 2-D integer array (eval does not need bounded memory)."""
-    import tifffile
+    from cyclepose_deploy.runtime.formats import read_tiff_whole
 
-    if not path.is_file():
-        raise UserError(f"{name} file {path} does not exist: check the path")
-    try:
-        with tifffile.TiffFile(path) as tif:
-            labels = tif.series[0].levels[0].asarray()
-    except (tifffile.TiffFileError, ValueError, IndexError) as exc:
-        raise UserError(f"{name} file {path} is not a readable TIFF ({exc}): pass a label TIFF") from None
+    labels = read_tiff_whole(path, f"{name} file")
     while labels.ndim > 2 and labels.shape[0] == 1:  # drop leading singleton axes, keep a 1xN image 2-D
         labels = labels[0]
     if labels.ndim == 3 and labels.shape[-1] == 1:

@@ -48,17 +48,18 @@ def _blob_image(size: int, rng: np.random.Generator) -> np.ndarray:
 
 def read_images(paths: Sequence[str | Path], channels: int) -> list[np.ndarray]:
     """Each image as normalised (C, H, W) float32; 2-D images are repeated to `channels`."""
-    import tifffile
+    from cyclepose_deploy.runtime.formats import read_tiff_whole
 
     images = []
     for path in paths:
         if not Path(path).is_file():
             raise UserError(f"calibration image {path} not found: fix the --calib path")
-        try:
-            data = np.asarray(tifffile.imread(path), dtype=np.float32)
-        except Exception as exc:
-            raise UserError(f"cannot read calibration image {path} ({exc}): pass a TIFF image") from None
-        images.append(_to_chw(data, channels, path))
+        raw = read_tiff_whole(Path(path), "calibration image")
+        if raw.dtype.kind not in "uif":
+            raise UserError(
+                f"calibration image {path} has pixel type {raw.dtype}: pass uint8, uint16 or float32"
+            )
+        images.append(_to_chw(raw.astype(np.float32), channels, path))
     return images
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,11 +13,66 @@ from typing import Any
 
 from cyclepose_deploy.errors import UserError
 
+PARTIAL = ".partial"
+SCRATCH_PREFIX = ".cyclepose-"
+# Leftovers of killed runs: ".NAME.PID.RANDOM.partial" files, ".cyclepose-PID-RANDOM" scratch folders
+# and the older ".NAME.partial-PID" files. Removed only when their process is gone and they are old
+# (a run on another machine sharing the folder keeps touching its own).
+LEFTOVER = re.compile(
+    r"^\.(?:cyclepose-(?P<a>\d+)-.+|.+\.(?P<b>\d+)\.[^.]+\.partial|.+\.partial-(?P<c>\d+))$"
+)
+LEFTOVER_AGE_S = 3600.0
+
+
+def scratch_prefix() -> str:
+    return f"{SCRATCH_PREFIX}{os.getpid()}-"
+
+
+def sweep_leftovers(folder: Path, min_age_s: float = LEFTOVER_AGE_S) -> list[str]:
+    """Remove what killed runs left in `folder` (see LEFTOVER); return the names removed."""
+    import shutil
+    import time
+
+    removed = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        match = LEFTOVER.match(entry.name)
+        if match is None or entry.is_symlink():
+            continue
+        pid = int(next(g for g in match.groups() if g is not None))
+        try:
+            old = now - entry.stat().st_mtime > min_age_s
+        except OSError:
+            continue
+        if pid == os.getpid() or _alive(pid) or not old:
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry.name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
 
 def _temp_name(path: Path) -> Path:
     """A new, empty file beside `path` with an unpredictable name, created with O_EXCL (mkstemp), so a
     symlink planted in a shared output folder is never followed."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=PARTIAL, dir=path.parent)
     os.close(fd)
     return Path(name)
 

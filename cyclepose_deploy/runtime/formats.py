@@ -28,6 +28,8 @@ NGFF_AXES = {"t": "T", "c": "C", "z": "Z", "y": "Y", "x": "X"}
 # A strip of a compressed, untiled TIFF is decoded whole for any window inside it; strips at least
 # this big are kept decoded in a small cache (runtime.slide.StripCache) rather than decoded per read.
 LARGE_STRIP_BYTES = 4 << 20
+# eval, training and int8 calibration read whole images; a header may claim any size, so check first
+MAX_WHOLE_BYTES = 4 << 30
 
 
 @dataclass
@@ -268,3 +270,48 @@ def _open_flat(path: Path) -> Found:
         raise UserError(f"{path} decodes to shape {image.shape}: give a grayscale or RGB image")
     y, x = image.shape[:2]
     return Found(image, axes, None, f"{path.suffix.lstrip('.').upper()} image ({y}x{x} px, axes {axes})")
+
+
+def read_tiff_whole(path: Path, what: str, max_bytes: int | None = None) -> np.ndarray:
+    """Level 0 of the first series of a TIFF, whole, for the commands that need whole images (eval,
+    train, --calib). Raises UserError naming `what` for a missing, unreadable, truncated or
+    implausibly large file (the size is checked from the header before anything is allocated)."""
+    import tifffile
+
+    max_bytes = MAX_WHOLE_BYTES if max_bytes is None else max_bytes
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist: check the path")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise UserError(f"{what} {path} is not a readable TIFF (no image data): check the file")
+            data = tif.series[0].levels[0]
+            size = int(np.prod(data.shape, dtype=np.float64) * np.dtype(data.dtype).itemsize)
+            if size > max_bytes:
+                raise UserError(
+                    f"{what} {path} claims {'x'.join(map(str, data.shape))} px ({size / 2**30:.1f} GiB), "
+                    f"more than the {max_bytes / 2**30:.0f} GiB read whole here: crop it or check the file"
+                )
+            if size == 0:
+                raise UserError(
+                    f"{what} {path} is an empty image (shape {data.shape}): pass an image with pixels"
+                )
+            return np.asarray(data.asarray())
+    except UserError:
+        raise
+    except MemoryError:
+        raise UserError(f"{what} {path} does not fit in memory: crop it") from None
+    except OSError as exc:
+        if exc.errno is not None:
+            raise UserError(
+                f"cannot read {what} {path}: {exc.strerror or exc}; check its permissions"
+            ) from None
+        raise UserError(
+            f"{what} {path} is not a readable TIFF ({exc}): check that the file is complete"
+        ) from None
+    except Exception as exc:  # tifffile / imagecodecs raise many types for damaged data
+        text = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise UserError(
+            f"{what} {path} is not a readable TIFF ({text}): check that the file is complete"
+        ) from None

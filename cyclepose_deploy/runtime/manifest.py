@@ -158,6 +158,8 @@ def load_manifest(directory: str | Path) -> Manifest:
         raise UserError(f"no manifest at {path}: point to a folder written by `cyclepose export`")
     try:
         data = json.loads(path.read_text())
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}; check its permissions") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is not valid JSON ({exc}): re-export the model") from None
     manifest = manifest_from_dict(data, str(path))

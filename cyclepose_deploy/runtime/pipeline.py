@@ -14,7 +14,7 @@ from pathlib import Path
 from cyclepose_deploy.errors import UserError
 from cyclepose_deploy.runtime import defaults
 from cyclepose_deploy.runtime.artifacts import Model
-from cyclepose_deploy.runtime.atomic import atomic_path, check_writable
+from cyclepose_deploy.runtime.atomic import atomic_path, check_writable, scratch_prefix, sweep_leftovers
 from cyclepose_deploy.runtime.chunks import Settings, chunk_windows, halo_for
 from cyclepose_deploy.runtime.diameter import MAX_SCALE, MIN_SCALE, DiameterEstimate, estimate_diameter
 from cyclepose_deploy.runtime.grid import TileGrid
@@ -134,6 +134,13 @@ def run_infer(
             f"({model.diameter[1]:.0f} px): nuclei on tile borders lose context and may be split or cut; "
             f"use --overlap {max(defaults.OVERLAP, math.ceil(model.diameter[1]))} or more"
         )
+    for folder in sorted({p.parent.resolve() for p in outputs.all()}):
+        removed = sweep_leftovers(folder)
+        if removed:
+            say(
+                f"removed {len(removed)} leftover(s) of interrupted runs in {folder}: "
+                + ", ".join(removed[:3])
+            )
     start = time.perf_counter()
     slide = Slide(slide_path, channel, options)
     try:
@@ -204,7 +211,7 @@ def _run(
     times = {"normalize": time.perf_counter() - t0}
     with contextlib.ExitStack() as stack:
         scratch = stack.enter_context(
-            tempfile.TemporaryDirectory(prefix=".cyclepose-", dir=outputs.labels.parent)
+            tempfile.TemporaryDirectory(prefix=scratch_prefix(), dir=outputs.labels.parent)
         )
         temps = {p: stack.enter_context(atomic_path(p)) for p in outputs.all()}
         runner = stack.enter_context(model.runner())

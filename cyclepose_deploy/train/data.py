@@ -84,15 +84,12 @@ class MaskBank:
 
 def read_image(path: str | Path, in_channels: int | None = None) -> np.ndarray:
     """(C, H, W) float32 from a TIFF: 2-D -> one channel; (C, H, W) or (H, W, C) with C <= 2 kept."""
-    import tifffile
+    from cyclepose_deploy.runtime.formats import read_tiff_whole
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"training image {path} not found: pass existing TIFF files to --images")
-    try:
-        image = np.asarray(tifffile.imread(path))
-    except Exception as exc:
-        raise UserError(f"cannot read {path} as TIFF ({type(exc).__name__}); pass TIFF images") from None
+    image = read_tiff_whole(path, "training image")
     if image.dtype.kind not in "uif":
         raise UserError(f"{path} has pixel type {image.dtype}: convert it to uint8, uint16 or float32")
     if image.size == 0:
