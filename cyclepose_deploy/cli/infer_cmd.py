@@ -17,9 +17,10 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @user_errors
     def infer(
-        slide: Path = typer.Argument(
+        slides: list[Path] = typer.Argument(
             ...,
-            help="Input TIFF / BigTIFF / OME-TIFF / ImageJ TIFF, OME-Zarr or zarr array, PNG / JPEG / BMP.",
+            help="Input image(s): TIFF / BigTIFF / OME-TIFF / ImageJ TIFF, OME-Zarr or zarr array, PNG / "
+            "JPEG / BMP; a folder or a quoted glob segments every image in it (with --out-dir).",
         ),
         engine: Path = typer.Option(
             ...,
@@ -27,14 +28,22 @@ def register(app: typer.Typer) -> None:
             "--engine",
             help="An export folder, an .onnx, or a TensorRT .engine/.plan/.trt; --engine is an alias.",
         ),
-        out: Path = typer.Option(..., "-o", "--output", help="Labels to write (uint32 tiled OME BigTIFF)."),
+        out: Path | None = typer.Option(
+            None, "-o", "--output", help="Labels to write for one image (uint32 tiled OME BigTIFF)."
+        ),
+        out_dir: Path | None = typer.Option(
+            None,
+            "--out-dir",
+            help="Batch mode: write NAME.labels.ome.tif and NAME.objects.csv per image, and summary.csv.",
+        ),
+        recursive: bool = typer.Option(False, "--recursive", help="Batch mode: also search sub-folders."),
         tile: int = typer.Option(
             defaults.TILE, "--tile", help=f"Network tile size (multiple of {defaults.SIZE_MULTIPLE})."
         ),
         overlap: int = typer.Option(
             defaults.OVERLAP, "--overlap", help="Tile overlap in pixels, blended with a taper."
         ),
-        batch: int = typer.Option(defaults.BATCH, "--batch", help="Tiles per network call."),
+        batch_size: int = typer.Option(defaults.BATCH, "--batch", help="Tiles per network call."),
         chunk: int = typer.Option(
             defaults.CHUNK, "--chunk", help="Chunk size for dynamics; bounds the memory."
         ),
@@ -83,11 +92,9 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Segment nuclei on a slide of any size in bounded memory."""
-        from cyclepose_deploy.runtime.artifacts import resolve_model
+        from cyclepose_deploy.cli import batch
+        from cyclepose_deploy.runtime.api import Segmenter
         from cyclepose_deploy.runtime.atomic import check_writable, write_json_atomic
-        from cyclepose_deploy.runtime.chunks import Settings
-        from cyclepose_deploy.runtime.grid import TileGrid
-        from cyclepose_deploy.runtime.pipeline import Outputs, run_infer
         from cyclepose_deploy.runtime.slide import SlideOptions
         from cyclepose_deploy.runtime.units import parse_pixel_size
 
@@ -104,39 +111,51 @@ def register(app: typer.Typer) -> None:
             channel, series, level, z, t, plane, parse_pixel_size(pixel_size) if pixel_size else None
         )
 
-        settings = Settings(
+        if summary_json is not None:
+            check_writable(summary_json)
+        norms = (
+            _pair(norm_percentiles, "--norm-percentiles", "1,99.8"),
+            _pair(norm_range, "--norm-range", "100,4000"),
+        )
+        images, batch_mode = batch.expand_inputs(slides, recursive, out, out_dir)
+        seg = Segmenter(
+            engine,
             tile=tile,
             overlap=overlap,
-            batch=batch,
+            batch=batch_size,
             chunk=chunk,
             cellprob_threshold=cellprob_threshold,
             flow_threshold=flow_threshold,
         )
-        TileGrid((1, 1), tile, overlap)  # validates tile and overlap before any work
-        if summary_json is not None:
-            check_writable(summary_json)
-        model = resolve_model(engine)
-        console.print(f"model: {model.describe()}")
-        outputs = Outputs(out, objects, preview, prob)
-        with _progress() as report:
-            summary = run_infer(
-                slide,
-                model,
-                outputs,
-                settings,
-                channel,
-                diameter,
-                report,
-                _pair(norm_percentiles, "--norm-percentiles", "1,99.8"),
-                _pair(norm_range, "--norm-range", "100,4000"),
-                options=options,
-                diameter_um=diameter_um,
-                overwrite=overwrite,
-                warn=_say,
-            )
+        console.print(f"model: {seg.describe()}")
+        with seg:
+            if batch_mode:
+                assert out_dir is not None
+                code = batch.run_batch(
+                    seg, images, out_dir, options, diameter, diameter_um, norms, overwrite, _say
+                )
+                raise typer.Exit(code)
+            assert out is not None
+            with _progress() as report:
+                summary = seg.segment_file(
+                    images[0],
+                    out,
+                    objects=objects,
+                    preview=preview,
+                    prob=prob,
+                    options=options,
+                    diameter=diameter,
+                    diameter_um=diameter_um,
+                    norm_percentiles=norms[0],
+                    norm_range=norms[1],
+                    overwrite=overwrite,
+                    warn=_say,
+                    progress=report,
+                )
+        outputs = [p for p in (out, objects, preview, prob) if p is not None]
         _print_summary(summary, outputs)
         if summary_json is not None:
-            write_json_atomic(summary_json, _summary_dict(summary, outputs, model.describe()))
+            write_json_atomic(summary_json, _summary_dict(summary, outputs, seg.describe()))
 
 
 def _say(text: str) -> None:
@@ -193,7 +212,7 @@ def _print_summary(summary: Any, outputs: Any) -> None:
     )
     console.print(_diameter_line(summary))
     console.print(f"time per stage (threads overlap): {stages}")
-    console.print("wrote " + ", ".join(str(p) for p in outputs.all()))
+    console.print("wrote " + ", ".join(str(p) for p in outputs))
 
 
 def _summary_dict(summary: Any, outputs: Any, model: str) -> dict[str, Any]:
@@ -207,7 +226,7 @@ def _summary_dict(summary: Any, outputs: Any, model: str) -> dict[str, Any]:
         "tiles_run": summary.tiles_run,
         "tiles_grid": summary.tiles_grid,
         "stage_seconds": summary.times,
-        "outputs": [str(p) for p in outputs.all()],
+        "outputs": [str(p) for p in outputs],
         "diameter": _diameter_dict(summary),
         "scale": summary.scale,
         "image": summary.image,

@@ -10,11 +10,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from cyclepose_deploy.errors import UserError
 from cyclepose_deploy.runtime import defaults
 from cyclepose_deploy.runtime.artifacts import Model
 from cyclepose_deploy.runtime.atomic import atomic_path, check_writable, scratch_prefix, sweep_leftovers
+from cyclepose_deploy.runtime.backends.base import Runner
 from cyclepose_deploy.runtime.chunks import Settings, chunk_windows, halo_for
 from cyclepose_deploy.runtime.diameter import MAX_SCALE, MIN_SCALE, DiameterEstimate, estimate_diameter
 from cyclepose_deploy.runtime.grid import TileGrid
@@ -31,7 +35,9 @@ Progress = Callable[[str, int, int], None]  # (task, advance, total)
 
 @dataclass(frozen=True)
 class Outputs:
-    labels: Path
+    """Files to write; `labels` None keeps the labels in memory (Summary.labels), for the Python API."""
+
+    labels: Path | None
     objects: Path | None = None
     preview: Path | None = None
     prob: Path | None = None
@@ -55,6 +61,7 @@ class Summary:
     scale: float = 1.0
     pixel_size: tuple[float, float] | None = None  # (y, x) µm of the segmented image, None if unknown
     image: str = ""  # which series / level / plane was segmented
+    labels: np.ndarray | None = field(default=None, repr=False)  # (H, W) uint32 when kept in memory
 
     @property
     def mpix_per_s(self) -> float:
@@ -92,6 +99,7 @@ def run_infer(
     diameter_um: float | None = None,
     overwrite: bool = True,
     warn: Callable[[str], None] | None = None,
+    runner: Runner | None = None,
 ) -> Summary:
     """Segment a slide of any size in memory bounded by the chunk size.
 
@@ -100,10 +108,52 @@ def run_infer(
     norm_percentiles: (low, high) percentiles instead of the model's; norm_range: fixed (min, max)
     intensities mapped to 0 and 1 instead of statistics of the slide; options: which series, level,
     plane and channel of the file (runtime.slide.SlideOptions); overwrite: False refuses outputs that
-    exist; warn: called with each note for the user (chosen series, empty channel, small overlap).
+    exist; warn: called with each note for the user (chosen series, empty channel, small overlap);
+    runner: an active runner of `model` to reuse (batches of images load the model once).
     Raises UserError for bad options and inputs, before any output is written."""
     say = warn or (lambda text: None)
     _check_outputs(outputs, slide_path, overwrite)
+    model, fixed = check_settings(model, settings, diameter, diameter_um, norm_percentiles, norm_range, say)
+    for folder in sorted({p.parent.resolve() for p in outputs.all()}):
+        removed = sweep_leftovers(folder)
+        if removed:
+            say(
+                f"removed {len(removed)} leftover(s) of interrupted runs in {folder}: "
+                + ", ".join(removed[:3])
+            )
+    start = time.perf_counter()
+    slide = Slide(slide_path, channel, options)
+    try:
+        say(f"image: {slide.description}, pixel size {_size_text(slide)}")
+        for note in slide.notes:
+            say(note)
+        if diameter_um is not None:
+            if slide.pixel_size is None:
+                raise UserError(
+                    f"--diameter-um needs the pixel size, and {slide.path.name} does not say it: "
+                    "add --pixel-size (µm) or give --diameter in px"
+                )
+            diameter = diameter_um / math.sqrt(slide.pixel_size[0] * slide.pixel_size[1])
+        if diameter is not None:
+            check_scale(diameter, model)
+        return run_source(
+            slide, model, outputs, settings, diameter, progress or (lambda *a: None), start, fixed, runner
+        )
+    finally:
+        slide.close()
+
+
+def check_settings(
+    model: Model,
+    settings: Settings,
+    diameter: float | None,
+    diameter_um: float | None,
+    norm_percentiles: tuple[float, float] | None,
+    norm_range: tuple[float, float] | None,
+    say: Callable[[str], None],
+) -> tuple[Model, Normalization | None]:
+    """Validate the options before any work: (the model with the user's percentiles, the fixed
+    normalisation or None). Raises UserError naming the option and the allowed range."""
     for value, option, unit in (
         (diameter, "--diameter", "pixels, e.g. 17"),
         (diameter_um, "--diameter-um", "µm, e.g. 6.5"),
@@ -134,34 +184,10 @@ def run_infer(
             f"({model.diameter[1]:.0f} px): nuclei on tile borders lose context and may be split or cut; "
             f"use --overlap {max(defaults.OVERLAP, math.ceil(model.diameter[1]))} or more"
         )
-    for folder in sorted({p.parent.resolve() for p in outputs.all()}):
-        removed = sweep_leftovers(folder)
-        if removed:
-            say(
-                f"removed {len(removed)} leftover(s) of interrupted runs in {folder}: "
-                + ", ".join(removed[:3])
-            )
-    start = time.perf_counter()
-    slide = Slide(slide_path, channel, options)
-    try:
-        say(f"image: {slide.description}, pixel size {_size_text(slide)}")
-        for note in slide.notes:
-            say(note)
-        if diameter_um is not None:
-            if slide.pixel_size is None:
-                raise UserError(
-                    f"--diameter-um needs the pixel size, and {slide.path.name} does not say it: "
-                    "add --pixel-size (µm) or give --diameter in px"
-                )
-            diameter = diameter_um / math.sqrt(slide.pixel_size[0] * slide.pixel_size[1])
-        if diameter is not None:
-            _check_scale(diameter, model, slide.shape)
-        return _run(slide, model, outputs, settings, diameter, progress or (lambda *a: None), start, fixed)
-    finally:
-        slide.close()
+    return model, fixed
 
 
-def _check_scale(diameter: float, model: Model, shape: tuple[int, int]) -> None:
+def check_scale(diameter: float, model: Model) -> None:
     """A given diameter rescales the slide by train_diameter / diameter: keep it within the range the
     automatic estimate uses (MIN_SCALE..MAX_SCALE) so a typo cannot ask for a 50x larger slide."""
     low, high = model.train_diameter / MAX_SCALE, model.train_diameter / MIN_SCALE
@@ -193,8 +219,8 @@ def _size_text(slide: Slide) -> str:
     return f"{x:.4g} x {y:.4g} µm ({source})"
 
 
-def _run(
-    slide: Slide,
+def run_source(
+    slide: Any,
     model: Model,
     outputs: Outputs,
     settings: Settings,
@@ -202,7 +228,10 @@ def _run(
     progress: Progress,
     start: float,
     fixed: Normalization | None = None,
+    shared_runner: Runner | None = None,
 ) -> Summary:
+    """Segment an open image (a runtime.slide.Slide, or any Source with shape, read, pixel_size and
+    description) into `outputs`; the options were checked by `check_settings`."""
     t0 = time.perf_counter()
     norm = fixed if fixed is not None else sample_normalization(slide, model.lower, model.upper)
     settings = replace(
@@ -210,11 +239,10 @@ def _run(
     )
     times = {"normalize": time.perf_counter() - t0}
     with contextlib.ExitStack() as stack:
-        scratch = stack.enter_context(
-            tempfile.TemporaryDirectory(prefix=scratch_prefix(), dir=outputs.labels.parent)
-        )
+        where = outputs.labels.parent if outputs.labels is not None else None  # None: the system temp
+        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix=scratch_prefix(), dir=where))
         temps = {p: stack.enter_context(atomic_path(p)) for p in outputs.all()}
-        runner = stack.enter_context(model.runner())
+        runner = shared_runner if shared_runner is not None else stack.enter_context(model.runner())
         settings = replace(settings, channels=runner.channels or 1)
         if runner.shape_limits is not None:  # an engine profile: fit the batch, refuse a tile outside it
             settings = replace(settings, batch=min(settings.batch, runner.shape_limits.max_batch))
@@ -227,7 +255,7 @@ def _run(
         store = ScratchStore(scratch, source.shape, keep_prob=outputs.prob is not None)
         pipe, chunks = _pass_one(source, norm, runner, settings, store, progress)
         times.update(pipe.times)
-        count = _pass_two(slide, norm, store, outputs, temps, progress, times)
+        count, labels = _pass_two(slide, norm, store, outputs, temps, progress, times)
     grid = TileGrid(source.shape, settings.tile, settings.overlap)
     return Summary(
         count,
@@ -241,6 +269,7 @@ def _run(
         scale,
         slide.pixel_size,
         slide.description,
+        labels,
     )
 
 
@@ -285,7 +314,9 @@ def _pass_two(
     temps: dict[Path, Path],
     progress: Progress,
     times: dict[str, float],
-) -> int:
+) -> tuple[int, np.ndarray | None]:
+    """Labels 1..N block by block into the labels file (or an in-memory array when outputs.labels is
+    None), feeding the object table and preview. Returns (N, the in-memory labels or None)."""
     t = time.perf_counter()
     table = store.id_table()
     objects = ObjectTable(len(table), slide, slide.pixel_size) if outputs.objects else None
@@ -294,8 +325,18 @@ def _pass_two(
     rows = slide.shape[0]
     observers.append(lambda r0, c0, block: progress("labels", block.shape[0] if c0 == 0 else 0, rows))
     blocks = label_blocks(store.ids, table, slide.shape)
-    with writing(outputs.labels):
-        write_tiled_tiff(temps[outputs.labels], blocks, slide.shape, "uint32", slide.pixel_size, observers)
+    in_memory = None
+    if outputs.labels is None:
+        in_memory = np.zeros(slide.shape, np.uint32)
+        for r0, c0, block in blocks:
+            for observe in observers:
+                observe(r0, c0, block)
+            in_memory[r0 : r0 + block.shape[0], c0 : c0 + block.shape[1]] = block
+    else:
+        with writing(outputs.labels):
+            write_tiled_tiff(
+                temps[outputs.labels], blocks, slide.shape, "uint32", slide.pixel_size, observers
+            )
     if objects is not None and outputs.objects is not None:
         objects.save_csv(temps[outputs.objects])
     if preview is not None and outputs.preview is not None:
@@ -305,4 +346,4 @@ def _pass_two(
         with writing(outputs.prob):
             write_tiled_tiff(temps[outputs.prob], blocks, slide.shape, "uint8", slide.pixel_size)
     times["write"] = time.perf_counter() - t
-    return len(table)
+    return len(table), in_memory

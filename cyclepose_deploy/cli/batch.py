@@ -1,0 +1,202 @@
+"""`cyclepose infer DIR | GLOB | FILE... --out-dir OUT`: many images in one process with one model load.
+
+Each image gets OUT/NAME.labels.ome.tif and OUT/NAME.objects.csv; OUT/summary.csv has one row per image
+(status, objects, seconds, diameter, pixel size, error). A bad file fails its row and the rest go on.
+Exit code: 0 when every image was segmented (or already done), 1 when some failed, 2 when none could
+run. A re-run skips images whose outputs exist (they are complete: every output is renamed into place
+only when finished) unless --overwrite.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from cyclepose_deploy.errors import UserError
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2", ".png", ".jpg", ".jpeg", ".bmp", ".zarr")
+LABELS_SUFFIX = ".labels.ome.tif"
+OBJECTS_SUFFIX = ".objects.csv"
+COLUMNS = ("image", "status", "objects", "seconds", "diameter_px", "pixel_size_um", "labels", "error")
+
+
+def _is_zarr_image(path: Path) -> bool:
+    return path.suffix.lower() == ".zarr" or any(
+        (path / name).exists() for name in (".zarray", ".zgroup", ".zattrs", "zarr.json")
+    )
+
+
+def expand_inputs(
+    paths: Sequence[Path], recursive: bool, out: Path | None, out_dir: Path | None
+) -> tuple[list[Path], bool]:
+    """(the images, batch mode?) from the command line: files, folders (their images, sorted) and
+    quoted globs. One file with -o is the single-image mode; anything else needs --out-dir."""
+    images: list[Path] = []
+    expanded = False
+    for raw in paths:
+        if raw.is_dir() and not _is_zarr_image(raw):
+            pattern = "**/*" if recursive else "*"
+            found = sorted(p for p in raw.glob(pattern) if _looks_like_image(p))
+            if not found:
+                raise UserError(f"no images in folder {raw} (looked for {', '.join(IMAGE_SUFFIXES)})")
+            images.extend(found)
+            expanded = True
+        elif not raw.exists() and glob.has_magic(str(raw)):
+            found = sorted(
+                Path(p) for p in glob.glob(str(raw), recursive=recursive) if _looks_like_image(Path(p))
+            )
+            if not found:
+                raise UserError(f"no images match {raw}: check the pattern")
+            images.extend(found)
+            expanded = True
+        else:
+            images.append(raw)
+    if out_dir is None:
+        if len(images) == 1 and not expanded and out is not None:
+            return images, False
+        if out is None:
+            raise UserError("give -o LABELS for one image, or --out-dir FOLDER for several")
+        raise UserError(
+            f"{len(images)} images given: use --out-dir FOLDER (one labels file per image), not -o"
+        )
+    if out is not None:
+        raise UserError("-o and --out-dir both given: -o names one image's labels, --out-dir a batch folder")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out-dir {out_dir} is a file: give a folder")
+    return images, True
+
+
+def _looks_like_image(path: Path) -> bool:
+    name = path.name.lower()
+    if name.endswith(LABELS_SUFFIX) or name.startswith("."):
+        return False
+    if path.suffix.lower() == ".zarr":
+        return path.is_dir()
+    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
+def output_names(images: Sequence[Path]) -> list[str]:
+    """A unique output name per image: its file name without the image suffix(es), prefixed by the
+    parent folder's name where two images share a name."""
+    stems = [_stem(p) for p in images]
+    names = []
+    for path, stem in zip(images, stems, strict=True):
+        names.append(f"{path.parent.name}_{stem}" if stems.count(stem) > 1 else stem)
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return unique
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr", *IMAGE_SUFFIXES):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def run_batch(
+    seg: Any,
+    images: Sequence[Path],
+    out_dir: Path,
+    options: Any,
+    diameter: float | None,
+    diameter_um: float | None,
+    norms: tuple[Any, Any],
+    overwrite: bool,
+    say: Callable[[str], None],
+) -> int:
+    """Segment each image with the loaded Segmenter; write the summary; return the exit code."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from cyclepose_deploy.console import console
+    from cyclepose_deploy.runtime.atomic import write_atomic
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create --out-dir {out_dir}: {exc.strerror or exc}") from None
+    rows: list[dict[str, Any]] = []
+    names = output_names(images)
+    bar = Progress(
+        TextColumn("images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
+    )
+    with bar:
+        task = bar.add_task("images", total=len(images))
+        for image, name in zip(images, names, strict=True):
+            rows.append(
+                _one(seg, image, out_dir, name, options, diameter, diameter_um, norms, overwrite, say)
+            )
+            bar.advance(task)
+    write_atomic(out_dir / "summary.csv", _csv(rows).encode())
+    failed = sum(r["status"] == "failed" for r in rows)
+    done = sum(r["status"] == "done" for r in rows)
+    skipped = len(rows) - failed - done
+    console.print(
+        f"{done} segmented, {skipped} already done (skipped), {failed} failed; "
+        f"summary in {out_dir / 'summary.csv'}"
+    )
+    if failed == 0:
+        return 0
+    return 2 if failed == len(rows) else 1
+
+
+def _one(
+    seg: Any,
+    image: Path,
+    out_dir: Path,
+    name: str,
+    options: Any,
+    diameter: float | None,
+    diameter_um: float | None,
+    norms: tuple[Any, Any],
+    overwrite: bool,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    labels, objects = out_dir / f"{name}{LABELS_SUFFIX}", out_dir / f"{name}{OBJECTS_SUFFIX}"
+    row: dict[str, Any] = {"image": str(image), "labels": str(labels)}
+    if not overwrite and labels.is_file() and objects.is_file():
+        return {**row, "status": "skipped"}
+    start = time.perf_counter()
+    try:
+        summary = seg.segment_file(
+            image,
+            labels,
+            objects=objects,
+            options=options,
+            diameter=diameter,
+            diameter_um=diameter_um,
+            norm_percentiles=norms[0],
+            norm_range=norms[1],
+            overwrite=True,
+            warn=lambda text: say(f"{image.name}: {text}") if text.startswith("warning") else None,
+        )
+    except UserError as exc:
+        say(f"warning: {image}: {exc}")
+        return {**row, "status": "failed", "error": str(exc), "seconds": f"{time.perf_counter() - start:.2f}"}
+    size = summary.pixel_size
+    return {
+        **row,
+        "status": "done",
+        "objects": summary.objects,
+        "seconds": f"{summary.seconds:.2f}",
+        "diameter_px": f"{summary.diameter.diameter:.2f}" if summary.diameter else "",
+        "pixel_size_um": f"{size[1]:.4g}" if size else "",
+    }
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row.get(k, "") for k in COLUMNS})
+    return buffer.getvalue()

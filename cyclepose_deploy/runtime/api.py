@@ -1,0 +1,230 @@
+"""The Python entry point (segment-anything's predictor idea: a small numpy-facing class over the
+runtime): load a model once, then segment arrays or files. The CLI is built on it.
+
+    from cyclepose_deploy import Segmenter
+    with Segmenter("export/") as seg:                 # an export folder, .onnx or TensorRT engine
+        labels = seg.segment(image)                  # (H, W) array -> (H, W) uint32 labels, 0 = background
+        summary = seg.segment_file("slide.ome.tif", "labels.ome.tif", objects="objects.csv")
+
+No torch is needed. Arrays are read window by window (numpy, zarr, or dask arrays: a dask array is
+computed one window at a time), so memory is bounded by the chunk for the work, plus the returned
+labels (4 bytes per pixel); for slides larger than memory use `segment_file`, which streams the labels
+to a tiled OME-TIFF.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.runtime import defaults
+from cyclepose_deploy.runtime.chunks import Settings
+from cyclepose_deploy.runtime.grid import TileGrid
+from cyclepose_deploy.runtime.normalize import fill_missing
+from cyclepose_deploy.runtime.slide import SlideOptions
+
+
+@dataclass
+class ArrayImage:
+    """A 2-D array-like (numpy, zarr, dask) as a runtime source: float32 windows, missing data filled
+    like a slide's. pixel_size: (y, x) µm or None."""
+
+    array: Any
+    pixel_size: tuple[float, float] | None = None
+    description: str = "array"
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        shape = tuple(int(n) for n in getattr(self.array, "shape", ()))
+        dtype = np.dtype(getattr(self.array, "dtype", np.float32))
+        if len(shape) != 2:
+            raise UserError(f"segment() takes a 2-D (H, W) image, got shape {shape}: pick one plane/channel")
+        if dtype.kind not in "uif":
+            raise UserError(f"segment() takes integer or float pixels, got {dtype}: convert the image")
+        if min(shape) < 1:
+            raise UserError(f"segment() got an empty image of shape {shape}")
+        self.shape = (shape[0], shape[1])
+        self.file_pixel_size = self.pixel_size
+        self.float_pixels = dtype.kind == "f"
+        self.description = f"{self.description} ({shape[0]}x{shape[1]} px, {dtype})"
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        window = np.asarray(self.array[y0:y1, x0:x1], dtype=np.float32)
+        return fill_missing(window) if self.float_pixels else window
+
+    def close(self) -> None:
+        """Nothing to release (the caller owns the array)."""
+
+
+class Segmenter:
+    """A loaded model and the tiling / dynamics settings, reused for every image.
+
+    model: an export folder (the best verified artifact for this machine), an .onnx file or a TensorRT
+    engine; threads: ONNX Runtime CPU threads (None: all cores); tile, overlap (px), batch (tiles per
+    network call), chunk (px, bounds the memory), cellprob_threshold (logit), flow_threshold: as
+    `cyclepose infer`. Raises UserError for a missing or invalid model or setting."""
+
+    def __init__(
+        self,
+        model: str | Path = "export",
+        *,
+        threads: int | None = None,
+        tile: int = defaults.TILE,
+        overlap: int = defaults.OVERLAP,
+        batch: int = defaults.BATCH,
+        chunk: int = defaults.CHUNK,
+        cellprob_threshold: float = defaults.CELLPROB_THRESHOLD,
+        flow_threshold: float = defaults.FLOW_THRESHOLD,
+    ) -> None:
+        from cyclepose_deploy.runtime.artifacts import resolve_model
+
+        TileGrid((1, 1), tile, overlap)  # validates tile and overlap
+        if batch < 1 or chunk < tile:
+            raise UserError(f"batch {batch} must be >= 1 and chunk {chunk} at least the tile {tile}")
+        self.model = resolve_model(model)
+        self.settings = Settings(
+            tile=tile,
+            overlap=overlap,
+            batch=batch,
+            chunk=chunk,
+            cellprob_threshold=cellprob_threshold,
+            flow_threshold=flow_threshold,
+        )
+        self.threads = threads
+        self._runner: Any = None
+
+    # lifecycle: the runner (ONNX Runtime session / TensorRT engine) is created once, on first use
+    def runner(self) -> Any:
+        if self._runner is None:
+            runner = self.model.runner(threads=self.threads)
+            runner.activate()
+            self._runner = runner
+        return self._runner
+
+    def close(self) -> None:
+        """Release the session / engine."""
+        if self._runner is not None:
+            self._runner.deactivate()
+            self._runner = None
+
+    def __enter__(self) -> Segmenter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def describe(self) -> str:
+        return self.model.describe()
+
+    # work ---------------------------------------------------------------------------------------------
+    def segment(
+        self,
+        image: Any,
+        *,
+        diameter: float | None = None,
+        diameter_um: float | None = None,
+        pixel_size: tuple[float, float] | None = None,
+        norm_percentiles: tuple[float, float] | None = None,
+        norm_range: tuple[float, float] | None = None,
+        warn: Callable[[str], None] | None = None,
+    ) -> np.ndarray:
+        """Instance labels of a 2-D image: (H, W) numpy / zarr / dask array of uint8, uint16 or float
+        pixels (NaN/Inf: missing) -> (H, W) uint32, 0 = background, 1..N nuclei (the same numbering as
+        `cyclepose infer` gives for the same pixels). diameter: median nucleus diameter in px (None:
+        estimated, see runtime.diameter); diameter_um with pixel_size (y, x) µm instead."""
+        return self.segment_array(
+            image,
+            diameter=diameter,
+            diameter_um=diameter_um,
+            pixel_size=pixel_size,
+            norm_percentiles=norm_percentiles,
+            norm_range=norm_range,
+            warn=warn,
+        ).labels  # type: ignore[return-value]
+
+    def segment_array(self, image: Any, **kwargs: Any) -> Any:
+        """As `segment`, returning the run's Summary (labels in `.labels`, the diameter used, times)."""
+        from cyclepose_deploy.runtime.pipeline import Outputs, check_scale, check_settings, run_source
+
+        say = kwargs.get("warn") or (lambda text: None)
+        model, fixed = check_settings(
+            self.model,
+            self.settings,
+            kwargs.get("diameter"),
+            kwargs.get("diameter_um"),
+            kwargs.get("norm_percentiles"),
+            kwargs.get("norm_range"),
+            say,
+        )
+        source = ArrayImage(image, kwargs.get("pixel_size"))
+        diameter = kwargs.get("diameter")
+        if kwargs.get("diameter_um") is not None:
+            if source.pixel_size is None:
+                raise UserError("diameter_um needs pixel_size=(y, x) in µm, or give diameter in px")
+            diameter = kwargs["diameter_um"] / math.sqrt(source.pixel_size[0] * source.pixel_size[1])
+        if diameter is not None:
+            check_scale(diameter, model)
+        return run_source(
+            source,
+            model,
+            Outputs(None),
+            self.settings,
+            diameter,
+            lambda *a: None,
+            time.perf_counter(),
+            fixed,
+            self.runner(),
+        )
+
+    def segment_file(
+        self,
+        path: str | Path,
+        labels: str | Path,
+        *,
+        objects: str | Path | None = None,
+        preview: str | Path | None = None,
+        prob: str | Path | None = None,
+        options: SlideOptions | None = None,
+        diameter: float | None = None,
+        diameter_um: float | None = None,
+        norm_percentiles: tuple[float, float] | None = None,
+        norm_range: tuple[float, float] | None = None,
+        overwrite: bool = False,
+        warn: Callable[[str], None] | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> Any:
+        """Segment an image file of any size (TIFF / OME-TIFF / OME-Zarr / PNG / ...; `options` picks
+        the series, level, plane and channel) into a tiled OME-TIFF of uint32 labels and the optional
+        object table (CSV), preview (PNG) and probability map; returns the run's Summary. Outputs
+        that exist are replaced only with overwrite=True."""
+        from cyclepose_deploy.runtime.pipeline import Outputs, run_infer
+
+        outputs = Outputs(
+            Path(labels),
+            Path(objects) if objects else None,
+            Path(preview) if preview else None,
+            Path(prob) if prob else None,
+        )
+        return run_infer(
+            path,
+            self.model,
+            outputs,
+            self.settings,
+            None,
+            diameter,
+            progress,
+            norm_percentiles,
+            norm_range,
+            options=options,
+            diameter_um=diameter_um,
+            overwrite=overwrite,
+            warn=warn,
+            runner=self.runner(),
+        )

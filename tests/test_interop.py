@@ -1,0 +1,144 @@
+"""Batch mode and the Python API (issue: interop): one process and one model load for a folder of
+images; the API gives the CLI's labels bit for bit."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from typer.testing import CliRunner
+
+from cyclepose_deploy.cli import app
+from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.synth.slide import make_slide
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory, nuclei_net: Callable) -> Path:
+    return nuclei_net(tmp_path_factory.mktemp("net") / "nuclei.onnx")
+
+
+def invoke(*args: object) -> tuple[int, str]:
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def rows(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "summary.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_folder_of_mixed_images_with_one_corrupt(net: Path, tmp_path: Path) -> None:
+    import imagecodecs
+
+    src = tmp_path / "fields"
+    src.mkdir()
+    for i in range(19):
+        size = (96, 128, 160)[i % 3]
+        image, _ = make_slide(size, size + 16 * (i % 2), seed=i)
+        if i % 4 == 1:
+            (src / f"f{i:02d}.png").write_bytes(imagecodecs.png_encode((image >> 4).astype(np.uint8)))
+        elif i % 4 == 2:
+            tifffile.imwrite(src / f"f{i:02d}.tif", image.astype(np.float32))
+        else:
+            tifffile.imwrite(src / f"f{i:02d}.tif", image)
+    (src / "f19.tif").write_bytes(b"II*\x00 truncated")
+    (src / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    code, text = invoke("infer", src, "--model", net, "--out-dir", out)
+    assert code == 1, text
+    table = rows(out)
+    assert len(table) == 20
+    assert [r["status"] for r in table].count("done") == 19
+    failed = [r for r in table if r["status"] == "failed"]
+    assert len(failed) == 1 and failed[0]["image"].endswith("f19.tif") and "cannot read" in failed[0]["error"]
+    labels = sorted(out.glob("*.labels.ome.tif"))
+    assert len(labels) == 19 and len(list(out.glob("*.objects.csv"))) == 19
+    for row in table[:19]:
+        assert int(row["objects"]) == tifffile.imread(row["labels"]).max() > 0
+    # a re-run skips what is complete; --overwrite redoes it
+    code, text = invoke("infer", src, "--model", net, "--out-dir", out)
+    assert code == 1 and [r["status"] for r in rows(out)].count("skipped") == 19, text
+    (src / "f19.tif").unlink()
+    code, text = invoke("infer", src, "--model", net, "--out-dir", out, "--overwrite")
+    assert code == 0 and [r["status"] for r in rows(out)].count("done") == 19, text
+
+
+def test_batch_where_nothing_runs_exits_2(net: Path, tmp_path: Path) -> None:
+    for i in range(2):
+        (tmp_path / f"bad{i}.tif").write_bytes(b"not a tiff")
+    code, text = invoke(
+        "infer", tmp_path / "bad0.tif", tmp_path / "bad1.tif", "--model", net, "--out-dir", tmp_path / "out"
+    )
+    assert code == 2, text
+    assert [r["status"] for r in rows(tmp_path / "out")] == ["failed", "failed"]
+
+
+def test_glob_recursive_and_mode_errors(net: Path, tmp_path: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for folder in (tmp_path / "a", tmp_path / "a" / "b"):
+        tifffile.imwrite(folder / "same.tif", make_slide(96, 96, 1)[0])
+    code, text = invoke(
+        "infer",
+        str(tmp_path / "a" / "**" / "*.tif"),
+        "--recursive",
+        "--model",
+        net,
+        "--out-dir",
+        tmp_path / "out",
+    )
+    assert code == 0, text
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.labels.ome.tif")) == [
+        "a_same.labels.ome.tif",
+        "b_same.labels.ome.tif",
+    ]
+    code, text = invoke("infer", tmp_path / "a", "--model", net, "-o", tmp_path / "x.tif")
+    assert code == 2 and "--out-dir" in text
+    code, text = invoke("infer", tmp_path / "a" / "same.tif", "--model", net)
+    assert code == 2 and "give -o" in text
+
+
+def test_api_equals_cli_bit_for_bit(net: Path, tmp_path: Path) -> None:
+    from cyclepose_deploy import Segmenter
+
+    image, _ = make_slide(200, 232, 7)
+    tifffile.imwrite(tmp_path / "s.tif", image)
+    code, text = invoke("infer", tmp_path / "s.tif", "--model", net, "-o", tmp_path / "l.tif")
+    assert code == 0, text
+    cli = tifffile.imread(tmp_path / "l.tif")
+    with Segmenter(net) as seg:
+        labels = seg.segment(image)
+        again = seg.segment(image.astype(np.float32))
+        summary = seg.segment_file(tmp_path / "s.tif", tmp_path / "api.tif")
+    assert labels.dtype == np.uint32 and labels.shape == image.shape
+    np.testing.assert_array_equal(labels, cli)
+    np.testing.assert_array_equal(again, cli)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "api.tif"), cli)
+    assert summary.objects == cli.max()
+
+
+def test_api_reads_zarr_and_dask_arrays_in_windows(net: Path, tmp_path: Path) -> None:
+    import zarr
+
+    from cyclepose_deploy import Segmenter
+
+    image, _ = make_slide(256, 256, 3)
+    z = zarr.open_array(
+        str(tmp_path / "a.zarr"), mode="w", shape=image.shape, chunks=(64, 64), dtype=image.dtype
+    )
+    z[:] = image
+    with Segmenter(net, chunk=256) as seg:
+        reference = seg.segment(image)
+        np.testing.assert_array_equal(seg.segment(z), reference)
+        with pytest.raises(UserError, match="2-D"):
+            seg.segment(np.zeros((2, 64, 64), np.uint16))
+        with pytest.raises(UserError, match="pixel_size"):
+            seg.segment(image, diameter_um=6.0)
+        da = pytest.importorskip("dask.array")  # last: skips only the dask case where dask is absent
+        np.testing.assert_array_equal(seg.segment(da.from_array(image, chunks=64)), reference)
