@@ -142,3 +142,34 @@ def test_api_reads_zarr_and_dask_arrays_in_windows(net: Path, tmp_path: Path) ->
             seg.segment(image, diameter_um=6.0)
         da = pytest.importorskip("dask.array")  # last: skips only the dask case where dask is absent
         np.testing.assert_array_equal(seg.segment(da.from_array(image, chunks=64)), reference)
+
+
+def test_labels_are_a_nearest_neighbour_ome_tiff_pyramid(
+    net: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cyclepose_deploy.runtime.slide import Slide
+
+    monkeypatch.setattr("cyclepose_deploy.runtime.writer.PYRAMID_TOP", 128)
+    image, _ = make_slide(520, 400, 9)
+    tifffile.imwrite(tmp_path / "s.tif", image)
+    code, text = invoke(
+        "infer",
+        tmp_path / "s.tif",
+        "--model",
+        net,
+        "-o",
+        tmp_path / "l.tif",
+        "--diameter",
+        20,
+        "--pixel-size",
+        0.5,
+    )
+    assert code == 0, text
+    with tifffile.TiffFile(tmp_path / "l.tif") as tif:
+        levels = [level.asarray() for level in tif.series[0].levels]
+        assert tif.is_ome
+    assert [lv.shape for lv in levels] == [(520, 400), (260, 200), (130, 100), (65, 50)]
+    for upper, lower in zip(levels, levels[1:]):  # the runtime ran at scale 1: pick every second pixel
+        np.testing.assert_array_equal(lower, upper[1::2, 1::2])
+    assert set(np.unique(levels[2])) <= set(np.unique(levels[0]))
+    assert Slide(tmp_path / "l.tif").pixel_size == pytest.approx((0.5, 0.5))

@@ -28,7 +28,13 @@ from cyclepose_deploy.runtime.preview import Preview
 from cyclepose_deploy.runtime.scratch import ScratchStore
 from cyclepose_deploy.runtime.slide import ScaledSource, Slide, SlideOptions, Source, sample_normalization
 from cyclepose_deploy.runtime.stages import Pipeline
-from cyclepose_deploy.runtime.writer import BlockObserver, label_blocks, resampled_blocks, write_tiled_tiff
+from cyclepose_deploy.runtime.writer import (
+    BlockObserver,
+    label_blocks,
+    pyramid_shapes,
+    resampled_blocks,
+    write_tiled_tiff,
+)
 
 Progress = Callable[[str, int, int], None]  # (task, advance, total)
 
@@ -334,8 +340,10 @@ def _pass_two(
             in_memory[r0 : r0 + block.shape[0], c0 : c0 + block.shape[1]] = block
     else:
         with writing(outputs.labels):
+            # nearest-neighbour levels, straight from the seed ids (labels are never averaged)
+            levels = [(label_blocks(store.ids, table, shape), shape) for shape in pyramid_shapes(slide.shape)]
             write_tiled_tiff(
-                temps[outputs.labels], blocks, slide.shape, "uint32", slide.pixel_size, observers
+                temps[outputs.labels], blocks, slide.shape, "uint32", slide.pixel_size, observers, levels
             )
     if objects is not None and outputs.objects is not None:
         objects.save_csv(temps[outputs.objects])

@@ -35,6 +35,19 @@ def resampled_blocks(array: Any, out_shape: tuple[int, int], rows: int = TIFF_TI
             yield r0, c0, block
 
 
+PYRAMID_TOP = 1024  # sub-resolution levels halve the size until the longest side is at most this
+
+
+def pyramid_shapes(shape: tuple[int, int]) -> list[tuple[int, int]]:
+    """Shapes of the sub-resolution levels below `shape` (each half the previous, rounded up)."""
+    shapes = []
+    h, w = shape
+    while max(h, w) > PYRAMID_TOP:
+        h, w = -(-h // 2), -(-w // 2)
+        shapes.append((h, w))
+    return shapes
+
+
 def label_blocks(ids: Any, table: np.ndarray, out_shape: tuple[int, int]) -> Iterator[Block]:
     """Seed ids -> labels 1..N (uint32) through the sorted id table."""
     for r0, c0, block in resampled_blocks(ids, out_shape):
@@ -63,8 +76,11 @@ def write_tiled_tiff(
     dtype: str,
     pixel_size: tuple[float, float] | None,
     observers: Sequence[BlockObserver] = (),
+    levels: Sequence[tuple[Iterator[Block], tuple[int, int]]] = (),
 ) -> None:
-    """A tiled, zlib-compressed OME BigTIFF written tile row by tile row (never whole in memory)."""
+    """A tiled, zlib-compressed OME BigTIFF written tile row by tile row (never whole in memory).
+    levels: (blocks, shape) of each sub-resolution level, written as SubIFDs (an OME-TIFF pyramid
+    that QuPath, napari and Bio-Formats open level by level)."""
     import tifffile
 
     metadata: dict[str, Any] = {"axes": "YX"}
@@ -83,4 +99,14 @@ def write_tiled_tiff(
             tile=(TIFF_TILE, TIFF_TILE),
             compression="zlib",
             metadata=metadata,
+            subifds=len(levels) or None,
         )
+        for level_blocks, level_shape in levels:
+            tif.write(
+                tiles_of(level_blocks, ()),
+                shape=level_shape,
+                dtype=np.dtype(dtype),
+                tile=(TIFF_TILE, TIFF_TILE),
+                compression="zlib",
+                subfiletype=1,
+            )
