@@ -148,6 +148,7 @@ def test_labels_are_a_nearest_neighbour_ome_tiff_pyramid(
     net: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from cyclepose_deploy.runtime.slide import Slide
+    from cyclepose_deploy.runtime.writer import nearest_index
 
     monkeypatch.setattr("cyclepose_deploy.runtime.writer.PYRAMID_TOP", 128)
     image, _ = make_slide(520, 400, 9)
@@ -169,7 +170,10 @@ def test_labels_are_a_nearest_neighbour_ome_tiff_pyramid(
         levels = [level.asarray() for level in tif.series[0].levels]
         assert tif.is_ome
     assert [lv.shape for lv in levels] == [(520, 400), (260, 200), (130, 100), (65, 50)]
-    for upper, lower in zip(levels, levels[1:]):  # the runtime ran at scale 1: pick every second pixel
-        np.testing.assert_array_equal(lower, upper[1::2, 1::2])
+    full = levels[0]
+    for level in levels[1:]:  # the runtime ran at scale 1: each level picks the nearest full-size pixel
+        ys = nearest_index(level.shape[0], full.shape[0], 0, level.shape[0])
+        xs = nearest_index(level.shape[1], full.shape[1], 0, level.shape[1])
+        np.testing.assert_array_equal(level, full[np.ix_(ys, xs)])
     assert set(np.unique(levels[2])) <= set(np.unique(levels[0]))
     assert Slide(tmp_path / "l.tif").pixel_size == pytest.approx((0.5, 0.5))
