@@ -4,6 +4,7 @@ images; the API gives the CLI's labels bit for bit."""
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -177,3 +178,68 @@ def test_labels_are_a_nearest_neighbour_ome_tiff_pyramid(
         np.testing.assert_array_equal(level, full[np.ix_(ys, xs)])
     assert set(np.unique(levels[2])) <= set(np.unique(levels[0]))
     assert Slide(tmp_path / "l.tif").pixel_size == pytest.approx((0.5, 0.5))
+
+
+def _polygon_area(ring: list) -> float:
+    pts = np.asarray(ring, float)
+    x, y = pts[:, 0], pts[:, 1]
+    return abs(0.5 * (np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1])))
+
+
+def test_geojson_and_rois_match_the_labels_chunked_or_not(net: Path, tmp_path: Path) -> None:
+    import roifile
+
+    image, _ = make_slide(300, 280, 11)
+    tifffile.imwrite(tmp_path / "s.tif", image)
+    outputs = {}
+    for name, chunk in (("whole", 2048), ("chunked", 256)):
+        folder = tmp_path / name
+        folder.mkdir()
+        code, text = invoke(
+            "infer",
+            tmp_path / "s.tif",
+            "--model",
+            net,
+            "-o",
+            folder / "l.tif",
+            "--chunk",
+            chunk,
+            "--geojson",
+            folder / "n.geojson",
+            "--rois",
+            folder / "r.zip",
+            "--pixel-size",
+            0.5,
+        )
+        assert code == 0, text
+        outputs[name] = ((folder / "n.geojson").read_text(), (folder / "r.zip").read_bytes())
+    assert outputs["whole"][0] == outputs["chunked"][0]  # identical outlines whether chunked or not
+    data = json.loads(outputs["whole"][0])
+    labels = tifffile.imread(tmp_path / "whole" / "l.tif")
+    counts = np.bincount(labels.ravel())
+    assert data["type"] == "FeatureCollection" and len(data["features"]) == labels.max()
+    for feature in data["features"]:
+        props = feature["properties"]
+        assert props["classification"]["name"] == "Nucleus" and props["objectType"] == "detection"
+        label = props["measurements"]["Label"]
+        assert props["measurements"]["Area µm^2"] == pytest.approx(counts[label] * 0.25)
+        geometry = feature["geometry"]
+        polygons = [geometry["coordinates"]] if geometry["type"] == "Polygon" else geometry["coordinates"]
+        area = sum(_polygon_area(p[0]) - sum(_polygon_area(h) for h in p[1:]) for p in polygons)
+        assert area == pytest.approx(counts[label], rel=0.1)
+    rois = roifile.roiread(tmp_path / "whole" / "r.zip")
+    assert len(rois) == labels.max()
+    from scipy import ndimage
+
+    single = 0
+    for roi in rois:
+        label = int(roi.name.split("-")[1])
+        mask = labels == label
+        if ndimage.label(mask)[1] != 1:
+            continue  # a nucleus in pieces: its ROI is the largest piece (documented)
+        single += 1
+        ys, xs = np.nonzero(mask)
+        coords = roi.coordinates()
+        assert coords[:, 0].min() == xs.min() and coords[:, 1].min() == ys.min()
+        assert coords[:, 0].max() == xs.max() + 1 and coords[:, 1].max() == ys.max() + 1
+    assert single > len(rois) // 2

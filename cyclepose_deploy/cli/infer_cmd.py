@@ -87,6 +87,12 @@ def register(app: typer.Typer) -> None:
         objects: Path | None = typer.Option(None, "--objects", help="Object table CSV, one row per nucleus."),
         preview: Path | None = typer.Option(None, "--preview", help="Downsampled PNG with outlines."),
         prob: Path | None = typer.Option(None, "--prob", help="Probability map (uint8 tiled BigTIFF)."),
+        geojson: Path | None = typer.Option(
+            None, "--geojson", help="QuPath GeoJSON: one detection per nucleus (outline, measurements)."
+        ),
+        rois: Path | None = typer.Option(
+            None, "--rois", help="ImageJ/Fiji ROI set (.zip), one ROI per nucleus."
+        ),
         summary_json: Path | None = typer.Option(
             None, "--summary-json", help="Also write the run summary (objects, MPix/s, stage times) as JSON."
         ),
@@ -143,6 +149,8 @@ def register(app: typer.Typer) -> None:
                     objects=objects,
                     preview=preview,
                     prob=prob,
+                    geojson=geojson,
+                    rois=rois,
                     options=options,
                     diameter=diameter,
                     diameter_um=diameter_um,
@@ -152,7 +160,7 @@ def register(app: typer.Typer) -> None:
                     warn=_say,
                     progress=report,
                 )
-        outputs = [p for p in (out, objects, preview, prob) if p is not None]
+        outputs = [p for p in (out, objects, preview, prob, geojson, rois) if p is not None]
         _print_summary(summary, outputs)
         if summary_json is not None:
             write_json_atomic(summary_json, _summary_dict(summary, outputs, seg.describe()))

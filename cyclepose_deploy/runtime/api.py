@@ -191,6 +191,8 @@ class Segmenter:
         objects: str | Path | None = None,
         preview: str | Path | None = None,
         prob: str | Path | None = None,
+        geojson: str | Path | None = None,
+        rois: str | Path | None = None,
         options: SlideOptions | None = None,
         diameter: float | None = None,
         diameter_um: float | None = None,
@@ -201,8 +203,9 @@ class Segmenter:
         progress: Callable[[str, int, int], None] | None = None,
     ) -> Any:
         """Segment an image file of any size (TIFF / OME-TIFF / OME-Zarr / PNG / ...; `options` picks
-        the series, level, plane and channel) into a tiled OME-TIFF of uint32 labels and the optional
-        object table (CSV), preview (PNG) and probability map; returns the run's Summary. Outputs
+        the series, level, plane and channel) into a tiled OME-TIFF pyramid of uint32 labels and the
+        optional object table (CSV), preview (PNG), probability map, QuPath GeoJSON outlines and
+        ImageJ ROI set (.zip); returns the run's Summary. Outputs
         that exist are replaced only with overwrite=True."""
         from cyclepose_deploy.runtime.pipeline import Outputs, run_infer
 
@@ -211,7 +214,13 @@ class Segmenter:
             Path(objects) if objects else None,
             Path(preview) if preview else None,
             Path(prob) if prob else None,
+            Path(geojson) if geojson else None,
+            Path(rois) if rois else None,
         )
+        if rois:
+            from cyclepose_deploy.runtime.vectors import check_rois_available
+
+            check_rois_available()
         return run_infer(
             path,
             self.model,

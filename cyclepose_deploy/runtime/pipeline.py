@@ -47,9 +47,12 @@ class Outputs:
     objects: Path | None = None
     preview: Path | None = None
     prob: Path | None = None
+    geojson: Path | None = None  # QuPath GeoJSON outlines (runtime.vectors)
+    rois: Path | None = None  # ImageJ ROI set (.zip)
 
     def all(self) -> list[Path]:
-        return [p for p in (self.labels, self.objects, self.preview, self.prob) if p is not None]
+        paths = (self.labels, self.objects, self.preview, self.prob, self.geojson, self.rois)
+        return [p for p in paths if p is not None]
 
 
 @dataclass
@@ -312,6 +315,35 @@ def _pass_one(
     return pipe, chunks
 
 
+def _outlines(
+    outputs: Outputs, temps: dict[Path, Path], table: ObjectTable, in_memory: np.ndarray | None, slide: Any
+) -> None:
+    """GeoJSON / ROI outlines from the final labels: the in-memory array, or the labels file just
+    written (read back window by window)."""
+    from cyclepose_deploy.runtime.vectors import write_outlines
+
+    geojson = temps.get(outputs.geojson) if outputs.geojson else None
+    rois = temps.get(outputs.rois) if outputs.rois else None
+    with contextlib.ExitStack() as stack:
+        if in_memory is not None:
+
+            def read(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+                return in_memory[y0:y1, x0:x1]
+        else:
+            import tifffile
+            import zarr
+
+            assert outputs.labels is not None
+            tif = stack.enter_context(tifffile.TiffFile(temps[outputs.labels]))
+            array = zarr.open(tif.series[0].aszarr(level=0), mode="r")
+
+            def read(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+                return np.asarray(array[y0:y1, x0:x1])
+
+        with writing("the outlines"):
+            write_outlines(read, slide.shape, table.rows(), geojson, rois, slide.pixel_size)
+
+
 def _pass_two(
     slide: Slide,
     norm: Normalization,
@@ -325,7 +357,8 @@ def _pass_two(
     None), feeding the object table and preview. Returns (N, the in-memory labels or None)."""
     t = time.perf_counter()
     table = store.id_table()
-    objects = ObjectTable(len(table), slide, slide.pixel_size) if outputs.objects else None
+    want_table = outputs.objects or outputs.geojson or outputs.rois
+    objects = ObjectTable(len(table), slide, slide.pixel_size) if want_table else None
     preview = Preview(slide.shape, slide, norm) if outputs.preview else None
     observers: list[BlockObserver] = [o.observe for o in (objects, preview) if o is not None]
     rows = slide.shape[0]
@@ -347,6 +380,8 @@ def _pass_two(
             )
     if objects is not None and outputs.objects is not None:
         objects.save_csv(temps[outputs.objects])
+    if objects is not None and (outputs.geojson or outputs.rois):
+        _outlines(outputs, temps, objects, in_memory, slide)
     if preview is not None and outputs.preview is not None:
         preview.save(temps[outputs.preview])
     if store.prob is not None and outputs.prob is not None:
