@@ -138,3 +138,45 @@ def test_full_disk_while_saving_a_checkpoint(tmp_path: Path, monkeypatch: pytest
         save_checkpoint(tmp_path / "m.pt", {"config": CONFIG, "S": _net_state(), "step": 2})
     assert (tmp_path / "m.pt").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--lr", "nan"], "--lr nan must be a learning rate"),
+        (["--lr-s", "inf"], "--lr-s inf must be a learning rate"),
+        (["--diameter", "10-inf"], "--diameter needs"),
+        (["--diameter", "nan-30"], "--diameter needs"),
+        (["--max-minutes", "-1"], "--max-minutes"),
+        (["--tile", "100"], "multiple of 16"),
+        (["--coverage", "nan"], "--coverage"),
+    ],
+)
+def test_absurd_training_options_are_refused(tmp_path: Path, args: list[str], message: str) -> None:
+    images = _images(tmp_path)
+    result = CliRunner().invoke(
+        app, ["train", "--images", str(images[0]), "--out", str(tmp_path / "r.pt"), *args]
+    )
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert message in result.output and not (tmp_path / "r.pt").exists()
+
+
+def test_tiny_calibration_image_is_refused(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "m.pt", {"config": dict(CONFIG), "S": _net_state(), "step": 1})
+    tifffile.imwrite(tmp_path / "tiny.tif", np.ones((8, 8), np.uint16))
+    result = CliRunner().invoke(
+        app,
+        [
+            "export",
+            str(path),
+            "-o",
+            str(tmp_path / "exp"),
+            "--precision",
+            "fp32,int8",
+            "--no-engine",
+            "--calib",
+            str(tmp_path / "tiny.tif"),
+        ],
+    )
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "smaller than" in result.output and not (tmp_path / "exp").exists()

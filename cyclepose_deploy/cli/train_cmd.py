@@ -15,8 +15,8 @@ def parse_diameter(text: str) -> list[float]:
         low, high = (float(v) for v in text.split("-"))
     except ValueError:
         raise UserError(f"--diameter must be MIN-MAX in pixels, e.g. 10-30; got {text!r}") from None
-    if not 2 <= low <= high:
-        raise UserError(f"--diameter needs 2 <= MIN <= MAX, e.g. 10-30; got {text!r}")
+    if not 2 <= low <= high <= 500:
+        raise UserError(f"--diameter needs 2 <= MIN <= MAX <= 500 px, e.g. 10-30; got {text!r}")
     return [low, high]
 
 
@@ -95,6 +95,15 @@ def register(app: typer.Typer) -> None:
             check_writable(slim_out)
         if resume and not out.is_file():
             raise UserError(f"--resume but {out} does not exist; drop --resume to start a new run")
+        import math
+
+        for value, option, top in ((lr_s, "--lr-s", 1.0), (lr, "--lr", 1.0)):
+            if not (math.isfinite(value) and 0 < value <= top):
+                raise UserError(f"{option} {value} must be a learning rate in (0, {top:g}], e.g. 2e-4")
+        if max_minutes is not None and not (math.isfinite(max_minutes) and max_minutes > 0):
+            raise UserError(f"--max-minutes {max_minutes} must be a positive number of minutes")
+        if tile % 16:
+            raise UserError(f"--tile {tile} must be a multiple of 16, e.g. 128")
         torch.set_num_threads(threads)
         cover = parse_coverage(coverage)
         config = TrainConfig(

@@ -25,6 +25,7 @@ from cyclepose_deploy.runtime.defaults import DIAMETER, FLOW_SCALE, PERCENTILES,
 from cyclepose_deploy.runtime.manifest import Artifact, Manifest, TensorRTInfo, sha256_file
 from cyclepose_deploy.synth.shapes import ShapePrior
 
+MIN_CALIB_TILE = 64  # px: smaller calibration tiles see no whole nucleus
 ONNX_NAMES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 
 
@@ -187,6 +188,12 @@ def calibration_tiles(ctx: ExportContext) -> np.ndarray:
         images = [tiles.synthetic_slide(max(opts.verify_size, 2 * opts.profile.tile), ctx.channels, seed=7)]
         source = "a synthetic slide (pass --calib IMAGE to use your own)"
     tile = min(opts.profile.tile, min(min(i.shape[1:]) for i in images)) // 16 * 16
+    if tile < MIN_CALIB_TILE:
+        small = min(images, key=lambda i: min(i.shape[1:]))
+        raise UserError(
+            f"--calib images must be at least {MIN_CALIB_TILE}x{MIN_CALIB_TILE} px for int8 calibration; one is "
+            f"{small.shape[1]}x{small.shape[2]}: it is smaller than a useful tile, pass larger images"
+        )
     ctx.report(f"int8: calibrating on {opts.calib_tiles} tiles of {tile}px from {source}")
     return tiles.cut_tiles(images, tile, opts.calib_tiles, seed=3)
 
