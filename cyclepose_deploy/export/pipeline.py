@@ -191,8 +191,8 @@ def calibration_tiles(ctx: ExportContext) -> np.ndarray:
     if tile < MIN_CALIB_TILE:
         small = min(images, key=lambda i: min(i.shape[1:]))
         raise UserError(
-            f"--calib images must be at least {MIN_CALIB_TILE}x{MIN_CALIB_TILE} px for int8 calibration; one is "
-            f"{small.shape[1]}x{small.shape[2]}: it is smaller than a useful tile, pass larger images"
+            f"--calib images must be at least {MIN_CALIB_TILE}x{MIN_CALIB_TILE} px for int8 calibration; "
+            f"one is {small.shape[1]}x{small.shape[2]}: it is smaller than a useful tile, pass larger images"
         )
     ctx.report(f"int8: calibrating on {opts.calib_tiles} tiles of {tile}px from {source}")
     return tiles.cut_tiles(images, tile, opts.calib_tiles, seed=3)
