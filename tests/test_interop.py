@@ -243,3 +243,44 @@ def test_geojson_and_rois_match_the_labels_chunked_or_not(net: Path, tmp_path: P
         assert coords[:, 0].min() == xs.min() and coords[:, 1].min() == ys.min()
         assert coords[:, 0].max() == xs.max() + 1 and coords[:, 1].max() == ys.max() + 1
     assert single > len(rois) // 2
+
+
+def test_ome_zarr_labels_validate_and_equal_the_tiff(
+    net: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("ome_zarr")
+    models = pytest.importorskip("ome_zarr_models.v05.image_label")
+    import zarr
+
+    monkeypatch.setattr("cyclepose_deploy.runtime.writer.PYRAMID_TOP", 128)
+    image, _ = make_slide(300, 260, 4)
+    tifffile.imwrite(tmp_path / "s.tif", image)
+    store = tmp_path / "out.ome.zarr"
+    code, text = invoke(
+        "infer",
+        tmp_path / "s.tif",
+        "--model",
+        net,
+        "-o",
+        tmp_path / "l.tif",
+        "--zarr",
+        store,
+        "--pixel-size",
+        0.65,
+    )
+    assert code == 0, text
+    group = zarr.open_group(str(store / "labels" / "nuclei"), mode="r")
+    models.ImageLabel.from_zarr(group)  # raises when the metadata breaks the NGFF schema
+    with tifffile.TiffFile(tmp_path / "l.tif") as tif:
+        levels = [level.asarray() for level in tif.series[0].levels]
+    multiscale = group.attrs["ome"]["multiscales"][0]
+    assert len(multiscale["datasets"]) == len(levels) == 3
+    for dataset, level in zip(multiscale["datasets"], levels, strict=True):
+        np.testing.assert_array_equal(np.asarray(group[dataset["path"]]), level)
+    first = multiscale["datasets"][0]["coordinateTransformations"][0]["scale"]
+    assert first == pytest.approx([0.65, 0.65])
+    assert zarr.open_group(str(store / "labels"), mode="r").attrs["ome"]["labels"] == ["nuclei"]
+    code, text = invoke(
+        "infer", tmp_path / "s.tif", "--model", net, "-o", tmp_path / "l2.tif", "--zarr", store
+    )
+    assert code == 2 and "already exists" in text

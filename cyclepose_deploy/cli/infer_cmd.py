@@ -93,6 +93,11 @@ def register(app: typer.Typer) -> None:
         rois: Path | None = typer.Option(
             None, "--rois", help="ImageJ/Fiji ROI set (.zip), one ROI per nucleus."
         ),
+        zarr_out: Path | None = typer.Option(
+            None,
+            "--zarr",
+            help="Also write the labels as OME-Zarr (multiscale labels/nuclei; needs ome-zarr).",
+        ),
         summary_json: Path | None = typer.Option(
             None, "--summary-json", help="Also write the run summary (objects, MPix/s, stage times) as JSON."
         ),
@@ -151,6 +156,7 @@ def register(app: typer.Typer) -> None:
                     prob=prob,
                     geojson=geojson,
                     rois=rois,
+                    zarr=zarr_out,
                     options=options,
                     diameter=diameter,
                     diameter_um=diameter_um,
@@ -160,7 +166,7 @@ def register(app: typer.Typer) -> None:
                     warn=_say,
                     progress=report,
                 )
-        outputs = [p for p in (out, objects, preview, prob, geojson, rois) if p is not None]
+        outputs = [p for p in (out, objects, preview, prob, geojson, rois, zarr_out) if p is not None]
         _print_summary(summary, outputs)
         if summary_json is not None:
             write_json_atomic(summary_json, _summary_dict(summary, outputs, seg.describe()))

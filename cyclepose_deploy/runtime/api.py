@@ -193,6 +193,7 @@ class Segmenter:
         prob: str | Path | None = None,
         geojson: str | Path | None = None,
         rois: str | Path | None = None,
+        zarr: str | Path | None = None,
         options: SlideOptions | None = None,
         diameter: float | None = None,
         diameter_um: float | None = None,
@@ -204,8 +205,8 @@ class Segmenter:
     ) -> Any:
         """Segment an image file of any size (TIFF / OME-TIFF / OME-Zarr / PNG / ...; `options` picks
         the series, level, plane and channel) into a tiled OME-TIFF pyramid of uint32 labels and the
-        optional object table (CSV), preview (PNG), probability map, QuPath GeoJSON outlines and
-        ImageJ ROI set (.zip); returns the run's Summary. Outputs
+        optional object table (CSV), preview (PNG), probability map, QuPath GeoJSON outlines,
+        ImageJ ROI set (.zip) and OME-Zarr labels (a folder); returns the run's Summary. Outputs
         that exist are replaced only with overwrite=True."""
         from cyclepose_deploy.runtime.pipeline import Outputs, run_infer
 
@@ -216,6 +217,7 @@ class Segmenter:
             Path(prob) if prob else None,
             Path(geojson) if geojson else None,
             Path(rois) if rois else None,
+            Path(zarr) if zarr else None,
         )
         if rois:
             from cyclepose_deploy.runtime.vectors import check_rois_available

@@ -77,7 +77,7 @@ def _temp_name(path: Path) -> Path:
     return Path(name)
 
 
-def check_writable(path: str | Path) -> Path:
+def check_writable(path: str | Path, folder_ok: bool = False) -> Path:
     """Fail early, before hours of work, when the output folder is missing or read-only."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
@@ -85,7 +85,7 @@ def check_writable(path: str | Path) -> Path:
         raise UserError(f"output folder {parent} does not exist: create it or choose another path")
     if not os.access(parent, os.W_OK):
         raise UserError(f"cannot write to {parent}: choose a writable output path")
-    if path.is_dir():
+    if path.is_dir() and not folder_ok:
         raise UserError(f"output {path} is a folder: give a file name, e.g. {path / 'labels.tif'}")
     return path
 
@@ -129,3 +129,32 @@ def write_atomic(path: str | Path, data: bytes) -> Path:
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
     return write_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a new, empty temporary folder beside `path` (mkdtemp: unpredictable, never a planted
+    link); on success it replaces `path` (an older folder there is moved aside, then removed), on any
+    failure it is deleted."""
+    import shutil
+
+    final = Path(path)
+    parent = final.parent if str(final.parent) else Path(".")
+    try:
+        temp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=PARTIAL, dir=parent))
+    except OSError as exc:
+        raise UserError(f"could not write {final}: {exc.strerror or exc}; choose another path") from None
+    try:
+        yield temp
+        old = None
+        if final.is_symlink() or final.is_file():
+            final.unlink()
+        elif final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".old", dir=parent))
+            os.replace(final, old / final.name)
+        os.replace(temp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise

@@ -17,7 +17,13 @@ import numpy as np
 from cyclepose_deploy.errors import UserError
 from cyclepose_deploy.runtime import defaults
 from cyclepose_deploy.runtime.artifacts import Model
-from cyclepose_deploy.runtime.atomic import atomic_path, check_writable, scratch_prefix, sweep_leftovers
+from cyclepose_deploy.runtime.atomic import (
+    atomic_dir,
+    atomic_path,
+    check_writable,
+    scratch_prefix,
+    sweep_leftovers,
+)
 from cyclepose_deploy.runtime.backends.base import Runner
 from cyclepose_deploy.runtime.chunks import Settings, chunk_windows, halo_for
 from cyclepose_deploy.runtime.diameter import MAX_SCALE, MIN_SCALE, DiameterEstimate, estimate_diameter
@@ -49,10 +55,14 @@ class Outputs:
     prob: Path | None = None
     geojson: Path | None = None  # QuPath GeoJSON outlines (runtime.vectors)
     rois: Path | None = None  # ImageJ ROI set (.zip)
+    zarr: Path | None = None  # OME-Zarr folder with labels/nuclei (runtime.omezarr)
 
-    def all(self) -> list[Path]:
+    def files(self) -> list[Path]:
         paths = (self.labels, self.objects, self.preview, self.prob, self.geojson, self.rois)
         return [p for p in paths if p is not None]
+
+    def all(self) -> list[Path]:
+        return [*self.files(), *([self.zarr] if self.zarr is not None else [])]
 
 
 @dataclass
@@ -209,8 +219,15 @@ def check_scale(diameter: float, model: Model) -> None:
 
 
 def _check_outputs(outputs: Outputs, slide_path: str | Path, overwrite: bool) -> None:
-    for path in outputs.all():
+    for path in outputs.files():
         check_writable(path)
+    if outputs.zarr is not None:
+        from cyclepose_deploy.runtime.omezarr import check_available
+
+        check_writable(outputs.zarr, folder_ok=True)
+        check_available()
+        if outputs.labels is None:
+            raise UserError("--zarr is written from the labels file: give -o as well")
     if len({p.resolve() for p in outputs.all()} | {Path(slide_path).resolve()}) != len(outputs.all()) + 1:
         raise UserError("output paths must differ from each other and from the slide: choose distinct names")
     for path in outputs.all():
@@ -250,7 +267,9 @@ def run_source(
     with contextlib.ExitStack() as stack:
         where = outputs.labels.parent if outputs.labels is not None else None  # None: the system temp
         scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix=scratch_prefix(), dir=where))
-        temps = {p: stack.enter_context(atomic_path(p)) for p in outputs.all()}
+        temps = {p: stack.enter_context(atomic_path(p)) for p in outputs.files()}
+        if outputs.zarr is not None:
+            temps[outputs.zarr] = stack.enter_context(atomic_dir(outputs.zarr))
         runner = shared_runner if shared_runner is not None else stack.enter_context(model.runner())
         settings = replace(settings, channels=runner.channels or 1)
         if runner.shape_limits is not None:  # an engine profile: fit the batch, refuse a tile outside it
@@ -382,6 +401,11 @@ def _pass_two(
         objects.save_csv(temps[outputs.objects])
     if objects is not None and (outputs.geojson or outputs.rois):
         _outlines(outputs, temps, objects, in_memory, slide)
+    if outputs.zarr is not None and outputs.labels is not None:
+        from cyclepose_deploy.runtime.omezarr import write_labels_zarr
+
+        with writing(outputs.zarr):
+            write_labels_zarr(temps[outputs.labels], temps[outputs.zarr], slide.pixel_size)
     if preview is not None and outputs.preview is not None:
         preview.save(temps[outputs.preview])
     if store.prob is not None and outputs.prob is not None:
