@@ -284,3 +284,23 @@ def test_ome_zarr_labels_validate_and_equal_the_tiff(
         "infer", tmp_path / "s.tif", "--model", net, "-o", tmp_path / "l2.tif", "--zarr", store
     )
     assert code == 2 and "already exists" in text
+
+
+def test_preview_shows_a_full_resolution_crop_of_the_densest_region(net: Path, tmp_path: Path) -> None:
+    import imagecodecs
+
+    image, _ = make_slide(600, 1300, 5)
+    image[:, :700] = np.percentile(image, 1)  # nuclei only on the right: the crop must go there
+    tifffile.imwrite(tmp_path / "s.tif", image)
+    code, text = invoke(
+        "infer", tmp_path / "s.tif", "--model", net, "-o", tmp_path / "l.tif", "--preview", tmp_path / "p.png"
+    )
+    assert code == 0, text
+    png = imagecodecs.png_decode((tmp_path / "p.png").read_bytes())
+    step = 2  # 1300 px -> a 650 px overview
+    overview_w = -(-1300 // step)
+    assert png.shape == (512, overview_w + 8 + 512, 3)
+    crop = png[:, overview_w + 8 :]
+    assert (crop == [255, 64, 64]).all(axis=2).sum() > 500  # outlines at full resolution
+    box = np.nonzero((png[:, :overview_w] == [255, 220, 0]).all(axis=2))
+    assert box[1].min() >= 700 // step - 1  # the boxed crop lies in the nuclei half

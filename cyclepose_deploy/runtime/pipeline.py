@@ -334,33 +334,33 @@ def _pass_one(
     return pipe, chunks
 
 
+@contextlib.contextmanager
+def _labels_reader(
+    outputs: Outputs, temps: dict[Path, Path], in_memory: np.ndarray | None
+) -> Iterator[Callable[[int, int, int, int], np.ndarray]]:
+    """Windows of the final labels: the in-memory array, or the labels file just written."""
+    if in_memory is not None:
+        yield lambda y0, y1, x0, x1: in_memory[y0:y1, x0:x1]
+        return
+    import tifffile
+    import zarr
+
+    assert outputs.labels is not None
+    with tifffile.TiffFile(temps[outputs.labels]) as tif:
+        array = zarr.open(tif.series[0].aszarr(level=0), mode="r")
+        yield lambda y0, y1, x0, x1: np.asarray(array[y0:y1, x0:x1])
+
+
 def _outlines(
     outputs: Outputs, temps: dict[Path, Path], table: ObjectTable, in_memory: np.ndarray | None, slide: Any
 ) -> None:
-    """GeoJSON / ROI outlines from the final labels: the in-memory array, or the labels file just
-    written (read back window by window)."""
+    """GeoJSON / ROI outlines from the final labels (runtime.vectors)."""
     from cyclepose_deploy.runtime.vectors import write_outlines
 
     geojson = temps.get(outputs.geojson) if outputs.geojson else None
     rois = temps.get(outputs.rois) if outputs.rois else None
-    with contextlib.ExitStack() as stack:
-        if in_memory is not None:
-
-            def read(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-                return in_memory[y0:y1, x0:x1]
-        else:
-            import tifffile
-            import zarr
-
-            assert outputs.labels is not None
-            tif = stack.enter_context(tifffile.TiffFile(temps[outputs.labels]))
-            array = zarr.open(tif.series[0].aszarr(level=0), mode="r")
-
-            def read(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-                return np.asarray(array[y0:y1, x0:x1])
-
-        with writing("the outlines"):
-            write_outlines(read, slide.shape, table.rows(), geojson, rois, slide.pixel_size)
+    with _labels_reader(outputs, temps, in_memory) as read, writing("the outlines"):
+        write_outlines(read, slide.shape, table.rows(), geojson, rois, slide.pixel_size)
 
 
 def _pass_two(
@@ -407,7 +407,8 @@ def _pass_two(
         with writing(outputs.zarr):
             write_labels_zarr(temps[outputs.labels], temps[outputs.zarr], slide.pixel_size)
     if preview is not None and outputs.preview is not None:
-        preview.save(temps[outputs.preview])
+        with _labels_reader(outputs, temps, in_memory) as read:
+            preview.save(temps[outputs.preview], read)
     if store.prob is not None and outputs.prob is not None:
         blocks = resampled_blocks(store.prob, slide.shape)
         with writing(outputs.prob):
