@@ -4,6 +4,7 @@ manifest, the failure gate, and the CLI."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -223,3 +224,22 @@ def test_calibration_images_are_read_and_tiled(tmp_path: Path) -> None:
     assert cut_tiles([image], 64, 3).shape == (3, 2, 64, 64)
     with pytest.raises(UserError, match="smaller than the 128px tile"):
         cut_tiles([image], 128, 1)
+
+
+def test_bioimageio_package_passes_the_spec_validator(
+    checkpoint: Path, tmp_path: Path, run_onnx: Callable
+) -> None:
+    spec = pytest.importorskip("bioimageio.spec")
+    out = tmp_path / "export"
+    lines: list[str] = []
+    run_export(small_options(checkpoint, out, precisions=("fp32",), bioimageio=True), report=lines.append)
+    rdf = out / "bioimageio" / "rdf.yaml"
+    descr = spec.load_description(rdf, perform_io_checks=True)
+    assert descr.validation_summary.status in ("passed", "valid-format"), descr.validation_summary.format()
+    assert any("bioimage.io package" in line for line in lines)
+    # the test output is the ONNX model applied to the scale_range-normalised test input
+    raw = np.load(out / "bioimageio" / "test_input.npy")
+    low, high = np.percentile(raw, [1, 99])
+    expected = np.load(out / "bioimageio" / "test_output.npy")
+    got = run_onnx(out / "bioimageio" / "model.onnx", ((raw - low) / (high - low + 1e-6)).astype(np.float32))
+    np.testing.assert_allclose(got, expected, atol=1e-5)

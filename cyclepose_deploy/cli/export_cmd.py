@@ -52,6 +52,9 @@ def register(app: typer.Typer) -> None:
         ),
         opset: int = typer.Option(17, "--opset", help="ONNX opset (13-21)."),
         threads: int | None = typer.Option(None, "--threads", help="CPU threads for verification."),
+        bioimageio: bool = typer.Option(
+            False, "--bioimageio", help="Also write a BioImage Model Zoo package (bioimageio/rdf.yaml)."
+        ),
     ) -> None:
         """Export S to ONNX (fp32, fp16, int8) and TensorRT, verified against torch, with a manifest."""
         from cyclepose_deploy.export.pipeline import ExportOptions, run_export
@@ -70,6 +73,7 @@ def register(app: typer.Typer) -> None:
             engine=engine,
             opset=opset,
             threads=threads,
+            bioimageio=bioimageio,
         )
         manifest = run_export(options, report=say)
         names = ", ".join(a.file for a in manifest.artifacts)

@@ -44,6 +44,7 @@ class ExportOptions:
     batch: int = 4
     threads: int | None = None
     thresholds: Thresholds = field(default_factory=Thresholds)
+    bioimageio: bool = False  # also write a BioImage Model Zoo package (export/bioimageio.py)
 
 
 @dataclass
@@ -83,7 +84,7 @@ def run_export(options: ExportOptions, report: Callable[[str], None] = print) ->
     return manifest
 
 
-EXPORT_FILES = {*ONNX_NAMES.values(), engine_step.ENGINE_NAME, "manifest.json"}
+EXPORT_FILES = {*ONNX_NAMES.values(), engine_step.ENGINE_NAME, "manifest.json", "bioimageio"}
 
 
 def check_export_folder(final: Path) -> None:
@@ -131,7 +132,34 @@ def _export(
     manifest = make_manifest(ctx, artifacts, trt_info)
     manifest.save(options.out_dir)
     fail_on_errors(artifacts)
+    if options.bioimageio:
+        _bioimageio(options, config, manifest, fp32_path, channels, report)
     return manifest
+
+
+def _bioimageio(
+    options: ExportOptions,
+    config: dict[str, Any],
+    manifest: Manifest,
+    fp32_path: Path,
+    channels: int,
+    report: Callable[[str], None],
+) -> None:
+    from cyclepose_deploy.export import bioimageio
+
+    rdf = bioimageio.write_package(
+        options.out_dir,
+        fp32_path,
+        config,
+        manifest.source_sha256,
+        options.checkpoint.name,
+        options.opset,
+        channels,
+    )
+    problem = bioimageio.validate(rdf)
+    if problem is not None and not problem.startswith("not validated"):
+        raise UserError(f"the bioimage.io package does not validate: {problem.splitlines()[0][:300]}")
+    report(f"bioimage.io package: {bioimageio.FOLDER}/rdf.yaml ({problem or 'bioimageio.spec: valid'})")
 
 
 def check_options(options: ExportOptions) -> None:
