@@ -147,6 +147,7 @@ def infer_options(extra: list[str]) -> dict[str, object]:
 def score_model(
     model_path: Path, pairs: list[tuple[Path, Path]], extra: dict[str, object]
 ) -> tuple[Tally, list]:
+    from cyclepose_deploy.metrics import match_instances
     from cyclepose_deploy.runtime.artifacts import resolve_model
     from cyclepose_deploy.runtime.chunks import Settings
     from cyclepose_deploy.runtime.pipeline import Outputs, run_infer
@@ -165,11 +166,14 @@ def score_model(
             pred = tifffile.imread(out).astype(np.int64)
             gt = tifffile.imread(label_path).astype(np.int64)
             tally.add(pred, gt, seconds)
+            match = match_instances(pred, gt)
             rows.append(
                 {
                     "image": image_path.name,
                     "objects": summary.objects,
                     "true": int(len(np.unique(gt)) - 1),
+                    "f1@0.5": match.at(0.5).f1,
+                    "f1@0.75": match.at(0.75).f1,
                     "diameter": summary.diameter.diameter if summary.diameter else None,
                     "seconds": seconds,
                 }

@@ -197,23 +197,47 @@ def test_output_that_is_a_symlink_is_replaced_not_followed(
 def test_leftovers_of_killed_runs_are_swept(tmp_path: Path, slide: Path, tiny_onnx: Callable) -> None:
     import subprocess
 
+    from cyclepose_deploy.runtime.atomic import _host
+
     dead = subprocess.Popen(["true"])
     dead.wait()  # a PID that no longer runs
-    old = [tmp_path / f".l.tif.{dead.pid}.abc123.partial", tmp_path / f".cyclepose-{dead.pid}-xyz"]
+    here = _host()
+    old = [
+        tmp_path / f".l.tif.{dead.pid}@{here}.abc123.partial",
+        tmp_path / f".cyclepose-{dead.pid}@{here}-xyz",
+    ]
     old[0].write_bytes(b"half")
     old[1].mkdir()
     (old[1] / "ids.npy").write_bytes(b"x")
-    fresh = tmp_path / f".o.csv.{dead.pid}.def456.partial"  # too recent: could be another machine's run
-    fresh.write_bytes(b"half")
-    for path in old:
-        os.utime(path, (1e9, 1e9))
-    mine = tmp_path / f".x.tif.{os.getpid()}.ghi789.partial"
+    elsewhere = tmp_path / f".o.csv.{dead.pid}@ffffff.def456.partial"  # another machine's: only reported
+    elsewhere.write_bytes(b"half")
+    mine = tmp_path / f".x.tif.{os.getpid()}@{here}.ghi789.partial"  # a live process's
     mine.write_bytes(b"mine")
-    os.utime(mine, (1e9, 1e9))
     code, text = invoke("infer", slide, "--model", tiny_onnx(tmp_path / "m.onnx"), "-o", tmp_path / "l.tif")
     assert code == 0, text
-    assert "removed 2 leftover(s)" in " ".join(text.split())
-    assert not any(p.exists() for p in old) and fresh.exists() and mine.exists()
+    flat = " ".join(text.split())
+    assert "removed 2 leftover(s)" in flat and "1 leftover(s) of runs on other machines" in flat
+    assert not any(p.exists() for p in old) and elsewhere.exists() and mine.exists()
+
+
+def test_outputs_get_the_usual_permissions(tmp_path: Path, slide: Path, tiny_onnx: Callable) -> None:
+    old = os.umask(0o022)
+    try:
+        code, text = invoke(
+            "infer",
+            slide,
+            "--model",
+            tiny_onnx(tmp_path / "m.onnx"),
+            "-o",
+            tmp_path / "l.tif",
+            "--objects",
+            tmp_path / "o.csv",
+        )
+    finally:
+        os.umask(old)
+    assert code == 0, text
+    assert (tmp_path / "l.tif").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "o.csv").stat().st_mode & 0o777 == 0o644
 
 
 def test_eval_truncated_and_oversized_tiffs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

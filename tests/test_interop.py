@@ -304,3 +304,23 @@ def test_preview_shows_a_full_resolution_crop_of_the_densest_region(net: Path, t
     assert (crop == [255, 64, 64]).all(axis=2).sum() > 500  # outlines at full resolution
     box = np.nonzero((png[:, :overview_w] == [255, 220, 0]).all(axis=2))
     assert box[1].min() >= 700 // step - 1  # the boxed crop lies in the nuclei half
+
+
+def test_batch_survives_a_damaged_multichannel_file_and_refuses_single_image_options(
+    net: Path, tmp_path: Path
+) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    tifffile.imwrite(src / "good.tif", make_slide(96, 96, 2)[0])
+    data = np.random.default_rng(0).integers(0, 4000, (3, 256, 256)).astype(np.uint16)
+    tifffile.imwrite(src / "rgbish.tif", data, compression="zlib", metadata={"axes": "CYX"})
+    raw = (src / "rgbish.tif").read_bytes()
+    (src / "rgbish.tif").write_bytes(raw[: len(raw) * 2 // 3])  # the last channel's data is cut
+    code, text = invoke("infer", src, "--model", net, "--out-dir", tmp_path / "out")
+    assert code == 1 and "Traceback" not in text, text
+    status = {Path(r["image"]).name: r["status"] for r in rows(tmp_path / "out")}
+    assert status == {"good.tif": "done", "rgbish.tif": "failed"}
+    code, text = invoke(
+        "infer", src, "--model", net, "--out-dir", tmp_path / "o2", "--geojson", tmp_path / "g"
+    )
+    assert code == 2 and "--geojson" in text and not (tmp_path / "o2").exists()

@@ -436,3 +436,48 @@ def test_compressed_single_strip_tiff_is_decoded_once(tmp_path: Path) -> None:
                 slide.read(y, min(y + 256, 1200), x, min(x + 256, 2000)), image[y : y + 256, x : x + 256]
             )
     assert slide._strips.decoded == 1
+
+
+def test_plane_skips_singleton_axes_and_bad_ome_zarr_axes_are_one_line(tmp_path: Path) -> None:
+    import zarr
+
+    stack = (RNG.random((1, 1, 5, 40, 50)) * 100).astype(np.uint16)  # t c z y x, one time point
+    root = zarr.open_group(str(tmp_path / "z.zarr"), mode="w", zarr_format=2)
+    root.create_array("0", data=stack)
+    kinds = ["time", "channel", "space", "space", "space"]
+    axes = [{"name": n, "type": t} for n, t in zip("tczyx", kinds, strict=True)]
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [{"path": "0"}]}]
+    slide = Slide(tmp_path / "z.zarr", options=SlideOptions(plane=2))
+    np.testing.assert_array_equal(slide.read(0, 40, 0, 50), stack[0, 0, 2])
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": axes[2:4], "datasets": [{"path": "0"}]}]
+    with pytest.raises(UserError, match="do not fit"):
+        Slide(tmp_path / "z.zarr")
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": "0"}]
+    with pytest.raises(UserError, match="malformed OME-Zarr"):
+        Slide(tmp_path / "z.zarr")
+
+
+def test_outlines_of_a_lower_level_are_in_full_resolution_pixels(net: Path, tmp_path: Path) -> None:
+    image, _ = field_with_nuclei(256)
+    path = tmp_path / "pyr.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        tif.write(image, subifds=1, tile=(64, 64), metadata={"axes": "YX"})
+        tif.write(image[::2, ::2], subfiletype=1, tile=(64, 64))
+    code, text, _ = infer(path, net, tmp_path / "l.tif", "--level", 1, "--geojson", tmp_path / "n.geojson")
+    assert code == 0, text
+    labels = tifffile.imread(tmp_path / "l.tif")
+    assert labels.shape == (128, 128)
+    features = json.loads((tmp_path / "n.geojson").read_text())["features"]
+    polygons = [f["geometry"]["coordinates"] for f in features if f["geometry"]["type"] == "Polygon"]
+    xs = [x for rings in polygons for x, _ in rings[0]]
+    assert max(xs) > 128 and max(xs) <= 256  # doubled to level-0 pixels
+
+
+def test_python_api_pixel_size_is_validated(net: Path) -> None:
+    from cyclepose_deploy import Segmenter
+
+    image, _ = field_with_nuclei(128)
+    with Segmenter(net) as seg:
+        for bad in ((0, 0), (-1, 1), (0.5,), "a"):
+            with pytest.raises(UserError, match="pixel_size"):
+                seg.segment(image, pixel_size=bad)

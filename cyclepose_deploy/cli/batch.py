@@ -182,6 +182,10 @@ def _one(
     except UserError as exc:
         say(f"warning: {image}: {exc}")
         return {**row, "status": "failed", "error": str(exc), "seconds": f"{time.perf_counter() - start:.2f}"}
+    except Exception as exc:  # a damaged file must not end the batch: fail its row, name the cause
+        text = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        say(f"warning: {image}: unexpected failure ({text})")
+        return {**row, "status": "failed", "error": text, "seconds": f"{time.perf_counter() - start:.2f}"}
     size = summary.pixel_size
     return {
         **row,

@@ -129,6 +129,22 @@ def register(app: typer.Typer) -> None:
             _pair(norm_range, "--norm-range", "100,4000"),
         )
         images, batch_mode = batch.expand_inputs(slides, recursive, out, out_dir)
+        if batch_mode:
+            single_only = {
+                "--objects": objects,
+                "--preview": preview,
+                "--prob": prob,
+                "--geojson": geojson,
+                "--rois": rois,
+                "--zarr": zarr_out,
+                "--summary-json": summary_json,
+            }
+            given = [name for name, value in single_only.items() if value is not None]
+            if given:
+                raise UserError(
+                    f"{', '.join(given)} name one image's outputs; with --out-dir each image gets "
+                    "NAME.labels.ome.tif and NAME.objects.csv and the run OUT/summary.csv: drop them"
+                )
         seg = Segmenter(
             engine,
             tile=tile,

@@ -70,7 +70,7 @@ def write_package(
     test_input = _test_input()
     np.save(folder / "test_input.npy", test_input)
     np.save(folder / "test_output.npy", _test_output(folder / "model.onnx", test_input))
-    diameter = float(config.get("diam_mean", 24.0))
+    diameter = float(config.get("diam_mean", 30.0))  # the Segmenter's default, as in train/checkpoint.py
     (folder / "README.md").write_text(
         DOC.format(diameter=diameter, checkpoint=checkpoint_name, sha=source_sha256)
     )

@@ -3,7 +3,6 @@ against torch on synthetic-slide tiles, then the manifest. A failed check fails 
 
 from __future__ import annotations
 
-import os
 import platform
 import shutil
 import tempfile
@@ -20,6 +19,7 @@ from cyclepose_deploy.export.loaders import OnnxFromTorch, SegmenterFromCheckpoi
 from cyclepose_deploy.export.profiles import DEFAULT, Profile
 from cyclepose_deploy.export.verify import Reference, Thresholds, make_reference, verify_runner
 from cyclepose_deploy.runtime.artifacts import model_from_file
+from cyclepose_deploy.runtime.atomic import _publish_mode, owner_tag, swap_folder
 from cyclepose_deploy.runtime.backends.base import Runner
 from cyclepose_deploy.runtime.defaults import DIAMETER, FLOW_SCALE, PERCENTILES, PRECISIONS
 from cyclepose_deploy.runtime.manifest import Artifact, Manifest, TensorRTInfo, sha256_file
@@ -67,12 +67,14 @@ def run_export(options: ExportOptions, report: Callable[[str], None] = print) ->
     every artifact passed its checks, so a failed or killed re-export leaves the previous export
     working (and a first export that fails leaves nothing)."""
     check_options(options)
-    final = options.out_dir
+    final = options.out_dir.resolve()  # "-o ." must name the folder, not the cwd entry
     check_export_folder(final)
     net, config = SegmenterFromCheckpoint(options.checkpoint)()
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+        staging = Path(
+            tempfile.mkdtemp(prefix=f".{final.name}.{owner_tag()}.", suffix=".partial", dir=final.parent)
+        )
     except OSError as exc:
         raise UserError(f"cannot create {final}: {exc.strerror or exc}; choose a writable folder") from None
     try:
@@ -92,9 +94,7 @@ def check_export_folder(final: Path) -> None:
     if final.exists() and not final.is_dir():
         raise UserError(f"{final} is a file: -o needs a folder")
     if final.is_dir():
-        other = sorted(
-            p.name for p in final.iterdir() if p.name not in EXPORT_FILES and not p.name.startswith(".")
-        )
+        other = sorted(p.name for p in final.iterdir() if p.name not in EXPORT_FILES and not _ours(p.name))
         if other:
             raise UserError(
                 f"{final} holds files that are not part of an export ({', '.join(other[:3])}): "
@@ -102,15 +102,16 @@ def check_export_folder(final: Path) -> None:
             )
 
 
+def _ours(name: str) -> bool:
+    """Temporary files of earlier (killed) exports, which the swap may remove."""
+    return name.startswith(".") and (name.endswith(".partial") or ".partial-" in name)
+
+
 def swap_in(staging: Path, final: Path) -> None:
-    """Replace `final` by `staging` with two renames (the old export is removed after)."""
-    old = None
-    if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
-        os.replace(final, old / final.name)
-    os.replace(staging, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """Replace `final` by `staging` (runtime.atomic.swap_folder: the old export goes only once the new
+    one is in place)."""
+    _publish_mode(staging, folder=True)
+    swap_folder(staging, final)
 
 
 def _export(

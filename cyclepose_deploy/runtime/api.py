@@ -29,6 +29,7 @@ from cyclepose_deploy.runtime.chunks import Settings
 from cyclepose_deploy.runtime.grid import TileGrid
 from cyclepose_deploy.runtime.normalize import fill_missing
 from cyclepose_deploy.runtime.slide import SlideOptions
+from cyclepose_deploy.runtime.units import check_pixel_size
 
 
 @dataclass
@@ -51,7 +52,10 @@ class ArrayImage:
         if min(shape) < 1:
             raise UserError(f"segment() got an empty image of shape {shape}")
         self.shape = (shape[0], shape[1])
+        if self.pixel_size is not None:
+            self.pixel_size = check_pixel_size(self.pixel_size)
         self.file_pixel_size = self.pixel_size
+        self.level_scale = (1.0, 1.0)
         self.float_pixels = dtype.kind == "f"
         self.description = f"{self.description} ({shape[0]}x{shape[1]} px, {dtype})"
 

@@ -15,40 +15,52 @@ from cyclepose_deploy.errors import UserError
 
 PARTIAL = ".partial"
 SCRATCH_PREFIX = ".cyclepose-"
-# Leftovers of killed runs: ".NAME.PID.RANDOM.partial" files, ".cyclepose-PID-RANDOM" scratch folders
-# and the older ".NAME.partial-PID" files. Removed only when their process is gone and they are old
-# (a run on another machine sharing the folder keeps touching its own).
+# Leftovers of killed runs carry their owner: ".NAME.PID@HOST.RANDOM.partial" files and
+# ".cyclepose-PID@HOST-RANDOM" scratch folders (HOST: a short hash of the host name). The next run in
+# the folder removes those of this host whose process is gone, and only reports the others (a run on
+# another machine sharing the folder cannot be checked from here).
 LEFTOVER = re.compile(
-    r"^\.(?:cyclepose-(?P<a>\d+)-.+|.+\.(?P<b>\d+)\.[^.]+\.partial|.+\.partial-(?P<c>\d+))$"
+    r"^\.(?:cyclepose-(?P<a>\d+)@(?P<ha>[0-9a-f]+)-.+|.+\.(?P<b>\d+)@(?P<hb>[0-9a-f]+)\.[^.]+\.partial)$"
 )
-LEFTOVER_AGE_S = 3600.0
+
+
+def _host() -> str:
+    import hashlib
+    import socket
+
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
+
+
+def owner_tag() -> str:
+    """PID@HOST of this process, as written into temporary names."""
+    return f"{os.getpid()}@{_host()}"
 
 
 def scratch_prefix() -> str:
-    return f"{SCRATCH_PREFIX}{os.getpid()}-"
+    return f"{SCRATCH_PREFIX}{owner_tag()}-"
 
 
-def sweep_leftovers(folder: Path, min_age_s: float = LEFTOVER_AGE_S) -> list[str]:
-    """Remove what killed runs left in `folder` (see LEFTOVER); return the names removed."""
+def sweep_leftovers(folder: Path) -> tuple[list[str], list[str]]:
+    """(removed, kept): leftovers of killed runs in `folder` (see LEFTOVER). Removed: this host's
+    whose process no longer runs. Kept (to report): other hosts'."""
     import shutil
-    import time
 
-    removed = []
+    removed: list[str] = []
+    kept: list[str] = []
     try:
         entries = list(folder.iterdir())
     except OSError:
-        return removed
-    now = time.time()
+        return removed, kept
+    host = _host()
     for entry in entries:
         match = LEFTOVER.match(entry.name)
         if match is None or entry.is_symlink():
             continue
-        pid = int(next(g for g in match.groups() if g is not None))
-        try:
-            old = now - entry.stat().st_mtime > min_age_s
-        except OSError:
+        pid = int(match.group("a") or match.group("b"))
+        if (match.group("ha") or match.group("hb")) != host:
+            kept.append(entry.name)
             continue
-        if pid == os.getpid() or _alive(pid) or not old:
+        if pid == os.getpid() or _alive(pid):
             continue
         with contextlib.suppress(OSError):
             if entry.is_dir():
@@ -56,7 +68,7 @@ def sweep_leftovers(folder: Path, min_age_s: float = LEFTOVER_AGE_S) -> list[str
             else:
                 entry.unlink()
             removed.append(entry.name)
-    return removed
+    return removed, kept
 
 
 def _alive(pid: int) -> bool:
@@ -69,10 +81,28 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _umask() -> int:
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # no /proc: read it by setting it (briefly) and restoring it
+    os.umask(mask)
+    return mask
+
+
+def _publish_mode(path: Path, folder: bool = False) -> None:
+    """mkstemp/mkdtemp create 0600/0700; give the final output the mode a plain open() would have."""
+    with contextlib.suppress(OSError):
+        os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+
+
 def _temp_name(path: Path) -> Path:
-    """A new, empty file beside `path` with an unpredictable name, created with O_EXCL (mkstemp), so a
-    symlink planted in a shared output folder is never followed."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=PARTIAL, dir=path.parent)
+    """A new, empty file beside `path` with an unpredictable name, created with O_EXCL (mkstemp): a
+    link planted in the folder before the run is never written through. (Writers reopen the name,
+    so someone who can write to the folder and sees the name during the run could still swap it:
+    do not write outputs into folders that untrusted users can write to.)"""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.{owner_tag()}.", suffix=PARTIAL, dir=path.parent)
     os.close(fd)
     return Path(name)
 
@@ -100,6 +130,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise UserError(f"could not write {final}: {exc.strerror or exc}; choose another path") from None
     try:
         yield temp
+        if temp.is_symlink():
+            raise UserError(f"{temp} was replaced by a link during the run: refusing to publish {final}")
+        _publish_mode(temp)
         os.replace(temp, final)
     except OSError as exc:
         _remove(temp)
@@ -132,29 +165,44 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a new, empty temporary folder beside `path` (mkdtemp: unpredictable, never a planted
-    link); on success it replaces `path` (an older folder there is moved aside, then removed), on any
-    failure it is deleted."""
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a new, empty temporary folder beside `path` (mkdtemp: an unpredictable name, never a
+    planted link); on success it replaces `path` (an older folder there is moved aside, then removed;
+    if the final rename fails the older one is put back), on any failure it is deleted."""
     import shutil
 
-    final = Path(path)
-    parent = final.parent if str(final.parent) else Path(".")
+    final = Path(path).resolve()
+    parent = final.parent
     try:
-        temp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=PARTIAL, dir=parent))
+        temp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{owner_tag()}.", suffix=PARTIAL, dir=parent))
     except OSError as exc:
         raise UserError(f"could not write {final}: {exc.strerror or exc}; choose another path") from None
     try:
         yield temp
-        old = None
-        if final.is_symlink() or final.is_file():
-            final.unlink()
-        elif final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".old", dir=parent))
-            os.replace(final, old / final.name)
-        os.replace(temp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _publish_mode(temp, folder=True)
+        swap_folder(temp, final)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
+
+
+def swap_folder(new: Path, final: Path) -> None:
+    """Put folder `new` at `final` with renames; a previous `final` is removed only once `new` is in
+    place (and restored if that rename fails)."""
+    import shutil
+
+    old = None
+    if final.is_symlink() or final.is_file():
+        final.unlink()
+    elif final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.{owner_tag()}.", suffix=PARTIAL, dir=final.parent))
+        os.replace(final, old / final.name)
+    try:
+        os.replace(new, final)
+    except BaseException:
+        if old is not None:
+            os.replace(old / final.name, final)
+            shutil.rmtree(old, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -12,7 +12,6 @@ pixel size is read from the metadata of the image actually chosen (see runtime.u
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ class Found:
     notes: list[str] = field(default_factory=list)
     strip_rows: int | None = None  # rows per compressed strip when reads should go through a cache
     closer: Any = None
+    level_scale: tuple[float, float] = (1.0, 1.0)  # full-resolution px per px of the chosen level (y, x)
 
     def close(self) -> None:
         if self.closer is not None:
@@ -126,7 +126,8 @@ def _choose_tiff(tif: Any, path: Path, series: int | None, level: int | None) ->
             f"{path.name} has {len(all_series)} series; segmenting series {index} (the largest; "
             f"others {others}); pick another with --series"
         )
-    return Found(array, data.axes, pixel_size, description, notes, _strip_rows(data), tif)
+    (fy, fx), (ly, lx) = _yx(chosen.axes, chosen.shape), _yx(data.axes, data.shape)
+    return Found(array, data.axes, pixel_size, description, notes, _strip_rows(data), tif, (fy / ly, fx / lx))
 
 
 def _plane_pixels(series: Any) -> int:
@@ -163,7 +164,7 @@ def _tiff_pixel_size(tif: Any, series: Any, index: int) -> tuple[float, float] |
     """From the chosen series' own metadata: its OME Image, else ImageJ, else its first page's tags."""
     if tif.is_ome and tif.ome_metadata:
         image_index = _ome_image_index(tif, series, index)
-        size = units.ome_pixel_size(tif.ome_metadata, image_index)
+        size = units.ome_pixel_size(tif.ome_metadata, image_index) if image_index >= 0 else None
         if size is not None:
             return size
     tags = series.keyframe.tags
@@ -176,16 +177,39 @@ def _tiff_pixel_size(tif: Any, series: Any, index: int) -> tuple[float, float] |
 
 
 def _ome_image_index(tif: Any, series: Any, index: int) -> int:
-    """tifffile builds one series per OME Image in document order; match by name when it can."""
+    """The OME Image that holds this series: the one whose first TiffData IFD is the series' first
+    page (tifffile skips Images without data in this file, so positions can differ); else a unique
+    name; else the position when Images and series match one to one; -1 when it cannot be told."""
     import tifffile
 
-    with contextlib.suppress(Exception):
+    try:
         images = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
         images = images if isinstance(images, list) else [images]
-        names = [i.get("Name") for i in images]
-        if series.name and names.count(series.name) == 1:
-            return names.index(series.name)
-    return index
+    except Exception:
+        return -1
+    first_page = getattr(series.pages[0], "index", None) if len(series.pages) else None
+    by_ifd = [i for i, image in enumerate(images) if _first_ifd(image) == first_page]
+    if first_page is not None and len(by_ifd) == 1:
+        return by_ifd[0]
+    names = [
+        str(i.get("Name")) if isinstance(i, dict) and i.get("Name") is not None else None for i in images
+    ]
+    if series.name and names.count(str(series.name)) == 1:
+        return names.index(str(series.name))
+    return index if len(images) == len(tif.series) else -1
+
+
+def _first_ifd(image: Any) -> int | None:
+    pixels = image.get("Pixels") if isinstance(image, dict) else None
+    data = pixels.get("TiffData") if isinstance(pixels, dict) else None
+    if isinstance(data, list):
+        data = data[0] if data else None
+    if not isinstance(data, dict):
+        return None
+    try:
+        return int(data.get("IFD", 0))
+    except (TypeError, ValueError):
+        return None
 
 
 def _scaled(size: tuple[float, float], full: tuple[int, int], level: tuple[int, int]) -> tuple[float, float]:
@@ -217,30 +241,40 @@ def _open_zarr(path: Path, level: int | None) -> Found:
         axes = _guess_axes(node.shape, path)
         return Found(node, axes, None, f"zarr array ({'x'.join(map(str, node.shape))}, axes {axes})")
     attrs = dict(node.attrs)
-    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    multiscales = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
     if not multiscales:
         raise UserError(
             f"{path} is a zarr group without OME-Zarr 'multiscales' metadata: give an image group or array"
         )
-    meta = multiscales[0]
-    datasets = meta.get("datasets", [])
-    lev = 0 if level is None else level
-    if not 0 <= lev < len(datasets):
-        raise UserError(
-            f"--level {level} is out of range: {path} has {len(datasets)} level(s) (0..{len(datasets) - 1})"
-        )
-    axes_meta = meta.get("axes") or [{"name": n} for n in "tczyx"[-node[datasets[0]["path"]].ndim :]]
-    axes_meta = [a if isinstance(a, dict) else {"name": a} for a in axes_meta]
-    letters = "".join(NGFF_AXES.get(str(a.get("name", "")).lower(), "Q") for a in axes_meta)
     try:
+        meta = multiscales[0]
+        datasets = list(meta.get("datasets", []))
+        lev = 0 if level is None else level
+        if not 0 <= lev < len(datasets):
+            raise UserError(
+                f"--level {level} is out of range: {path} has {len(datasets)} level(s) "
+                f"(0..{len(datasets) - 1})"
+            )
         array = node[datasets[lev]["path"]]
+        axes_meta = meta.get("axes") or [{"name": n} for n in "tczyx"[-array.ndim :]]
+        axes_meta = [a if isinstance(a, dict) else {"name": a} for a in axes_meta]
+        letters = "".join(NGFF_AXES.get(str(a.get("name", "")).lower(), "Q") for a in axes_meta)
+        full = node[datasets[0]["path"]].shape
+    except UserError:
+        raise
     except Exception as exc:
-        raise UserError(f"{path} level {lev} cannot be opened ({exc}): check the OME-Zarr store") from None
+        raise UserError(f"{path} has malformed OME-Zarr metadata ({type(exc).__name__}: {exc})") from None
+    if len(letters) != array.ndim or "Y" not in letters or "X" not in letters:
+        raise UserError(
+            f"{path}: the OME-Zarr axes {letters!r} do not fit the {array.ndim}-D array {array.shape}: "
+            "check the multiscales metadata"
+        )
     transforms = list(datasets[lev].get("coordinateTransformations", []))
     pixel_size = units.ngff_pixel_size(axes_meta, transforms)
     y, x = _yx(letters, array.shape)
     text = f"OME-Zarr level {lev} of {len(datasets)} ({y}x{x} px, axes {letters})"
-    return Found(array, letters, pixel_size, text)
+    fy, fx = _yx(letters, full)
+    return Found(array, letters, pixel_size, text, level_scale=(fy / y, fx / x))
 
 
 def _guess_axes(shape: tuple[int, ...], path: Path) -> str:
@@ -273,9 +307,10 @@ def _open_flat(path: Path) -> Found:
 
 
 def read_tiff_whole(path: Path, what: str, max_bytes: int | None = None) -> np.ndarray:
-    """Level 0 of the first series of a TIFF, whole, for the commands that need whole images (eval,
-    train, --calib). Raises UserError naming `what` for a missing, unreadable, truncated or
-    implausibly large file (the size is checked from the header before anything is allocated)."""
+    """Level 0 of the largest series of a TIFF (the one `infer` segments), whole, for the commands
+    that need whole images (eval, train, --calib). Raises UserError naming `what` for a missing,
+    unreadable, truncated or implausibly large file (the size is checked from the header before
+    anything is allocated)."""
     import tifffile
 
     max_bytes = MAX_WHOLE_BYTES if max_bytes is None else max_bytes
@@ -286,7 +321,7 @@ def read_tiff_whole(path: Path, what: str, max_bytes: int | None = None) -> np.n
         with tifffile.TiffFile(path) as tif:
             if not tif.series:
                 raise UserError(f"{what} {path} is not a readable TIFF (no image data): check the file")
-            data = tif.series[0].levels[0]
+            data = max(tif.series, key=_plane_pixels).levels[0]  # as infer: the full-resolution image
             size = int(np.prod(data.shape, dtype=np.float64) * np.dtype(data.dtype).itemsize)
             if size > max_bytes:
                 raise UserError(

@@ -134,11 +134,16 @@ def run_infer(
     _check_outputs(outputs, slide_path, overwrite)
     model, fixed = check_settings(model, settings, diameter, diameter_um, norm_percentiles, norm_range, say)
     for folder in sorted({p.parent.resolve() for p in outputs.all()}):
-        removed = sweep_leftovers(folder)
+        removed, kept = sweep_leftovers(folder)
         if removed:
             say(
                 f"removed {len(removed)} leftover(s) of interrupted runs in {folder}: "
                 + ", ".join(removed[:3])
+            )
+        if kept:
+            say(
+                f"{len(kept)} leftover(s) of runs on other machines in {folder} ({', '.join(kept[:3])}): "
+                "remove them once those runs are over"
             )
     start = time.perf_counter()
     slide = Slide(slide_path, channel, options)
@@ -360,7 +365,8 @@ def _outlines(
     geojson = temps.get(outputs.geojson) if outputs.geojson else None
     rois = temps.get(outputs.rois) if outputs.rois else None
     with _labels_reader(outputs, temps, in_memory) as read, writing("the outlines"):
-        write_outlines(read, slide.shape, table.rows(), geojson, rois, slide.pixel_size)
+        scale = getattr(slide, "level_scale", (1.0, 1.0))
+        write_outlines(read, slide.shape, table.rows(), geojson, rois, slide.pixel_size, scale)
 
 
 def _pass_two(

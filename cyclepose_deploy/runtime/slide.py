@@ -12,6 +12,7 @@ from scipy import ndimage
 
 from cyclepose_deploy.errors import UserError
 from cyclepose_deploy.runtime.normalize import Normalization, fill_missing
+from cyclepose_deploy.runtime.units import check_pixel_size
 
 CHANNEL_AXES = ("C", "S")
 PLANE_AXES = {"Z": "--z", "T": "--t"}  # any other stacked axis (I, Q, ...: pages) is picked by --plane
@@ -90,8 +91,10 @@ class Slide:
                 "give an image with pixels"
             )
         self.file_pixel_size = found.pixel_size
-        self.pixel_size = opts.pixel_size or found.pixel_size
+        given = check_pixel_size(opts.pixel_size) if opts.pixel_size is not None else None
+        self.pixel_size = given or found.pixel_size
         self.description = found.description
+        self.level_scale = found.level_scale
         self.notes = list(found.notes)
         self._strips = None
         if found.strip_rows is not None:
@@ -131,7 +134,13 @@ class Slide:
         for i, axis in enumerate(self.axes):
             if axis in CHANNEL_AXES and self._array.shape[i] > 1:
                 index[i] = channel
-        return np.asarray(self._window(y0, y1, x0, x1, index), dtype=np.float32)
+        try:
+            return np.asarray(self._window(y0, y1, x0, x1, index), dtype=np.float32)
+        except Exception as exc:
+            raise UserError(
+                f"cannot decode {self.path} channel {channel} at y={y0}, x={x0} ({exc}): "
+                "the file may be corrupt"
+            ) from None
 
     def close(self) -> None:
         self._found.close()
@@ -225,8 +234,8 @@ def _plane(axis: str, size: int, opts: SlideOptions, path: Path, axes: str, only
     """The index along a non-channel axis: 0 for a singleton, else what --z / --t / --plane say."""
     option = PLANE_AXES.get(axis, "--plane")
     value = getattr(opts, axis.lower()) if axis in PLANE_AXES else None
-    if value is None and (axis not in PLANE_AXES or only_stack):
-        value = opts.plane
+    if value is None and size > 1 and (axis not in PLANE_AXES or only_stack):
+        value = opts.plane  # --plane picks along the one stacked axis, never a singleton
     if size == 1:
         return 0 if value in (None, 0) else _out_of_range(option, value, axis, size, path)
     if value is None:

@@ -139,6 +139,18 @@ def parse_pixel_size(text: str) -> tuple[float, float]:
     return (values[0], values[-1])
 
 
+def check_pixel_size(size: object, what: str = "pixel_size") -> tuple[float, float]:
+    """A (y, x) pixel size in µm given through the Python API: two finite numbers in range, or UserError."""
+    low, high = PIXEL_SIZE_RANGE_UM
+    try:
+        y, x = (float(v) for v in size)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        raise UserError(f"{what} {size!r} must be (y, x) in µm, e.g. (0.325, 0.325)") from None
+    if not (low <= y <= high and low <= x <= high):
+        raise UserError(f"{what} {size!r} must lie between {low:g} and {high:g} µm")
+    return (y, x)
+
+
 def _plausible(size: tuple[float, float]) -> tuple[float, float] | None:
     low, high = PIXEL_SIZE_RANGE_UM
     return size if all(low <= s <= high for s in size) else None

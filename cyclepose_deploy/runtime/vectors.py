@@ -34,10 +34,13 @@ def write_outlines(
     geojson: Path | None,
     rois: Path | None,
     pixel_size: tuple[float, float] | None,
+    level_scale: tuple[float, float] = (1.0, 1.0),
 ) -> int:
     """Trace every nucleus and stream its outline to `geojson` and/or `rois` (temporary paths; the
     caller renames them). read(y0, y1, x0, x1): a window of the final labels; rows: the object
     table's rows (runtime.objects.COLUMNS: label, centroid, area, bbox, mean intensity, ...).
+    level_scale: (y, x) full-resolution px per labels px when a lower pyramid level was segmented:
+    outlines are given in full-resolution pixels, where QuPath and Fiji place them on the slide.
     Returns the number of outlines written."""
     roi_zip = _open_rois(rois) if rois is not None else None
     handle = open(geojson, "w") if geojson is not None else None  # noqa: SIM115 (closed below)
@@ -61,6 +64,9 @@ def write_outlines(
                 outer, holes = outline(mask, (by0, bx0))
                 if not outer:
                     continue
+                if level_scale != (1.0, 1.0):
+                    factor = np.array([level_scale[1], level_scale[0]])
+                    outer, holes = [r * factor for r in outer], [r * factor for r in holes]
                 if handle is not None:
                     feature = _feature(label, outer, holes, row, pixel_size)
                     handle.write(("" if written == 0 else ",\n") + json.dumps(feature, separators=(",", ":")))
@@ -90,7 +96,7 @@ def _feature(
     else:  # pieces: holes go with the largest piece
         parts = [[_ring(outer[0]), *(_ring(h) for h in holes)], *([_ring(o)] for o in outer[1:])]
         geometry = {"type": "MultiPolygon", "coordinates": parts}
-    measurements: dict[str, float] = {"Label": label, "Area px^2": float(row[3])}
+    measurements: dict[str, float] = {"Label": label, "Area px^2": float(row[3])}  # px of the labels
     if np.isfinite(row[8]):
         measurements["Mean intensity"] = float(row[8])
     if pixel_size is not None:
@@ -118,7 +124,7 @@ def _open_rois(path: Path) -> zipfile.ZipFile:
 def _add_roi(archive: zipfile.ZipFile, label: int, ring: np.ndarray) -> None:
     import roifile
 
-    roi = roifile.ImagejRoi.frompoints(ring.astype(np.int32))  # pixel corners: whole numbers
+    roi = roifile.ImagejRoi.frompoints(np.round(ring).astype(np.int32))  # pixel corners
     roi.name = f"nucleus-{label}"
     archive.writestr(f"{label:06d}.roi", roi.tobytes())
 

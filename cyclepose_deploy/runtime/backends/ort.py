@@ -45,6 +45,13 @@ def resolve_providers(requested: list[str] | None, available: list[str]) -> list
     return chosen
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: taskset, cgroups), not the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def precision_from_path(path: Path) -> str:
     """model.fp16.onnx -> fp16, model.int8.onnx -> int8, else fp32."""
     for tag in ("fp16", "int8"):
@@ -76,7 +83,7 @@ class OrtRunner(Runner):
         opts = ort.SessionOptions()
         opts.enable_cpu_mem_arena = False  # the arena doubled peak RSS in an earlier attempt
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = self.threads or (os.cpu_count() or 1)
+        opts.intra_op_num_threads = self.threads or usable_cores()
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         return opts
