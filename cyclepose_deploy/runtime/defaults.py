@@ -39,6 +39,8 @@ MIN_SIZE = 15
 MIN_CONTRAST = 0.1
 CONTRAST_RING = 3  # px around an object that define its local background
 OUTLINE_SHELL = 2  # px an outline may move to its half-maximum edge (dynamics/masks.refine_outlines)
+OUTLINE_LEVEL = 0.5  # where between background (0) and the object's mean (1) the outline sits
+OUTLINE_GAP = 0  # px skipped beyond the object before the background ring is measured
 MAX_SIZE_FRACTION = 0.4
 
 

@@ -137,7 +137,7 @@ def _fill_object_holes(labels: np.ndarray, boxes: np.ndarray) -> None:
 
 
 def _inside_and_ring_means(
-    labels: np.ndarray, count: int, values: np.ndarray, ring: int
+    labels: np.ndarray, count: int, values: np.ndarray, ring: int, gap: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per label 0..count: (pixel count, mean of `values` inside, mean over the background pixels
     within `ring` px of it; 0.0 where there are none)."""
@@ -147,8 +147,10 @@ def _inside_and_ring_means(
     values = values.ravel()
     area = np.bincount(flat, minlength=count + 1)
     inside = np.bincount(flat, weights=values, minlength=count + 1) / np.maximum(area, 1)
-    grown = ndimage.grey_dilation(labels, size=2 * ring + 1).ravel()
+    grown = ndimage.grey_dilation(labels, size=2 * (ring + gap) + 1).ravel()
     ring_px = (flat == 0) & (grown > 0)
+    if gap:  # skip the first `gap` px around the object (its glow), measure beyond
+        ring_px &= ndimage.grey_dilation(labels, size=2 * gap + 1).ravel() == 0
     ring_area = np.bincount(grown[ring_px], minlength=count + 1)
     ring_sum = np.bincount(grown[ring_px], weights=values[ring_px], minlength=count + 1)
     outside = np.where(ring_area > 0, ring_sum / np.maximum(ring_area, 1), 0.0)
@@ -166,7 +168,9 @@ def contrasts(labels: np.ndarray, count: int, image: np.ndarray, ring: int) -> n
     return out
 
 
-def refine_outlines(labels: np.ndarray, count: int, image: np.ndarray, shell: int) -> None:
+def refine_outlines(
+    labels: np.ndarray, count: int, image: np.ndarray, shell: int, level: float = 0.5, gap: int = 0
+) -> None:
     """Move each object's outline to the half-maximum of its local intensity edge (in place).
 
     A blurred step edge crosses halfway between its plateau and its background exactly at the true
@@ -180,13 +184,13 @@ def refine_outlines(labels: np.ndarray, count: int, image: np.ndarray, shell: in
     if count == 0:
         return
     smooth = ndimage.gaussian_filter(np.nan_to_num(np.asarray(image, np.float32)), 1.0)
-    _, inside, outside = _inside_and_ring_means(labels, count, smooth.astype(np.float64), shell + 1)
-    level = (0.5 * (inside + outside)).astype(np.float32)
-    level[0] = np.inf
+    _, inside, outside = _inside_and_ring_means(labels, count, smooth.astype(np.float64), shell + 1, gap)
+    cut = (outside + level * (inside - outside)).astype(np.float32)
+    cut[0] = np.inf
     depth = ndimage.distance_transform_cdt(labels > 0, metric="chessboard")
-    release = (labels > 0) & (depth <= shell) & (smooth < level[labels])
+    release = (labels > 0) & (depth <= shell) & (smooth < cut[labels])
     near = ndimage.grey_dilation(labels, size=2 * shell + 1)
-    take = (labels == 0) & (near > 0) & (smooth >= level[near])
+    take = (labels == 0) & (near > 0) & (smooth >= cut[near])
     labels[release] = 0
     labels[take] = near[take]
 

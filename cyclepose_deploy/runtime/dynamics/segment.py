@@ -15,6 +15,8 @@ from cyclepose_deploy.runtime.defaults import (
     MIN_CONTRAST,
     MIN_SIZE,
     NITER,
+    OUTLINE_GAP,
+    OUTLINE_LEVEL,
     OUTLINE_SHELL,
 )
 from cyclepose_deploy.runtime.dynamics.follow import follow_and_count
@@ -130,7 +132,7 @@ def segment(
     if image is not None and settings.min_contrast > 0:
         remove_masks(labels, contrasts(labels, count, image, CONTRAST_RING) < settings.min_contrast)
     if image is not None and settings.outline_shell > 0:
-        refine_outlines(labels, count, image, settings.outline_shell)
+        refine_outlines(labels, count, image, settings.outline_shell, OUTLINE_LEVEL, OUTLINE_GAP)
         clean_masks(labels, count, settings.min_size)
     return labels, seeds
 
