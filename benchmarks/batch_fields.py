@@ -47,12 +47,18 @@ def main() -> None:
         start = time.perf_counter()
         for i in range(args.single):
             field = fields / f"field{i:04d}.tif"
-            subprocess.run([*cli, str(field), "--model", args.model, "-o", str(root / f"s{i}.tif")],
-                           check=True, capture_output=True)
+            subprocess.run(
+                [*cli, str(field), "--model", args.model, "-o", str(root / f"s{i}.tif")],
+                check=True,
+                capture_output=True,
+            )
         single = (time.perf_counter() - start) / args.single
         start = time.perf_counter()
-        done = subprocess.run([*cli, str(fields), "--model", args.model, "--out-dir", str(root / "batch")],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [*cli, str(fields), "--model", args.model, "--out-dir", str(root / "batch")],
+            capture_output=True,
+            text=True,
+        )
         batch_seconds = time.perf_counter() - start
         if done.returncode != 0:
             raise SystemExit(done.stderr[-2000:])
