@@ -45,6 +45,7 @@ class Settings:
     max_diameter: float = defaults.DIAMETER[1]
     max_extent: float | None = None
     channels: int = 1
+    noise: float = 0.0  # the slide's noise sigma, normalised (set from the Normalization by the pipeline)
 
     def __post_init__(self) -> None:
         if self.batch < 1:
@@ -68,6 +69,7 @@ class Settings:
             min_size=self.min_size,
             min_contrast=self.min_contrast,
             outline_shell=self.outline_shell,
+            noise=self.noise,
         )
 
 

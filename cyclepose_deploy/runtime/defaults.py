@@ -38,6 +38,10 @@ MIN_SIZE = 15
 # their surroundings, and a network can see "nuclei" in empty background (dynamics/masks.py).
 MIN_CONTRAST = 0.1
 CONTRAST_RING = 3  # px around an object that define its local background
+# ... and significantly so: (inside - ring) / (noise sigma x sqrt(1/n_inside + 1/n_ring)) must reach
+# this many sigmas, with the slide's noise sigma from runtime.normalize. Camera noise can make a few
+# small blobs 0.1 brighter than their ring by chance; a real nucleus is tens of sigmas above it.
+CONTRAST_SIGMAS = 6.0
 OUTLINE_SHELL = 2  # px an outline may move to its half-maximum edge (dynamics/masks.refine_outlines)
 OUTLINE_LEVEL = 0.5  # where between background (0) and the object's mean (1) the outline sits
 OUTLINE_GAP = 0  # px skipped beyond the object before the background ring is measured

@@ -48,10 +48,12 @@ def noise_sigma(patches: Sequence[np.ndarray]) -> float:
 
 @dataclass(frozen=True)
 class Normalization:
-    """Maps intensity `low` to 0 and `high` to 1; NaN/Inf pixels map to 0 (background)."""
+    """Maps intensity `low` to 0 and `high` to 1; NaN/Inf pixels map to 0 (background). `noise`: the
+    slide's noise sigma in normalised units (0.0 when unknown, e.g. a fixed --norm-range)."""
 
     low: float
     high: float
+    noise: float = 0.0
 
     @classmethod
     def from_sample(
@@ -77,7 +79,7 @@ class Normalization:
             high = max(high, low + FLOOR_SIGMAS * sigma)
         if not high > low:
             high = low + 1.0
-        return cls(low, high)
+        return cls(low, high, sigma / (high - low) if sigma > 0 else 0.0)
 
     @classmethod
     def fixed(cls, low: float, high: float) -> Normalization:

@@ -266,7 +266,11 @@ def run_source(
     t0 = time.perf_counter()
     norm = fixed if fixed is not None else sample_normalization(slide, model.lower, model.upper)
     settings = replace(
-        settings, flow_scale=model.flow_scale, max_diameter=model.diameter[1], max_extent=model.max_extent
+        settings,
+        flow_scale=model.flow_scale,
+        max_diameter=model.diameter[1],
+        max_extent=model.max_extent,
+        noise=norm.noise,
     )
     times = {"normalize": time.perf_counter() - t0}
     with contextlib.ExitStack() as stack:

@@ -10,6 +10,7 @@ from cyclepose_deploy.errors import UserError
 from cyclepose_deploy.runtime.defaults import (
     CELLPROB_THRESHOLD,
     CONTRAST_RING,
+    CONTRAST_SIGMAS,
     FLOW_THRESHOLD,
     MAX_SIZE_FRACTION,
     MIN_CONTRAST,
@@ -22,6 +23,7 @@ from cyclepose_deploy.runtime.defaults import (
 from cyclepose_deploy.runtime.dynamics.follow import follow_and_count
 from cyclepose_deploy.runtime.dynamics.masks import (
     clean_masks,
+    contrast_sigmas,
     contrasts,
     flow_errors,
     refine_outlines,
@@ -40,6 +42,8 @@ class DynamicsSettings:
     max_size_fraction: drop masks larger than this fraction of the whole image (Cellpose 3.1).
     min_contrast: with the normalised image given, drop masks not at least this much brighter than
     the CONTRAST_RING px around them (0 disables; not in Cellpose).
+    noise, contrast_sigmas: with the image and the slide's noise sigma (normalised units) given, also
+    drop masks whose contrast is below contrast_sigmas standard errors (noise blobs; not in Cellpose).
     outline_shell: with the image given, move outlines by up to this many px to the half-maximum
     of the local intensity edge (masks.refine_outlines; 0 disables; not in Cellpose).
     """
@@ -51,6 +55,8 @@ class DynamicsSettings:
     max_size_fraction: float = MAX_SIZE_FRACTION
     min_contrast: float = MIN_CONTRAST
     outline_shell: int = OUTLINE_SHELL
+    noise: float = 0.0  # the slide's noise sigma in normalised units (runtime.normalize); 0: unknown
+    contrast_sigmas: float = CONTRAST_SIGMAS
 
     def __post_init__(self) -> None:
         if self.niter < 0:
@@ -131,6 +137,9 @@ def segment(
     clean_masks(labels, count, settings.min_size)
     if image is not None and settings.min_contrast > 0:
         remove_masks(labels, contrasts(labels, count, image, CONTRAST_RING) < settings.min_contrast)
+    if image is not None and settings.noise > 0 and settings.contrast_sigmas > 0:
+        weak = contrast_sigmas(labels, count, image, CONTRAST_RING, settings.noise) < settings.contrast_sigmas
+        remove_masks(labels, weak)
     if image is not None and settings.outline_shell > 0:
         refine_outlines(labels, count, image, settings.outline_shell, OUTLINE_LEVEL, OUTLINE_GAP)
         clean_masks(labels, count, settings.min_size)
