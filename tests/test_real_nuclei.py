@@ -233,3 +233,19 @@ def test_diameter_estimate_within_15_percent_with_the_shipped_model(
         estimate = estimate_diameter(source, norm, runner, settings, model.train_diameter)
     truth, _ = mask_diameter(labels)
     assert estimate is not None and estimate.diameter == pytest.approx(truth, rel=0.15)
+
+
+def test_area_weighted_diameter_discounts_fragments() -> None:
+    from cyclepose_deploy.runtime.diameter import area_weighted_diameter, mask_diameter
+
+    labels = np.zeros((200, 200), np.int32)
+    yy, xx = np.mgrid[:200, :200]
+    for i, (y, x) in enumerate([(30, 30), (30, 100), (100, 30)]):  # three whole discs of diameter 30
+        labels[(yy - y) ** 2 + (xx - x) ** 2 <= 15**2] = i + 1
+    for i in range(4):  # four small fragments
+        labels[150 + 10 * i : 153 + 10 * i, 150:153] = 10 + i
+    plain, n = mask_diameter(labels)
+    weighted, m = area_weighted_diameter(labels)
+    assert n == m == 7
+    assert plain < 5  # the plain median is a fragment
+    assert weighted == pytest.approx(30, rel=0.05)
