@@ -320,7 +320,18 @@ def _diameter(
     if estimate is None:
         return None
     low, high = model.train_diameter / MAX_SCALE, model.train_diameter / MIN_SCALE
-    return replace(estimate, diameter=float(min(max(estimate.diameter, low), high)))
+    return replace(estimate, diameter=float(min(max(quantize_diameter(estimate.diameter), low), high)))
+
+
+DIAMETER_STEPS_PER_OCTAVE = 16  # estimates snap to a 4.4 % geometric grid
+
+
+def quantize_diameter(diameter: float) -> float:
+    """The estimate on a geometric grid (2^(1/16) steps): segmentation does not care about +/-2 %, but
+    a grid makes the run reproducible when the estimate wobbles by a hair (one changed pixel must not
+    rescale the whole slide and move every outline)."""
+    steps = DIAMETER_STEPS_PER_OCTAVE
+    return float(2.0 ** (round(math.log2(diameter) * steps) / steps))
 
 
 def _pass_one(
