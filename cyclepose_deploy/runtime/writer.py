@@ -29,10 +29,21 @@ def resampled_blocks(array: Any, out_shape: tuple[int, int], rows: int = TIFF_TI
         ys = nearest_index(h, ah, r0, min(r0 + rows, h))
         for c0 in range(0, w, BLOCK_COLS):
             xs = nearest_index(w, aw, c0, min(c0 + BLOCK_COLS, w))
-            block = np.asarray(array[int(ys[0]) : int(ys[-1]) + 1, int(xs[0]) : int(xs[-1]) + 1])
-            if block.shape != (ys.size, xs.size):
-                block = block[np.ix_(ys - ys[0], xs - xs[0])]
+            if ah > h or aw > w:  # downsampling (pyramid levels): read only the picked pixels, so a
+                # block never spans 2^level times its own rows and columns of the source
+                block = _pick(array, ys, xs)
+            else:
+                block = np.asarray(array[int(ys[0]) : int(ys[-1]) + 1, int(xs[0]) : int(xs[-1]) + 1])
+                if block.shape != (ys.size, xs.size):
+                    block = block[np.ix_(ys - ys[0], xs - xs[0])]
             yield r0, c0, block
+
+
+def _pick(array: Any, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """array[ys][:, xs] (orthogonal indexing): zarr decodes chunk by chunk and keeps only the picks."""
+    if hasattr(array, "oindex"):
+        return np.asarray(array.oindex[ys, xs])
+    return np.asarray(array)[np.ix_(ys, xs)]
 
 
 PYRAMID_TOP = 1024  # sub-resolution levels halve the size until the longest side is at most this
