@@ -107,14 +107,12 @@ def run_batch(
     seg: Any,
     images: Sequence[Path],
     out_dir: Path,
-    options: Any,
-    diameter: float | None,
-    diameter_um: float | None,
-    norms: tuple[Any, Any],
+    shared: dict[str, Any],
     overwrite: bool,
     say: Callable[[str], None],
 ) -> int:
-    """Segment each image with the loaded Segmenter; write the summary; return the exit code."""
+    """Segment each image with the loaded Segmenter (`shared`: the keyword arguments of
+    Segmenter.segment_file that every image gets); write the summary; return the exit code."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from cyclepose_deploy.console import console
@@ -132,9 +130,7 @@ def run_batch(
     with bar:
         task = bar.add_task("images", total=len(images))
         for image, name in zip(images, names, strict=True):
-            rows.append(
-                _one(seg, image, out_dir, name, options, diameter, diameter_um, norms, overwrite, say)
-            )
+            rows.append(_one(seg, image, out_dir, name, shared, overwrite, say))
             bar.advance(task)
     write_atomic(out_dir / "summary.csv", _csv(rows).encode())
     failed = sum(r["status"] == "failed" for r in rows)
@@ -154,10 +150,7 @@ def _one(
     image: Path,
     out_dir: Path,
     name: str,
-    options: Any,
-    diameter: float | None,
-    diameter_um: float | None,
-    norms: tuple[Any, Any],
+    shared: dict[str, Any],
     overwrite: bool,
     say: Callable[[str], None],
 ) -> dict[str, Any]:
@@ -171,13 +164,9 @@ def _one(
             image,
             labels,
             objects=objects,
-            options=options,
-            diameter=diameter,
-            diameter_um=diameter_um,
-            norm_percentiles=norms[0],
-            norm_range=norms[1],
             overwrite=True,
             warn=lambda text: say(f"{image.name}: {text}") if text.startswith("warning") else None,
+            **shared,
         )
     except UserError as exc:
         say(f"warning: {image}: {exc}")

@@ -155,13 +155,17 @@ def register(app: typer.Typer) -> None:
             flow_threshold=flow_threshold,
         )
         console.print(f"model: {seg.describe()}")
+        shared = {  # what every image gets, in batch mode and for one image
+            "options": options,
+            "diameter": diameter,
+            "diameter_um": diameter_um,
+            "norm_percentiles": norms[0],
+            "norm_range": norms[1],
+        }
         with seg:
             if batch_mode:
                 assert out_dir is not None
-                code = batch.run_batch(
-                    seg, images, out_dir, options, diameter, diameter_um, norms, overwrite, _say
-                )
-                raise typer.Exit(code)
+                raise typer.Exit(batch.run_batch(seg, images, out_dir, shared, overwrite, _say))
             assert out is not None
             with _progress() as report:
                 summary = seg.segment_file(
@@ -173,14 +177,10 @@ def register(app: typer.Typer) -> None:
                     geojson=geojson,
                     rois=rois,
                     zarr=zarr_out,
-                    options=options,
-                    diameter=diameter,
-                    diameter_um=diameter_um,
-                    norm_percentiles=norms[0],
-                    norm_range=norms[1],
                     overwrite=overwrite,
                     warn=_say,
                     progress=report,
+                    **shared,
                 )
         outputs = [p for p in (out, objects, preview, prob, geojson, rois, zarr_out) if p is not None]
         _print_summary(summary, outputs)

@@ -14,7 +14,6 @@ to a tiled OME-TIFF.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -155,7 +154,7 @@ class Segmenter:
 
     def segment_array(self, image: Any, **kwargs: Any) -> Any:
         """As `segment`, returning the run's Summary (labels in `.labels`, the diameter used, times)."""
-        from cyclepose_deploy.runtime.pipeline import Outputs, check_scale, check_settings, run_source
+        from cyclepose_deploy.runtime.pipeline import Outputs, check_settings, diameter_px, run_source
 
         say = kwargs.get("warn") or (lambda text: None)
         model, fixed = check_settings(
@@ -168,13 +167,10 @@ class Segmenter:
             say,
         )
         source = ArrayImage(image, kwargs.get("pixel_size"))
-        diameter = kwargs.get("diameter")
-        if kwargs.get("diameter_um") is not None:
-            if source.pixel_size is None:
-                raise UserError("diameter_um needs pixel_size=(y, x) in µm, or give diameter in px")
-            diameter = kwargs["diameter_um"] / math.sqrt(source.pixel_size[0] * source.pixel_size[1])
-        if diameter is not None:
-            check_scale(diameter, model)
+        missing = "diameter_um needs pixel_size=(y, x) in µm, or give diameter in px"
+        diameter = diameter_px(
+            kwargs.get("diameter"), kwargs.get("diameter_um"), source.pixel_size, model, missing
+        )
         return run_source(
             source,
             model,

@@ -151,15 +151,11 @@ def run_infer(
         say(f"image: {slide.description}, pixel size {_size_text(slide)}")
         for note in slide.notes:
             say(note)
-        if diameter_um is not None:
-            if slide.pixel_size is None:
-                raise UserError(
-                    f"--diameter-um needs the pixel size, and {slide.path.name} does not say it: "
-                    "add --pixel-size (µm) or give --diameter in px"
-                )
-            diameter = diameter_um / math.sqrt(slide.pixel_size[0] * slide.pixel_size[1])
-        if diameter is not None:
-            check_scale(diameter, model)
+        missing = (
+            f"--diameter-um needs the pixel size, and {slide.path.name} does not say it: "
+            "add --pixel-size (µm) or give --diameter in px"
+        )
+        diameter = diameter_px(diameter, diameter_um, slide.pixel_size, model, missing)
         return run_source(
             slide, model, outputs, settings, diameter, progress or (lambda *a: None), start, fixed, runner
         )
@@ -209,6 +205,25 @@ def check_settings(
             f"use --overlap {max(defaults.OVERLAP, math.ceil(model.diameter[1]))} or more"
         )
     return model, fixed
+
+
+def diameter_px(
+    diameter: float | None,
+    diameter_um: float | None,
+    pixel_size: tuple[float, float] | None,
+    model: Model,
+    missing: str,
+) -> float | None:
+    """The given diameter in px: `diameter`, or `diameter_um` over the pixel size (geometric mean of
+    y and x); None when neither is given. UserError `missing` without a pixel size, and (check_scale)
+    when it would rescale the slide beyond the model's range."""
+    if diameter_um is not None:
+        if pixel_size is None:
+            raise UserError(missing)
+        diameter = diameter_um / math.sqrt(pixel_size[0] * pixel_size[1])
+    if diameter is not None:
+        check_scale(diameter, model)
+    return diameter
 
 
 def check_scale(diameter: float, model: Model) -> None:

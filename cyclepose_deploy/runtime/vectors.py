@@ -114,10 +114,7 @@ def _feature(
 
 
 def _open_rois(path: Path) -> zipfile.ZipFile:
-    try:
-        import roifile  # noqa: F401
-    except ImportError:
-        raise UserError("--rois needs the roifile package: pip install roifile") from None
+    check_rois_available()
     return zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED)
 
 

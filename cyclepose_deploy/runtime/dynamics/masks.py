@@ -138,9 +138,9 @@ def _fill_object_holes(labels: np.ndarray, boxes: np.ndarray) -> None:
 
 def _inside_and_ring_means(
     labels: np.ndarray, count: int, values: np.ndarray, ring: int, gap: int = 0
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per label 0..count: (pixel count, mean of `values` inside, mean over the background pixels
-    within `ring` px of it; 0.0 where there are none)."""
+    within `ring` px of it (0.0 where there are none), the number of those ring pixels)."""
     from scipy import ndimage
 
     flat = labels.ravel()
@@ -154,21 +154,16 @@ def _inside_and_ring_means(
     ring_area = np.bincount(grown[ring_px], minlength=count + 1)
     ring_sum = np.bincount(grown[ring_px], weights=values[ring_px], minlength=count + 1)
     outside = np.where(ring_area > 0, ring_sum / np.maximum(ring_area, 1), 0.0)
-    return area, inside, outside
+    return area, inside, outside, ring_area
 
 
 def contrast_sigmas(labels: np.ndarray, count: int, image: np.ndarray, ring: int, noise: float) -> np.ndarray:
     """Per label 0..count: the contrast of `contrasts` in units of its standard error under white
     noise of sigma `noise` (noise sqrt(1/n_inside + 1/n_ring)); inf where noise is 0."""
-    from scipy import ndimage
-
-    values = np.nan_to_num(np.asarray(image, np.float64))
-    area, inside, outside = _inside_and_ring_means(labels, count, values, ring)
-    flat = labels.ravel()
-    grown = ndimage.grey_dilation(labels, size=2 * ring + 1).ravel()
-    ring_area = np.bincount(grown[(flat == 0) & (grown > 0)], minlength=count + 1)
     if noise <= 0:
         return np.full(count + 1, np.inf)
+    values = np.nan_to_num(np.asarray(image, np.float64))
+    area, inside, outside, ring_area = _inside_and_ring_means(labels, count, values, ring)
     error = noise * np.sqrt(1.0 / np.maximum(area, 1) + 1.0 / np.maximum(ring_area, 1))
     return np.where(area > 0, (inside - outside) / error, 0.0)
 
@@ -178,7 +173,7 @@ def contrasts(labels: np.ndarray, count: int, image: np.ndarray, ring: int) -> n
     pixels within `ring` px of it (0.0 for labels without pixels; the ring of an object with no
     background around it is taken as 0, the normalised background)."""
     values = np.nan_to_num(np.asarray(image, np.float64))
-    area, inside, outside = _inside_and_ring_means(labels, count, values, ring)
+    area, inside, outside, _ = _inside_and_ring_means(labels, count, values, ring)
     out = np.where(area > 0, inside - outside, 0.0)
     out[0] = 0.0
     return out
@@ -200,7 +195,7 @@ def refine_outlines(
     if count == 0:
         return
     smooth = ndimage.gaussian_filter(np.nan_to_num(np.asarray(image, np.float32)), 1.0)
-    _, inside, outside = _inside_and_ring_means(labels, count, smooth.astype(np.float64), shell + 1, gap)
+    _, inside, outside, _ = _inside_and_ring_means(labels, count, smooth.astype(np.float64), shell + 1, gap)
     cut = (outside + level * (inside - outside)).astype(np.float32)
     cut[0] = np.inf
     depth = ndimage.distance_transform_cdt(labels > 0, metric="chessboard")
