@@ -246,7 +246,26 @@ def test_full_disk_leaves_nothing(
         data["slide"], "--model", data["net"], "-o", out / "l.tif", "--objects", out / "o.csv", "--tile", 128
     )
     expect_error(code, text, "No space left", "l.tif")
-    assert leftovers(out) == []
+    # no half-written output; the finished chunks are kept in the run folder, and once there is space
+    # again --resume writes the outputs without running the network again
+    assert leftovers(out) == ["l.tif.run"]
+    assert "--resume" in text
+    monkeypatch.undo()
+    code, text = invoke(
+        data["slide"],
+        "--model",
+        data["net"],
+        "-o",
+        out / "l.tif",
+        "--objects",
+        out / "o.csv",
+        "--tile",
+        128,
+        "--resume",
+    )
+    assert code == 0, text
+    assert "network tiles 0" in text
+    assert leftovers(out) == ["l.tif", "o.csv"]
 
 
 def test_full_disk_during_chunks(

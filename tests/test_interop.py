@@ -324,3 +324,61 @@ def test_batch_survives_a_damaged_multichannel_file_and_refuses_single_image_opt
         "infer", src, "--model", net, "--out-dir", tmp_path / "o2", "--geojson", tmp_path / "g"
     )
     assert code == 2 and "--geojson" in text and not (tmp_path / "o2").exists()
+
+
+class _RecordingRunner:
+    """Returns each tile's own values (so rows can be traced back) and records batch sizes."""
+
+    channels, shape_limits = 1, None
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        import time
+
+        self.sizes.append(len(images))
+        time.sleep(0.01)  # a network call takes time: callers queue up meanwhile
+        if (images < 0).any():
+            raise ValueError("bad tile")
+        return np.repeat(images[:, :1], 3, axis=1)
+
+
+def test_shared_batcher_concatenates_callers_and_returns_their_own_rows() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cyclepose_deploy.runtime.backends.batching import SharedBatcher
+
+    inner = _RecordingRunner()
+    batcher = SharedBatcher(inner, max_batch=8)
+    tiles = [np.full((k % 3 + 1, 1, 32, 32), float(k), np.float32) for k in range(24)]
+    with ThreadPoolExecutor(6) as pool:
+        outs = list(pool.map(batcher.infer, tiles))
+    for k, out in enumerate(outs):
+        assert out.shape == (k % 3 + 1, 3, 32, 32) and (out == k).all()
+    assert max(inner.sizes) > 3 and max(inner.sizes) <= 8  # several callers per call, never above max
+    assert sum(inner.sizes) == sum(len(t) for t in tiles) and batcher.calls == len(inner.sizes)
+    # an error reaches the callers of its batch only, and the batcher goes on
+    with pytest.raises(ValueError, match="bad tile"):
+        batcher.infer(np.full((1, 1, 32, 32), -1.0, np.float32))
+    assert (batcher.infer(np.ones((1, 1, 32, 32), np.float32)) == 1).all()
+    batcher.close()
+
+
+def test_batch_of_small_fields_equals_fields_run_alone(net: Path, tmp_path: Path) -> None:
+    from cyclepose_deploy import Segmenter
+
+    src = tmp_path / "fields"
+    src.mkdir()
+    for i in range(6):
+        image, _ = make_slide(128, 112, seed=40 + i)
+        tifffile.imwrite(src / f"f{i}.tif", image)
+    out = tmp_path / "out"
+    code, text = invoke("infer", src, "--model", net, "--out-dir", out)
+    assert code == 0, text
+    with Segmenter(net) as seg:
+        for i in range(6):
+            seg.segment_file(src / f"f{i}.tif", tmp_path / f"alone{i}.tif")
+            alone = tifffile.imread(tmp_path / f"alone{i}.tif")
+            assert alone.max() > 0
+            assert np.array_equal(alone, tifffile.imread(out / f"f{i}.labels.ome.tif"))

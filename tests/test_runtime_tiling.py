@@ -105,7 +105,7 @@ def test_tile_plan_runs_every_tile_once_and_cache_empties(tmp_path: Path) -> Non
     chunks = chunk_windows((1000, 700), 256, 40)
     plan = TilePlan(grid, chunks)
     assert plan.tiles_run == grid.total
-    assert sum(len(c) for c in plan.compute) + sum(len(r) for r in plan.reuse) > grid.total
+    assert sum(len(c) for c in plan.compute.values()) + sum(len(r) for r in plan.reuse.values()) > grid.total
     cache = TileCache(tmp_path, plan)
     for k in range(len(chunks)):
         for origin in plan.reuse[k]:

@@ -14,10 +14,17 @@ import glob
 import io
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.runtime.defaults import CHUNK
+
+# Images up to one default chunk run CONCURRENT at a time, and their tiles share network batches
+# (runtime.backends.batching); a larger image runs alone, so memory stays that of one chunk per image.
+CONCURRENT = 4
+SMALL_PIXELS = CHUNK * CHUNK
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2", ".png", ".jpg", ".jpeg", ".bmp", ".zarr")
 LABELS_SUFFIX = ".labels.ome.tif"
@@ -122,16 +129,29 @@ def run_batch(
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create --out-dir {out_dir}: {exc.strerror or exc}") from None
-    rows: list[dict[str, Any]] = []
     names = output_names(images)
+    rows: list[dict[str, Any]] = [{} for _ in images]
     bar = Progress(
         TextColumn("images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
     )
-    with bar:
+    with bar, seg.shared_batches(), ThreadPoolExecutor(CONCURRENT, thread_name_prefix="image") as pool:
         task = bar.add_task("images", total=len(images))
-        for image, name in zip(images, names, strict=True):
-            rows.append(_one(seg, image, out_dir, name, shared, overwrite, say))
+        running: list[Future] = []
+
+        def one(k: int) -> None:
+            rows[k] = _one(seg, images[k], out_dir, names[k], shared, overwrite, say)
             bar.advance(task)
+
+        for k, image in enumerate(images):
+            if _pixels(image, shared) > SMALL_PIXELS:  # a large slide runs alone: memory stays bounded
+                wait(running)
+                running.clear()
+                one(k)
+            else:
+                running.append(pool.submit(one, k))
+        wait(running)
+        for future in running:
+            future.result()
     write_atomic(out_dir / "summary.csv", _csv(rows).encode())
     failed = sum(r["status"] == "failed" for r in rows)
     done = sum(r["status"] == "done" for r in rows)
@@ -143,6 +163,20 @@ def run_batch(
     if failed == 0:
         return 0
     return 2 if failed == len(rows) else 1
+
+
+def _pixels(image: Path, shared: dict[str, Any]) -> int:
+    """The image's pixel count from its header (0 when it cannot be opened: its own run reports why)."""
+    from cyclepose_deploy.runtime.slide import Slide
+
+    try:
+        slide = Slide(image, None, shared.get("options"))
+    except Exception:
+        return 0
+    try:
+        return slide.shape[0] * slide.shape[1]
+    finally:
+        slide.close()
 
 
 def _one(

@@ -98,6 +98,26 @@ def register(app: typer.Typer) -> None:
             "--zarr",
             help="Also write the labels as OME-Zarr (multiscale labels/nuclei; needs ome-zarr).",
         ),
+        scheduler: str | None = typer.Option(
+            None,
+            "--scheduler",
+            help="Run the chunks on Dask: local (a worker per core), local:N, or a scheduler address "
+            "tcp://HOST:PORT. Default: this process.",
+        ),
+        resume: bool = typer.Option(
+            False, "--resume", help="Finish an interrupted run from LABELS.run, running only missing chunks."
+        ),
+        skip_empty: bool = typer.Option(
+            True,
+            "--skip-empty/--no-skip-empty",
+            help="Chunks without tissue (no 8x8 px mean above 5 % of the bright level) skip the network.",
+        ),
+        threads: int | None = typer.Option(
+            None,
+            "--threads",
+            help="ONNX Runtime threads (per Dask worker with --scheduler). Default: all cores, split "
+            "between local workers.",
+        ),
         summary_json: Path | None = typer.Option(
             None, "--summary-json", help="Also write the run summary (objects, MPix/s, stage times) as JSON."
         ),
@@ -145,8 +165,15 @@ def register(app: typer.Typer) -> None:
                     f"{', '.join(given)} name one image's outputs; with --out-dir each image gets "
                     "NAME.labels.ome.tif and NAME.objects.csv and the run OUT/summary.csv: drop them"
                 )
+        if threads is not None and threads < 1:
+            raise UserError(f"--threads {threads} must be at least 1")
+        if batch_mode and (scheduler or resume):
+            raise UserError(
+                "--scheduler and --resume work on one slide (-o); a batch re-run skips finished images"
+            )
         seg = Segmenter(
             engine,
+            threads=threads,
             tile=tile,
             overlap=overlap,
             batch=batch_size,
@@ -180,6 +207,9 @@ def register(app: typer.Typer) -> None:
                     overwrite=overwrite,
                     warn=_say,
                     progress=report,
+                    scheduler=scheduler,
+                    resume=resume,
+                    skip_empty=skip_empty,
                     **shared,
                 )
         outputs = [p for p in (out, objects, preview, prob, geojson, rois, zarr_out) if p is not None]
@@ -240,6 +270,15 @@ def _print_summary(summary: Any, outputs: Any) -> None:
         f"network tiles {summary.tiles_run} for a grid of {summary.tiles_grid} "
         f"(+{100 * summary.tile_overhead:.0f}% for halos)"
     )
+    extra = []
+    if summary.skipped:
+        extra.append(f"{summary.skipped} chunk(s) without tissue skipped")
+    if summary.resumed:
+        extra.append(f"{summary.resumed} chunk(s) kept from the interrupted run")
+    if summary.workers:
+        extra.append(f"{summary.workers} Dask worker(s)")
+    if extra:
+        console.print("; ".join(extra))
     console.print(_diameter_line(summary))
     console.print(f"time per stage (threads overlap): {stages}")
     console.print("wrote " + ", ".join(str(p) for p in outputs))
@@ -253,6 +292,10 @@ def _summary_dict(summary: Any, outputs: Any, model: str) -> dict[str, Any]:
         "seconds": summary.seconds,
         "mpix_per_s": summary.mpix_per_s,
         "chunks": summary.chunks,
+        "chunks_skipped_empty": summary.skipped,
+        "chunks_resumed": summary.resumed,
+        "chunks_run": summary.ran,
+        "workers": summary.workers,
         "tiles_run": summary.tiles_run,
         "tiles_grid": summary.tiles_grid,
         "stage_seconds": summary.times,

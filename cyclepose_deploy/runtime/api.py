@@ -14,8 +14,9 @@ to a tiled OME-TIFF.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,22 @@ class Segmenter:
             self._runner = runner
         return self._runner
 
+    @contextlib.contextmanager
+    def shared_batches(self) -> Iterator[Any]:
+        """Within this block, images segmented from several threads share network batches (their
+        tiles are concatenated into calls of up to `batch` tiles: runtime.backends.batching); yields
+        the SharedBatcher (its `calls` and `tiles` give the mean batch)."""
+        from cyclepose_deploy.runtime.backends.batching import SharedBatcher
+
+        inner = self.runner()
+        batcher = SharedBatcher(inner, self.settings.batch)
+        self._runner = batcher
+        try:
+            yield batcher
+        finally:
+            batcher.close()
+            self._runner = inner
+
     def close(self) -> None:
         """Release the session / engine."""
         if self._runner is not None:
@@ -202,13 +219,19 @@ class Segmenter:
         overwrite: bool = False,
         warn: Callable[[str], None] | None = None,
         progress: Callable[[str, int, int], None] | None = None,
+        scheduler: str | None = None,
+        resume: bool = False,
+        skip_empty: bool = True,
     ) -> Any:
         """Segment an image file of any size (TIFF / OME-TIFF / OME-Zarr / PNG / ...; `options` picks
         the series, level, plane and channel) into a tiled OME-TIFF pyramid of uint32 labels and the
         optional object table (CSV), preview (PNG), probability map, QuPath GeoJSON outlines,
         ImageJ ROI set (.zip) and OME-Zarr labels (a folder); returns the run's Summary. Outputs
-        that exist are replaced only with overwrite=True."""
-        from cyclepose_deploy.runtime.pipeline import Outputs, run_infer
+        that exist are replaced only with overwrite=True. scheduler: 'local', 'local:N' or a Dask
+        scheduler address runs the chunks on a dask.distributed cluster (runtime.distributed);
+        resume: finish an interrupted run from LABELS.run (runtime.runfolder); skip_empty: chunks
+        without tissue skip the network (runtime.tissue)."""
+        from cyclepose_deploy.runtime.pipeline import Outputs, RunOptions, run_infer
 
         outputs = Outputs(
             Path(labels),
@@ -237,5 +260,6 @@ class Segmenter:
             diameter_um=diameter_um,
             overwrite=overwrite,
             warn=warn,
-            runner=self.runner(),
+            runner=None if scheduler else self.runner(),
+            run=RunOptions(scheduler, resume, skip_empty, self.threads),
         )

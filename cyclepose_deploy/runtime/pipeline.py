@@ -25,12 +25,20 @@ from cyclepose_deploy.runtime.atomic import (
     sweep_leftovers,
 )
 from cyclepose_deploy.runtime.backends.base import Runner
-from cyclepose_deploy.runtime.chunks import Settings, chunk_windows, halo_for
+from cyclepose_deploy.runtime.chunks import Chunk, Settings, chunk_windows, halo_for
 from cyclepose_deploy.runtime.diameter import MAX_SCALE, MIN_SCALE, DiameterEstimate, estimate_diameter
 from cyclepose_deploy.runtime.grid import TileGrid
 from cyclepose_deploy.runtime.normalize import Normalization
 from cyclepose_deploy.runtime.objects import ObjectTable
 from cyclepose_deploy.runtime.preview import Preview
+from cyclepose_deploy.runtime.runfolder import (
+    check_run_folder,
+    file_identity,
+    load_tissue,
+    open_run,
+    run_folder,
+    save_tissue,
+)
 from cyclepose_deploy.runtime.scratch import ScratchStore
 from cyclepose_deploy.runtime.slide import ScaledSource, Slide, SlideOptions, Source, sample_normalization
 from cyclepose_deploy.runtime.stages import Pipeline
@@ -65,6 +73,28 @@ class Outputs:
         return [*self.files(), *([self.zarr] if self.zarr is not None else [])]
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How pass 1 runs. scheduler: None runs the chunks in this process (threads); 'local', 'local:N' or
+    a Dask scheduler address runs them as dask.distributed tasks (runtime.distributed); resume: finish
+    an interrupted run from its run folder (runtime.runfolder); skip_empty: chunks without tissue
+    (runtime.tissue) are not sent to the network; threads: ONNX Runtime threads per Dask worker."""
+
+    scheduler: str | None = None
+    resume: bool = False
+    skip_empty: bool = True
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class SlideRef:
+    """How to reopen the slide in another process: file, channel and SlideOptions (runtime.slide)."""
+
+    path: str
+    channel: int | None
+    options: SlideOptions | None
+
+
 @dataclass
 class Summary:
     """What the run did, for the final report."""
@@ -81,6 +111,10 @@ class Summary:
     pixel_size: tuple[float, float] | None = None  # (y, x) µm of the segmented image, None if unknown
     image: str = ""  # which series / level / plane was segmented
     labels: np.ndarray | None = field(default=None, repr=False)  # (H, W) uint32 when kept in memory
+    skipped: int = 0  # chunks without tissue, not sent to the network
+    resumed: int = 0  # chunks finished by an interrupted run and kept
+    ran: int = 0  # chunks segmented by this run
+    workers: int = 0  # Dask workers (0: this process)
 
     @property
     def mpix_per_s(self) -> float:
@@ -119,6 +153,7 @@ def run_infer(
     overwrite: bool = True,
     warn: Callable[[str], None] | None = None,
     runner: Runner | None = None,
+    run: RunOptions | None = None,
 ) -> Summary:
     """Segment a slide of any size in memory bounded by the chunk size.
 
@@ -128,10 +163,19 @@ def run_infer(
     intensities mapped to 0 and 1 instead of statistics of the slide; options: which series, level,
     plane and channel of the file (runtime.slide.SlideOptions); overwrite: False refuses outputs that
     exist; warn: called with each note for the user (chosen series, empty channel, small overlap);
-    runner: an active runner of `model` to reuse (batches of images load the model once).
+    runner: an active runner of `model` to reuse (batches of images load the model once); run: the
+    scheduler, resume and empty-space options (RunOptions).
     Raises UserError for bad options and inputs, before any output is written."""
     say = warn or (lambda text: None)
+    run = run or RunOptions()
     _check_outputs(outputs, slide_path, overwrite)
+    if outputs.labels is not None:
+        check_run_folder(run_folder(outputs.labels), run.resume, overwrite)
+    cluster = None
+    if run.scheduler is not None:  # connect first: an unreachable cluster fails before any work
+        from cyclepose_deploy.runtime.distributed import Cluster
+
+        cluster = Cluster(run.scheduler, run.threads)
     model, fixed = check_settings(model, settings, diameter, diameter_um, norm_percentiles, norm_range, say)
     for folder in sorted({p.parent.resolve() for p in outputs.all()}):
         removed, kept = sweep_leftovers(folder)
@@ -146,7 +190,12 @@ def run_infer(
                 "remove them once those runs are over"
             )
     start = time.perf_counter()
-    slide = Slide(slide_path, channel, options)
+    try:
+        slide = Slide(slide_path, channel, options)
+    except BaseException:
+        if cluster is not None:
+            cluster.close()
+        raise
     try:
         say(f"image: {slide.description}, pixel size {_size_text(slide)}")
         for note in slide.notes:
@@ -157,10 +206,24 @@ def run_infer(
         )
         diameter = diameter_px(diameter, diameter_um, slide.pixel_size, model, missing)
         return run_source(
-            slide, model, outputs, settings, diameter, progress or (lambda *a: None), start, fixed, runner
+            slide,
+            model,
+            outputs,
+            settings,
+            diameter,
+            progress or (lambda *a: None),
+            start,
+            fixed,
+            runner,
+            run,
+            SlideRef(str(slide.path), channel, options or SlideOptions()),
+            say,
+            cluster,
         )
     finally:
         slide.close()
+        if cluster is not None:
+            cluster.close()
 
 
 def check_settings(
@@ -275,9 +338,17 @@ def run_source(
     start: float,
     fixed: Normalization | None = None,
     shared_runner: Runner | None = None,
+    run: RunOptions | None = None,
+    ref: SlideRef | None = None,
+    say: Callable[[str], None] | None = None,
+    cluster: Any = None,
 ) -> Summary:
     """Segment an open image (a runtime.slide.Slide, or any Source with shape, read, pixel_size and
-    description) into `outputs`; the options were checked by `check_settings`."""
+    description) into `outputs`; the options were checked by `check_settings`. A run with a labels
+    file keeps its pass-1 store in the run folder (runtime.runfolder); `ref` reopens the slide in
+    Dask workers (`cluster`, a runtime.distributed.Cluster) and identifies it for --resume."""
+    run = run or RunOptions()
+    say = say or (lambda text: None)
     t0 = time.perf_counter()
     norm = fixed if fixed is not None else sample_normalization(slide, model.lower, model.upper)
     settings = replace(
@@ -289,11 +360,6 @@ def run_source(
     )
     times = {"normalize": time.perf_counter() - t0}
     with contextlib.ExitStack() as stack:
-        where = outputs.labels.parent if outputs.labels is not None else None  # None: the system temp
-        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix=scratch_prefix(), dir=where))
-        temps = {p: stack.enter_context(atomic_path(p)) for p in outputs.files()}
-        if outputs.zarr is not None:
-            temps[outputs.zarr] = stack.enter_context(atomic_dir(outputs.zarr))
         runner = shared_runner if shared_runner is not None else stack.enter_context(model.runner())
         settings = replace(settings, channels=runner.channels or 1)
         if runner.shape_limits is not None:  # an engine profile: fit the batch, refuse a tile outside it
@@ -304,9 +370,38 @@ def run_source(
         times["diameter"] = time.perf_counter() - t0
         scale = model.train_diameter / estimate.diameter if estimate is not None else 1.0
         source: Source = slide if abs(scale - 1.0) < 1e-3 else ScaledSource(slide, scale)
-        store = ScratchStore(scratch, source.shape, keep_prob=outputs.prob is not None)
-        pipe, chunks = _pass_one(source, norm, runner, settings, store, progress)
-        times.update(pipe.times)
+        chunks = chunk_windows(source.shape, settings.chunk, halo_for(settings))
+        if outputs.labels is None or ref is None:  # in-memory labels (the API): nothing to resume
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=scratch_prefix())))
+            resumed = False
+        else:
+            folder = run_folder(outputs.labels)
+            print_ = {"slide": file_identity(ref.path), "image": slide.description, "model": _model_id(model)}
+            fingerprint = {
+                **print_,
+                "channel": ref.channel,
+                "options": ref.options,
+                "settings": settings,
+                "normalization": norm,
+                "scale": scale,
+                "shape": source.shape,
+                "chunks": len(chunks),
+                "prob": outputs.prob is not None,
+                "skip_empty": run.skip_empty,
+            }
+            resumed = stack.enter_context(open_run(folder, _plain(fingerprint), run.resume, say))
+        temps = {p: stack.enter_context(atomic_path(p)) for p in outputs.files()}
+        if outputs.zarr is not None:
+            temps[outputs.zarr] = stack.enter_context(atomic_dir(outputs.zarr))
+        store = ScratchStore(
+            folder, source.shape, outputs.prob is not None, settings.chunk, create=not resumed
+        )
+        done = store.done() if resumed else set()
+        work = _PassOne(
+            source, norm, runner, settings, store, progress, times, run, ref, model, scale, cluster
+        )
+        todo = work.to_run(chunks, folder if ref is not None else None, done)
+        tiles_run = work.segment(todo)
         count, labels = _pass_two(slide, norm, store, outputs, temps, progress, times)
     grid = TileGrid(source.shape, settings.tile, settings.overlap)
     return Summary(
@@ -314,7 +409,7 @@ def run_source(
         slide.shape,
         time.perf_counter() - start,
         len(chunks),
-        pipe.tiles_run,
+        tiles_run,
         grid.total,
         times,
         estimate,
@@ -322,7 +417,151 @@ def run_source(
         slide.pixel_size,
         slide.description,
         labels,
+        skipped=work.skipped,
+        resumed=len(done),
+        ran=len(todo),
+        workers=work.workers,
     )
+
+
+def _model_id(model: Model) -> dict[str, Any]:
+    return {**file_identity(model.path), "format": model.format, "precision": model.precision}
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses, tuples and paths as JSON values (for the run fingerprint)."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+class _PassOne:
+    """Pass 1 over the chunks that are left: the tissue decision (runtime.tissue), then the network
+    and dynamics in this process (runtime.stages, threads) or on a Dask cluster (runtime.distributed);
+    every finished chunk goes into the store."""
+
+    def __init__(
+        self,
+        source: Source,
+        norm: Normalization,
+        runner: Any,
+        settings: Settings,
+        store: ScratchStore,
+        progress: Progress,
+        times: dict[str, float],
+        run: RunOptions,
+        ref: SlideRef | None,
+        model: Model,
+        scale: float,
+        cluster: Any,
+    ) -> None:
+        self.source, self.norm, self.runner, self.settings, self.store = source, norm, runner, settings, store
+        self.progress, self.times, self.run, self.ref, self.model, self.scale = (
+            progress,
+            times,
+            run,
+            ref,
+            model,
+            scale,
+        )
+        self.skipped = 0
+        self.cluster = cluster
+        self.workers = cluster.workers if cluster is not None else 0
+
+    def job(self) -> Any:
+        from cyclepose_deploy.runtime.distributed import ChunkJob
+
+        assert self.ref is not None
+        return ChunkJob(
+            self.ref.path,
+            self.ref.channel,
+            self.ref.options,
+            self.model,
+            self.cluster.threads,
+            self.scale,
+            self.norm,
+            self.settings,
+            str(self.store.folder),
+            self.source.shape,
+            self.store.prob is not None,
+            self.settings.chunk,
+        )
+
+    def to_run(self, chunks: list[Chunk], folder: Path | None, done: set[int]) -> list[Chunk]:
+        """The chunks still to segment: not finished, and (with skip_empty) near tissue."""
+        t0 = time.perf_counter()
+        if self.run.skip_empty:
+            from cyclepose_deploy.runtime.tissue import chunks_to_run
+
+            flags = load_tissue(folder, len(chunks)) if folder is not None else None
+            if flags is None:
+                flags = self._tissue(chunks)
+                if folder is not None:
+                    save_tissue(folder, flags)
+            wanted = chunks_to_run(chunks, flags)
+        else:
+            wanted = [True] * len(chunks)
+        self.skipped = wanted.count(False)
+        self.times["tissue"] = time.perf_counter() - t0
+        return [c for c, w in zip(chunks, wanted, strict=True) if w and c.index not in done]
+
+    def _tissue(self, chunks: list[Chunk]) -> list[bool]:
+        from cyclepose_deploy.runtime.tissue import core_has_tissue
+
+        if self.cluster is None:
+            return [core_has_tissue(self.source, self.norm, c, self.model.lower) for c in chunks]
+        from cyclepose_deploy.runtime.distributed import tissue_task
+
+        flags = [False] * len(chunks)
+
+        def record(result: tuple[int, bool]) -> None:
+            flags[result[0]] = result[1]
+
+        self.cluster.map(tissue_task, self.job(), chunks, record)
+        return flags
+
+    def segment(self, chunks: list[Chunk]) -> int:
+        """Segment `chunks` into the store; returns the network tiles run."""
+        if self.cluster is not None:
+            return self._distributed(chunks)
+        return self._local(chunks)
+
+    def _local(self, chunks: list[Chunk]) -> int:
+        pipe = Pipeline(
+            self.source, self.norm, chunks, self.runner, self.settings, self.store.folder / "tiles"
+        )
+        total = pipe.plan.tiles_run
+        pipe.on_tiles = lambda n: self.progress("network", n, total)
+        with writing(f"temporary data in {self.store.folder.parent}"):
+            for result in pipe.results():
+                t = time.perf_counter()
+                self.store.write(result)
+                pipe.times["scratch"] += time.perf_counter() - t
+        self.times.update(pipe.times)
+        return pipe.tiles_run
+
+    def _distributed(self, chunks: list[Chunk]) -> int:
+        from cyclepose_deploy.runtime.distributed import chunk_task
+
+        t0 = time.perf_counter()
+        tiles = 0
+
+        def record(result: tuple[int, int, int]) -> None:
+            nonlocal tiles
+            tiles += result[1]
+            self.progress("chunks", 1, len(chunks))
+
+        self.cluster.map(chunk_task, self.job(), chunks, record)
+        self.times["cluster"] = time.perf_counter() - t0
+        return tiles
 
 
 def _diameter(
@@ -347,26 +586,6 @@ def quantize_diameter(diameter: float) -> float:
     rescale the whole slide and move every outline)."""
     steps = DIAMETER_STEPS_PER_OCTAVE
     return float(2.0 ** (round(math.log2(diameter) * steps) / steps))
-
-
-def _pass_one(
-    source: Source,
-    norm: Normalization,
-    runner: object,
-    settings: Settings,
-    store: ScratchStore,
-    progress: Progress,
-) -> tuple[Pipeline, list]:
-    chunks = chunk_windows(source.shape, settings.chunk, halo_for(settings))
-    pipe = Pipeline(source, norm, chunks, runner, settings, store.folder / "tiles")
-    total = pipe.plan.tiles_run
-    pipe.on_tiles = lambda n: progress("network", n, total)
-    with writing(f"temporary data in {store.folder.parent}"):
-        for result in pipe.results():
-            t = time.perf_counter()
-            store.write(result)
-            pipe.times["scratch"] += time.perf_counter() - t
-    return pipe, chunks
 
 
 @contextlib.contextmanager

@@ -1,52 +1,88 @@
-"""Pass-1 storage: per-pixel seed ids (and probability) in a compressed zarr on disk, so memory stays
-bounded by the chunk size while the final label numbering waits for the whole slide."""
+"""Pass-1 storage: per-pixel seed ids (and optional probability) in compressed zarr arrays on disk, so
+memory stays bounded by the chunk size while the final label numbering waits for the whole slide.
+
+The zarr shards are the work chunks' cores, so each work chunk writes exactly its own shard: workers
+in other processes or on other machines (runtime.distributed) write side by side without locks, while
+pass 2 decodes only the small inner chunks it reads. A chunk is finished when its marker
+`done/NNNNNN.npy` (its distinct seed ids) exists; the marker is renamed into place after the pixels
+are written, so a killed writer leaves no marker and the chunk is simply run again (`--resume`).
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from cyclepose_deploy.runtime.chunks import ChunkResult
 
-BLOCK = 512
+INNER = 512  # px: the zarr chunk that pass 2 decodes (a 256-row block of labels reads few of them)
+
+
+def inner_block(block: int) -> int:
+    """The largest divisor of `block` up to INNER (zarr shards hold whole chunks); `block` itself (no
+    sharding) when that divisor is below 64 px, which would make chunks too small to be worth it."""
+    best = max(d for d in range(1, min(block, INNER) + 1) if block % d == 0)
+    return best if best >= 64 else block
 
 
 class ScratchStore:
-    """Seed ids (uint64) and optional probability (uint8) for the working (possibly rescaled) grid."""
+    """Seed ids (uint64) and optional probability (uint8) on the working (possibly rescaled) grid.
 
-    def __init__(self, folder: str | Path, shape: tuple[int, int], keep_prob: bool) -> None:
+    folder: where ids.zarr, prob.zarr and done/ live; shape: (H, W) px of the working grid; block: the
+    zarr chunk side in px (the work chunk size); create: False opens an existing store (a worker, or
+    a resumed run)."""
+
+    def __init__(
+        self, folder: str | Path, shape: tuple[int, int], keep_prob: bool, block: int, create: bool = True
+    ) -> None:
         import zarr
 
         self.shape, self.folder = shape, Path(folder)
-        self.ids = zarr.create_array(
-            store=str(Path(folder) / "ids.zarr"),
-            shape=shape,
-            chunks=(BLOCK, BLOCK),
-            dtype="uint64",
-            fill_value=0,
-        )
-        self.prob = None
-        if keep_prob:
-            self.prob = zarr.create_array(
-                store=str(Path(folder) / "prob.zarr"),
-                shape=shape,
-                chunks=(BLOCK, BLOCK),
-                dtype="uint8",
-                fill_value=0,
-            )
-        self._seen: list[np.ndarray] = []
+        self.markers = self.folder / "done"
 
-    def write(self, result: ChunkResult) -> None:
+        def array(name: str, dtype: str) -> Any:
+            path = str(self.folder / name)
+            if not create:
+                return zarr.open_array(store=path, mode="r+")
+            inner = inner_block(block)
+            return zarr.create_array(
+                store=path,
+                shape=shape,
+                chunks=(inner, inner),
+                shards=(block, block) if inner < block else None,
+                dtype=dtype,
+                fill_value=0,
+                overwrite=True,
+            )
+
+        if create:
+            self.markers.mkdir(parents=True, exist_ok=True)
+        self.ids = array("ids.zarr", "uint64")
+        self.prob = array("prob.zarr", "uint8") if keep_prob else None
+
+    def write(self, result: ChunkResult) -> int:
+        """Store one chunk's core and mark it finished; returns its number of distinct seeds."""
         y0, y1, x0, x1 = result.chunk.core
         self.ids[y0:y1, x0:x1] = result.ids
-        self._seen.append(np.unique(result.ids))
         if self.prob is not None:
             self.prob[y0:y1, x0:x1] = np.round(result.prob * 255).astype(np.uint8)
-        if len(self._seen) > 64:
-            self._seen = [np.unique(np.concatenate(self._seen))]
+        seeds = np.unique(result.ids)
+        seeds = seeds[seeds != 0]
+        marker = self.markers / f"{result.chunk.index:06d}.npy"
+        temp = marker.with_name(f".{marker.stem}.{os.getpid()}.tmp.npy")
+        np.save(temp, seeds, allow_pickle=False)
+        os.replace(temp, marker)
+        return int(seeds.size)
+
+    def done(self) -> set[int]:
+        """Indices of the finished chunks."""
+        return {int(p.stem) for p in self.markers.glob("[0-9]*.npy")}
 
     def id_table(self) -> np.ndarray:
         """The sorted distinct nonzero ids: label k (1..N) is the k-th of them."""
-        ids = np.unique(np.concatenate(self._seen)) if self._seen else np.zeros(0, np.uint64)
-        return ids[ids != 0]
+        parts = [np.load(p, allow_pickle=False) for p in sorted(self.markers.glob("[0-9]*.npy"))]
+        ids = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.uint64)
+        return ids[ids != 0].astype(np.uint64)

@@ -26,12 +26,16 @@ class TilePlan:
             for t in tiles:
                 first.setdefault(t, k)
                 self.users[t] += 1
-        self.compute = [frozenset(t for t in tiles if first[t] == k) for k, tiles in enumerate(needed)]
-        self.reuse = [[t for t in tiles if first[t] != k] for k, tiles in enumerate(needed)]
+        # keyed by Chunk.index: a resumed run plans only the chunks that are left
+        self.compute: dict[int, frozenset[Origin]] = {}
+        self.reuse: dict[int, list[Origin]] = {}
+        for k, (chunk, tiles) in enumerate(zip(chunks, needed, strict=True)):
+            self.compute[chunk.index] = frozenset(t for t in tiles if first[t] == k)
+            self.reuse[chunk.index] = [t for t in tiles if first[t] != k]
 
     @property
     def tiles_run(self) -> int:
-        return sum(len(c) for c in self.compute)
+        return sum(len(c) for c in self.compute.values())
 
 
 class TileCache:

@@ -1,0 +1,114 @@
+"""Shared network batches for many small images at once (the dynamic batching of inference servers
+such as Triton): several threads call `infer` with their own few tiles; calls that wait together are
+concatenated into one network call of up to `max_batch` tiles, and each caller gets its own rows back.
+
+A 256 x 256 field is one or a few tiles, so segmenting fields one by one runs the network on batches
+of 1-4 tiles; in batch mode (cli/batch.py) several fields run in threads and their tiles share
+batches. Each tile's output does not depend on its batch neighbours (the network has no batch
+statistics at inference), so labels equal those of a field segmented alone.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+LINGER_S = 0.002  # how long the first request of a batch waits for others to join it
+
+
+@dataclass
+class _Request:
+    images: np.ndarray
+    done: threading.Event = field(default_factory=threading.Event)
+    output: np.ndarray | None = None
+    error: BaseException | None = None
+
+
+class SharedBatcher:
+    """Wraps an active runner (runtime.backends.base.Runner) for concurrent callers; `infer` has the
+    runner's contract (float32 (N, C, H, W) -> float32 (N, 3, H, W)) and blocks until its rows are back.
+    Requests of another tile size never share a batch. `calls` and `tiles` count network calls and
+    tiles (mean batch = tiles / calls)."""
+
+    def __init__(self, runner: Any, max_batch: int, linger: float = LINGER_S) -> None:
+        self.runner, self.max_batch, self.linger = runner, max(1, max_batch), linger
+        self.channels = runner.channels
+        self.shape_limits = runner.shape_limits
+        if self.shape_limits is not None:
+            self.max_batch = min(self.max_batch, self.shape_limits.max_batch)
+        self.calls = 0
+        self.tiles = 0
+        self._queue: queue.Queue[_Request | None] = queue.Queue()
+        self._held: _Request | None = None  # a request that did not fit the last batch
+        self._thread = threading.Thread(target=self._serve, name="shared-batches", daemon=True)
+        self._thread.start()
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        request = _Request(images)
+        self._queue.put(request)
+        request.done.wait()
+        if request.error is not None:
+            raise request.error
+        assert request.output is not None
+        return request.output
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _next(self, timeout: float | None) -> _Request | None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            return held
+        return self._queue.get(timeout=timeout) if timeout is not None else self._queue.get()
+
+    def _serve(self) -> None:
+        while (first := self._next(None)) is not None:
+            group, size = [first], len(first.images)
+            while size < self.max_batch:
+                try:
+                    more = self._next(self.linger)
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                if (
+                    more.images.shape[1:] != first.images.shape[1:]
+                    or size + len(more.images) > self.max_batch
+                ):
+                    self._held = more
+                    break
+                group.append(more)
+                size += len(more.images)
+            self._run(group)
+        # drain: answer anything left so no caller waits forever
+        while True:
+            try:
+                left = self._held or self._queue.get_nowait()
+            except queue.Empty:
+                return
+            self._held = None
+            if left is not None:
+                left.error = RuntimeError("the shared batcher was closed")
+                left.done.set()
+
+    def _run(self, group: list[_Request]) -> None:
+        try:
+            images = group[0].images if len(group) == 1 else np.concatenate([r.images for r in group])
+            out = self.runner.infer(images)
+            self.calls += 1
+            self.tiles += len(images)
+            start = 0
+            for request in group:
+                request.output = out[start : start + len(request.images)]
+                start += len(request.images)
+        except BaseException as exc:  # handed to every caller of this batch
+            for request in group:
+                request.error = exc
+        for request in group:
+            request.done.set()

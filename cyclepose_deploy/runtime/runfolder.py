@@ -1,0 +1,130 @@
+"""The run folder: pass 1's store next to the labels output (`LABELS.run/`), kept when a run is
+interrupted (Ctrl-C, kill -9, a lost driver) so that `--resume` finishes only the missing chunks.
+
+    LABELS.run/run.json      what the run depends on (slide, model, settings, normalisation, scale):
+                             a resume with anything different is refused, naming what differs
+    LABELS.run/tissue.json   which chunks hold tissue (runtime.tissue), once decided
+    LABELS.run/ids.zarr ...  the store (runtime.scratch), done/ marks each finished chunk
+
+The folder is removed when the outputs are written, and when a run fails before any chunk finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.runtime.atomic import write_json_atomic
+
+SUFFIX = ".run"
+FINGERPRINT = "run.json"
+TISSUE = "tissue.json"
+VERSION = 1
+
+
+def run_folder(labels: Path) -> Path:
+    """The run folder of a labels output: LABELS.run beside it."""
+    return labels.with_name(labels.name + SUFFIX)
+
+
+def check_run_folder(folder: Path, resume: bool, overwrite: bool) -> None:
+    """Before any work: an interrupted run's folder is continued (--resume) or replaced (--overwrite),
+    never silently thrown away. UserError otherwise, and for a planted link or a file in its place."""
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise UserError(f"{folder} is a link or a file, not a run folder: remove it")
+    if folder.exists() and not (resume or overwrite):
+        raise UserError(
+            f"an interrupted run of this output is saved in {folder}: pass --resume to finish only its "
+            "missing chunks, or --overwrite to start over"
+        )
+
+
+def file_identity(path: str | Path) -> dict[str, Any]:
+    """Path, size and modification time: a file changed since the interrupted run is not resumed."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    return {"path": str(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _canonical(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps({"version": VERSION, **fingerprint}, sort_keys=True, default=str))
+
+
+@contextlib.contextmanager
+def open_run(
+    folder: Path, fingerprint: dict[str, Any], resume: bool, say: Callable[[str], None]
+) -> Iterator[bool]:
+    """Enter the run folder; yields True when an interrupted run with the same fingerprint is resumed
+    (its finished chunks are kept), False for a new run (any old folder is replaced: check_run_folder
+    has vetted it). On success the folder is removed; on failure it is kept if any chunk finished."""
+    wanted = _canonical(fingerprint)
+    resumed = False
+    if folder.is_dir() and not folder.is_symlink():
+        if resume:
+            resumed = True
+            stored = _load(folder)
+            differ = sorted(k for k in set(wanted) | set(stored) if wanted.get(k) != stored.get(k))
+            if differ:
+                raise UserError(
+                    f"the interrupted run in {folder} was made with other inputs or settings "
+                    f"({', '.join(differ)} differ): resume with the same slide, model and options, or "
+                    "pass --overwrite to start over"
+                )
+        else:
+            shutil.rmtree(folder)
+    elif resume:
+        say(f"nothing to resume in {folder}: starting a new run")
+    if not resumed:
+        folder.mkdir()
+        write_json_atomic(folder / FINGERPRINT, wanted)
+    try:
+        yield resumed
+    except BaseException:
+        done = finished_chunks(folder)
+        if done:
+            say(
+                f"interrupted: {done} finished chunk(s) are kept in {folder}; run the same command with "
+                "--resume to finish only the others"
+            )
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _load(folder: Path) -> dict[str, Any]:
+    try:
+        stored = json.loads((folder / FINGERPRINT).read_text())
+    except (OSError, ValueError):
+        raise UserError(
+            f"{folder} has no readable {FINGERPRINT}: it is not a run folder of this version; "
+            "pass --overwrite to start over"
+        ) from None
+    if not isinstance(stored, dict):
+        raise UserError(f"{folder / FINGERPRINT} is damaged: pass --overwrite to start over")
+    return stored
+
+
+def finished_chunks(folder: Path) -> int:
+    markers = folder / "done"
+    return sum(1 for _ in markers.glob("[0-9]*.npy")) if markers.is_dir() else 0
+
+
+def load_tissue(folder: Path, count: int) -> list[bool] | None:
+    """The tissue flags saved by an earlier attempt of this run, or None."""
+    try:
+        flags = json.loads((folder / TISSUE).read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(flags, list) and len(flags) == count and all(isinstance(f, bool) for f in flags):
+        return flags
+    return None
+
+
+def save_tissue(folder: Path, flags: list[bool]) -> None:
+    write_json_atomic(folder / TISSUE, flags)

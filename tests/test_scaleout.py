@@ -1,0 +1,282 @@
+"""Scale-out: chunks as dask.distributed tasks (bit-for-bit equal to the single-process run, also when a
+worker is killed), runs that resume after Ctrl-C or kill -9 without redoing finished chunks, and empty
+chunks that skip the network."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from typer.testing import CliRunner
+
+from cyclepose_deploy.cli import app
+from cyclepose_deploy.synth.slide import make_slide
+
+pytest.importorskip("onnxruntime")
+distributed = pytest.importorskip("distributed", reason="dask.distributed is not installed")
+
+OPTS = ("--tile", "128", "--diameter", "20")  # a given diameter keeps each run short
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory, nuclei_net: Callable) -> dict[str, Path]:
+    """A 640x576 slide: nuclei in the top 224 rows, camera noise below (about 60 % empty)."""
+    root = tmp_path_factory.mktemp("scaleout")
+    tissue, _ = make_slide(224, 576, 7)
+    rng = np.random.default_rng(1)
+    background = float(np.percentile(tissue, 5))
+    slide = rng.normal(background, 3.0, (640, 576)).clip(0).astype(np.uint16)
+    slide[:224] = tissue
+    tifffile.imwrite(root / "slide.tif", slide, tile=(64, 64))
+    return {"root": root, "slide": root / "slide.tif", "net": nuclei_net(root / "nuclei.onnx")}
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    """A LocalCluster of two worker processes, used by address like an existing cluster."""
+    import logging
+
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
+    ) as local:
+        yield local.scheduler_address
+
+
+def invoke(*args: object) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["infer", *[str(a) for a in args]])
+    return result.exit_code, result.output
+
+
+def infer(data: dict[str, Path], out: Path, *extra: object) -> dict:
+    code, text = invoke(
+        data["slide"],
+        "--model",
+        data["net"],
+        "-o",
+        out,
+        *OPTS,
+        *extra,
+        "--summary-json",
+        out.with_suffix(".json"),
+        "--overwrite",
+    )
+    assert code == 0, text
+    return json.loads(out.with_suffix(".json").read_text())
+
+
+@pytest.mark.parametrize("chunk", [160, 256])
+def test_cluster_labels_equal_single_process(
+    data: dict[str, Path], cluster: str, tmp_path: Path, chunk: int
+) -> None:
+    single = infer(data, tmp_path / "single.tif", "--chunk", chunk)
+    dask = infer(data, tmp_path / "dask.tif", "--chunk", chunk, "--scheduler", cluster)
+    a, b = tifffile.imread(tmp_path / "single.tif"), tifffile.imread(tmp_path / "dask.tif")
+    assert a.max() > 10
+    assert np.array_equal(a, b)
+    assert dask["workers"] == 2 and single["workers"] == 0
+    # the empty bottom is skipped the same way by both
+    assert single["chunks_skipped_empty"] == dask["chunks_skipped_empty"] > 0
+    assert not (tmp_path / "dask.tif.run").exists()
+
+
+def test_local_scheduler_option_starts_its_own_cluster(data: dict[str, Path], tmp_path: Path) -> None:
+    infer(data, tmp_path / "single.tif", "--chunk", 256)
+    summary = infer(data, tmp_path / "local.tif", "--chunk", 256, "--scheduler", "local:2", "--threads", 1)
+    assert summary["workers"] == 2
+    assert np.array_equal(tifffile.imread(tmp_path / "single.tif"), tifffile.imread(tmp_path / "local.tif"))
+
+
+def test_killed_worker_still_gives_identical_labels(
+    data: dict[str, Path], cluster: str, tmp_path: Path
+) -> None:
+    from cyclepose_deploy import Segmenter
+
+    infer(data, tmp_path / "single.tif", "--chunk", 160)
+    with distributed.Client(cluster) as client:
+        pids = list(client.run(os.getpid).values())
+    killed: list[int] = []
+
+    def progress(task: str, advance: int, total: int) -> None:
+        if task == "chunks" and not killed:  # after the first chunk: others are queued or running
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(pids[0])
+
+    with Segmenter(data["net"], tile=128, chunk=160) as seg:
+        summary = seg.segment_file(
+            data["slide"], tmp_path / "dask.tif", diameter=20, scheduler=cluster, progress=progress
+        )
+    assert killed and summary.ran > 2
+    assert np.array_equal(tifffile.imread(tmp_path / "single.tif"), tifffile.imread(tmp_path / "dask.tif"))
+
+
+def _markers(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in (folder / "done").glob("*.npy")}
+
+
+def test_resume_after_ctrl_c_reruns_no_finished_chunk(data: dict[str, Path], tmp_path: Path) -> None:
+    from cyclepose_deploy import Segmenter
+
+    whole = infer(data, tmp_path / "whole.tif", "--chunk", 128)
+    out = tmp_path / "l.tif"
+    seen = {"labels": 0}
+
+    def interrupt(task: str, advance: int, total: int) -> None:
+        if task == "network":
+            seen["labels"] += advance
+            if seen["labels"] >= total // 2:  # half-way through the network: Ctrl-C
+                raise KeyboardInterrupt
+
+    with Segmenter(data["net"], tile=128, chunk=128) as seg, pytest.raises(KeyboardInterrupt):
+        seg.segment_file(data["slide"], out, diameter=20, progress=interrupt)
+    run = tmp_path / "l.tif.run"
+    before = _markers(run)
+    assert 0 < len(before) < whole["chunks"] - whole["chunks_skipped_empty"]
+    assert not out.exists()
+    code, text = invoke(data["slide"], "--model", data["net"], "-o", out, *OPTS, "--chunk", 128)
+    assert code == 2 and "--resume" in text  # never silently thrown away
+    resumed = infer(data, out, "--chunk", 128, "--resume")
+    assert resumed["chunks_resumed"] == len(before)
+    assert resumed["chunks_run"] == whole["chunks_run"] - len(before)
+    assert np.array_equal(tifffile.imread(out), tifffile.imread(tmp_path / "whole.tif"))
+    assert not run.exists()
+
+
+def test_resume_after_kill_9(data: dict[str, Path], tmp_path: Path) -> None:
+    big = {**data, "slide": tmp_path / "big.tif"}  # 4x the area: the kill lands mid-run
+    tifffile.imwrite(big["slide"], np.tile(tifffile.imread(data["slide"]), (2, 2)), tile=(64, 64))
+    data = big
+    whole = infer(data, tmp_path / "whole.tif", "--chunk", 128)
+    out = tmp_path / "l.tif"
+    command = [
+        sys.executable,
+        "-m",
+        "cyclepose_deploy",
+        "infer",
+        str(data["slide"]),
+        "--model",
+        str(data["net"]),
+        "-o",
+        str(out),
+        *OPTS,
+        "--chunk",
+        "128",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = tmp_path / "l.tif.run"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(_markers(run) if (run / "done").is_dir() else {}) < 3:
+        time.sleep(0.02)
+    process.kill()
+    process.wait()
+    before = _markers(run)
+    assert len(before) >= 3, "the run ended before it could be killed"
+    if len(before) == whole["chunks_run"]:
+        pytest.skip("the run finished its chunks before the kill landed")
+    resumed = infer(data, out, "--chunk", 128, "--resume", "--scheduler", "local:2", "--threads", 1)
+    assert resumed["chunks_resumed"] == len(before)
+    assert resumed["chunks_run"] == whole["chunks_run"] - len(before)
+    assert np.array_equal(tifffile.imread(out), tifffile.imread(tmp_path / "whole.tif"))
+
+
+def test_resume_with_other_settings_is_refused(data: dict[str, Path], tmp_path: Path) -> None:
+    from cyclepose_deploy import Segmenter
+
+    out = tmp_path / "l.tif"
+
+    def interrupt(task: str, advance: int, total: int) -> None:
+        if task == "network":
+            raise KeyboardInterrupt
+
+    with Segmenter(data["net"], tile=128, chunk=128) as seg, pytest.raises(KeyboardInterrupt):
+        seg.segment_file(data["slide"], out, diameter=20, progress=interrupt)
+    # the first chunk may not be finished: make sure the run folder exists with a finished chunk
+    if not (tmp_path / "l.tif.run").exists():
+        pytest.skip("interrupted before any chunk finished")
+    code, text = invoke(
+        data["slide"],
+        "--model",
+        data["net"],
+        "-o",
+        out,
+        *OPTS,
+        "--chunk",
+        128,
+        "--flow-threshold",
+        "0.6",
+        "--resume",
+    )
+    assert code == 2
+    assert "settings differ" in text.replace("\n", " ")
+
+
+def test_empty_chunks_skip_the_network_and_change_nothing(data: dict[str, Path], tmp_path: Path) -> None:
+    skip = infer(data, tmp_path / "skip.tif", "--chunk", 128)
+    full = infer(data, tmp_path / "full.tif", "--chunk", 128, "--no-skip-empty")
+    assert full["chunks_skipped_empty"] == 0 and skip["chunks_skipped_empty"] >= 5
+    assert np.array_equal(tifffile.imread(tmp_path / "skip.tif"), tifffile.imread(tmp_path / "full.tif"))
+
+
+def test_noise_only_slide_runs_no_network(data: dict[str, Path], tmp_path: Path) -> None:
+    noise = np.random.default_rng(3).normal(200, 3, (512, 512)).clip(0).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "noise.tif", noise)
+    code, text = invoke(
+        tmp_path / "noise.tif",
+        "--model",
+        data["net"],
+        "-o",
+        tmp_path / "l.tif",
+        *OPTS,
+        "--chunk",
+        128,
+        "--summary-json",
+        tmp_path / "s.json",
+    )
+    assert code == 0, text
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["objects"] == 0 and summary["tiles_run"] == 0
+    assert summary["chunks_skipped_empty"] == summary["chunks"] == 16
+
+
+def test_chunks_to_run_follow_tissue_into_neighbour_halos() -> None:
+    from cyclepose_deploy.runtime.chunks import chunk_windows
+    from cyclepose_deploy.runtime.tissue import chunks_to_run
+
+    chunks = chunk_windows((400, 400), 100, 20)  # 4 x 4
+    flags = [c.index == 5 for c in chunks]  # core (100:200, 100:200)
+    run = chunks_to_run(chunks, flags)
+    expected = {0, 1, 2, 4, 5, 6, 8, 9, 10}  # its 3 x 3 neighbourhood: their halos reach into it
+    assert {i for i, r in enumerate(run) if r} == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("local:0", "positive integer"), ("local:x", "positive integer"), ("cluster", "scheduler address")],
+)
+def test_bad_scheduler_is_one_line(data: dict[str, Path], tmp_path: Path, value: str, message: str) -> None:
+    code, text = invoke(data["slide"], "--model", data["net"], "-o", tmp_path / "l.tif", "--scheduler", value)
+    assert code == 2 and message in text and "Traceback" not in text
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreachable_scheduler_is_one_line(data: dict[str, Path], tmp_path: Path) -> None:
+    code, text = invoke(
+        data["slide"],
+        "--model",
+        data["net"],
+        "-o",
+        tmp_path / "l.tif",
+        *OPTS,
+        "--scheduler",
+        "tcp://127.0.0.1:9",
+    )
+    assert code == 2 and "cannot reach the Dask scheduler" in text and "Traceback" not in text
+    assert list(tmp_path.iterdir()) == []
