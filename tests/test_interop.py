@@ -382,3 +382,12 @@ def test_batch_of_small_fields_equals_fields_run_alone(net: Path, tmp_path: Path
             alone = tifffile.imread(tmp_path / f"alone{i}.tif")
             assert alone.max() > 0
             assert np.array_equal(alone, tifffile.imread(out / f"f{i}.labels.ome.tif"))
+        # the same fields from 4 threads: their tiles shared network calls, labels unchanged
+        from concurrent.futures import ThreadPoolExecutor
+
+        with seg.shared_batches() as batcher, ThreadPoolExecutor(4) as pool:
+            arrays = [tifffile.imread(src / f"f{i}.tif") for i in range(6)]
+            together = list(pool.map(seg.segment, arrays))
+        assert batcher.calls < batcher.tiles
+        for i, labels in enumerate(together):
+            assert np.array_equal(labels, tifffile.imread(tmp_path / f"alone{i}.tif"))

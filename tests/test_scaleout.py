@@ -115,6 +115,9 @@ def test_killed_worker_still_gives_identical_labels(
             data["slide"], tmp_path / "dask.tif", diameter=20, scheduler=cluster, progress=progress
         )
     assert killed and summary.ran > 2
+    with distributed.Client(cluster) as client:  # the nanny restarted the killed worker
+        client.wait_for_workers(2, timeout=60)
+        assert killed[0] not in client.run(os.getpid).values()
     assert np.array_equal(tifffile.imread(tmp_path / "single.tif"), tifffile.imread(tmp_path / "dask.tif"))
 
 
@@ -174,11 +177,15 @@ def test_resume_after_kill_9(data: dict[str, Path], tmp_path: Path) -> None:
     run = tmp_path / "l.tif.run"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(_markers(run) if (run / "done").is_dir() else {}) < 3:
+        if process.poll() is not None:
+            break
         time.sleep(0.02)
+    if process.poll() is not None:
+        pytest.skip("the run ended before it could be killed (a much faster machine)")
     process.kill()
     process.wait()
     before = _markers(run)
-    assert len(before) >= 3, "the run ended before it could be killed"
+    assert len(before) >= 3
     if len(before) == whole["chunks_run"]:
         pytest.skip("the run finished its chunks before the kill landed")
     resumed = infer(data, out, "--chunk", 128, "--resume", "--scheduler", "local:2", "--threads", 1)
@@ -192,15 +199,17 @@ def test_resume_with_other_settings_is_refused(data: dict[str, Path], tmp_path: 
 
     out = tmp_path / "l.tif"
 
+    seen = [0]
+
     def interrupt(task: str, advance: int, total: int) -> None:
         if task == "network":
-            raise KeyboardInterrupt
+            seen[0] += advance
+            if seen[0] >= total // 2:
+                raise KeyboardInterrupt
 
     with Segmenter(data["net"], tile=128, chunk=128) as seg, pytest.raises(KeyboardInterrupt):
         seg.segment_file(data["slide"], out, diameter=20, progress=interrupt)
-    # the first chunk may not be finished: make sure the run folder exists with a finished chunk
-    if not (tmp_path / "l.tif.run").exists():
-        pytest.skip("interrupted before any chunk finished")
+    assert (tmp_path / "l.tif.run" / "done").is_dir()
     code, text = invoke(
         data["slide"],
         "--model",

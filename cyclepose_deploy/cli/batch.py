@@ -142,16 +142,20 @@ def run_batch(
             rows[k] = _one(seg, images[k], out_dir, names[k], shared, overwrite, say)
             bar.advance(task)
 
-        for k, image in enumerate(images):
-            if _pixels(image, shared) > SMALL_PIXELS:  # a large slide runs alone: memory stays bounded
-                wait(running)
-                running.clear()
-                one(k)
-            else:
-                running.append(pool.submit(one, k))
-        wait(running)
-        for future in running:
-            future.result()
+        try:
+            for k, image in enumerate(images):
+                if _pixels(image, shared) > SMALL_PIXELS:  # a large slide runs alone: bounded memory
+                    wait(running)
+                    running.clear()
+                    one(k)
+                else:
+                    running.append(pool.submit(one, k))
+            wait(running)
+            for future in running:
+                future.result()
+        except BaseException:  # Ctrl-C: drop the queued images, let the running ones stop
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     write_atomic(out_dir / "summary.csv", _csv(rows).encode())
     failed = sum(r["status"] == "failed" for r in rows)
     done = sum(r["status"] == "done" for r in rows)
@@ -199,6 +203,7 @@ def _one(
             labels,
             objects=objects,
             overwrite=True,
+            resume=True,  # an image interrupted last time keeps its finished chunks (same settings)
             warn=lambda text: say(f"{image.name}: {text}") if text.startswith("warning") else None,
             **shared,
         )

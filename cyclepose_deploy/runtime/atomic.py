@@ -71,6 +71,15 @@ def sweep_leftovers(folder: Path) -> tuple[list[str], list[str]]:
     return removed, kept
 
 
+def alive_owner(tag: str) -> bool:
+    """True when PID@HOST names a live process of this host other than this one (another host's
+    process cannot be checked from here: False)."""
+    pid, _, host = tag.partition("@")
+    if host != _host() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    return _alive(int(pid))
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

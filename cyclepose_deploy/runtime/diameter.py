@@ -175,9 +175,9 @@ def estimate_diameter(
 ) -> DiameterEstimate | None:
     """The slide's median nucleus diameter in px from its central sample (see module docstring),
     or None when the sample holds no nucleus-like blob (an empty field: keep the model's scale).
-    Without a crossing: the measurement at the largest guess when the network measures more than
-    every guess, the measurement at the blob guess when it measures less than every guess (kept
-    within AGREEMENT of the blob estimate), else the blob estimate."""
+    Without a crossing: the measurement at the blob guess when the network measures less than it
+    there (kept within AGREEMENT of the blob estimate), the measurement at the largest guess when it
+    measures more than every guess, else the blob estimate."""
     y0, y1, x0, x1 = sample_window(source.shape)
     raw = np.asarray(source.read(y0, y1, x0, x1), np.float32)
     noise = noise_sigma([raw]) / (norm.high - norm.low)

@@ -3,10 +3,10 @@
 Each chunk is one `dask.distributed` task of the same pure worker the single-process run uses
 (`chunks.process_chunk`). A task carries only a small `ChunkJob` (paths and settings, a few hundred
 bytes): the worker opens the slide and the model itself, once per worker process, and writes its
-core into the run folder's zarr store (runtime.scratch), whose shards are the chunk cores, so writers
-never share a file. The driver only schedules, counts and, after pass 1, numbers the labels exactly
-as the single-process run does. A task whose worker dies is re-run elsewhere by Dask (its
-`allowed-failures`); a re-run overwrites the same shard with the same pixels.
+core into the run folder's zarr store (runtime.scratch), whose zarr chunks tile the chunk cores, so
+writers never share a file. The driver only schedules, counts and, after pass 1, numbers the labels
+exactly as the single-process run does. A task whose worker dies is re-run elsewhere by Dask (its
+`allowed-failures`); a re-run overwrites the same zarr chunks with the same pixels.
 
 The slide, the model file and the run folder must be reachable under the same paths from every
 worker (a shared file system), as for Cellpose's distributed_segmentation.
@@ -15,7 +15,6 @@ worker (a shared file system), as for Cellpose's distributed_segmentation.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,7 +36,8 @@ class ChunkJob:
     slide: the image file; channel/options: which plane and channel (runtime.slide.Slide); model: the
     artifact (runtime.artifacts.Model, a path plus manifest values); threads: ONNX Runtime threads per
     worker; scale: the working-grid rescale (train_diameter / diameter); folder: the run folder;
-    shape: (H, W) of the working grid; block: the store's shard side (px)."""
+    shape: (H, W) of the working grid; block: the work chunk size (px) the store is laid out for;
+    token: this driver session's id."""
 
     slide: str
     channel: int | None
@@ -51,6 +51,7 @@ class ChunkJob:
     shape: tuple[int, int]
     keep_prob: bool
     block: int
+    token: str  # the run folder owner's token (runtime.runfolder): a stale task does not write
 
 
 def parse_scheduler(text: str) -> tuple[str, int | None]:
@@ -140,43 +141,71 @@ class Cluster:
         futures = [self.client.submit(task, job, chunk, pure=False) for chunk in chunks]
         try:
             for future in as_completed(futures):
-                on_result(future.result())
+                try:
+                    result = future.result()
+                except (UserError, KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException as exc:  # KilledWorker, a worker's import error, a lost scheduler
+                    raise UserError(_task_error(exc)) from None
+                on_result(result)
         finally:
             for future in futures:
                 future.cancel()
 
 
+def _task_error(exc: BaseException) -> str:
+    name = type(exc).__name__
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    if name == "KilledWorker":
+        return (
+            f"a chunk killed its Dask worker repeatedly ({text}): the worker ran out of memory or "
+            "crashed; give workers more memory or use a smaller --chunk"
+        )
+    if isinstance(exc, ImportError):
+        return f"a Dask worker cannot import the runtime ({text}): {INSTALL}"
+    return f"a Dask task failed ({name}: {text}); the finished chunks are kept for --resume"
+
+
 # worker side -------------------------------------------------------------------------------------
-_opened: dict[tuple[str, int], tuple[Any, Any, Any]] = {}
+_opened: dict[int, tuple[str, Any, Any, Any]] = {}  # thread id -> (token, source, runner, store)
 _lock = threading.Lock()
 
 
 def _open(job: ChunkJob) -> tuple[Any, Any, Any]:
-    """(source, runner, store) for this job in this worker thread, opened once and kept."""
+    """(source, runner, store) of this job's run in this worker thread, opened once per run (a new
+    run, even to the same output, has a new token and reopens everything)."""
     from cyclepose_deploy.runtime.scratch import ScratchStore
     from cyclepose_deploy.runtime.slide import ScaledSource, Slide
 
-    key = (job.folder, threading.get_ident())
+    thread = threading.get_ident()
     with _lock:
-        if key not in _opened:
-            for old in [k for k in _opened if k[1] == key[1]]:  # one slide per thread: close the last
-                slide, runner, _ = _opened.pop(old)
-                getattr(getattr(slide, "base", slide), "close", lambda: None)()
-                runner.deactivate()
-            slide = Slide(job.slide, job.channel, job.options)
-            source = slide if abs(job.scale - 1.0) < 1e-3 else ScaledSource(slide, job.scale)
-            runner = job.model.runner(threads=job.threads)
-            runner.activate()
-            store = ScratchStore(job.folder, job.shape, job.keep_prob, job.block, create=False)
-            _opened[key] = (source, runner, store)
-        return _opened[key]
+        cached = _opened.get(thread)
+        if cached is not None and cached[0] == job.token:
+            return cached[1:]
+        if cached is not None:  # one run per thread: release the last one
+            _, old_source, old_runner, _ = _opened.pop(thread)
+            getattr(getattr(old_source, "base", old_source), "close", lambda: None)()
+            old_runner.deactivate()
+    slide = Slide(job.slide, job.channel, job.options)
+    source = slide if abs(job.scale - 1.0) < 1e-3 else ScaledSource(slide, job.scale)
+    runner = job.model.runner(threads=job.threads)
+    runner.activate()
+    store = ScratchStore(job.folder, job.shape, job.keep_prob, job.block, create=False)
+    with _lock:
+        _opened[thread] = (job.token, source, runner, store)
+    return source, runner, store
 
 
-def chunk_task(job: ChunkJob, chunk: Chunk) -> tuple[int, int, int]:
-    """One chunk on a worker: (chunk index, network tiles run, seeds stored)."""
+def chunk_task(job: ChunkJob, chunk: Chunk) -> tuple[int, int]:
+    """One chunk on a worker: (chunk index, network tiles run). Nothing is written when the run
+    folder has another owner by now (the driver that sent this task is gone)."""
+    from cyclepose_deploy.runtime.runfolder import owner_token
+
     source, runner, store = _open(job)
     result = process_chunk(source, job.norm, chunk, runner, job.settings)
-    return chunk.index, result.tiles, store.write(result)
+    if owner_token(job.folder) == job.token:
+        store.write(result)
+    return chunk.index, result.tiles
 
 
 def tissue_task(job: ChunkJob, chunk: Chunk) -> tuple[int, bool]:
@@ -185,7 +214,3 @@ def tissue_task(job: ChunkJob, chunk: Chunk) -> tuple[int, bool]:
 
     source, _, _ = _open(job)
     return chunk.index, core_has_tissue(source, job.norm, chunk, job.model.lower)
-
-
-def worker_pid() -> int:
-    return os.getpid()

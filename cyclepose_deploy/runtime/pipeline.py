@@ -78,12 +78,14 @@ class RunOptions:
     """How pass 1 runs. scheduler: None runs the chunks in this process (threads); 'local', 'local:N' or
     a Dask scheduler address runs them as dask.distributed tasks (runtime.distributed); resume: finish
     an interrupted run from its run folder (runtime.runfolder); skip_empty: chunks without tissue
-    (runtime.tissue) are not sent to the network; threads: ONNX Runtime threads per Dask worker."""
+    (runtime.tissue) are not sent to the network; threads: ONNX Runtime threads per Dask worker;
+    overwrite: set by run_infer from its own argument."""
 
     scheduler: str | None = None
     resume: bool = False
     skip_empty: bool = True
     threads: int | None = None
+    overwrite: bool = False  # with resume: an interrupted run with other settings starts over
 
 
 @dataclass(frozen=True)
@@ -167,15 +169,15 @@ def run_infer(
     scheduler, resume and empty-space options (RunOptions).
     Raises UserError for bad options and inputs, before any output is written."""
     say = warn or (lambda text: None)
-    run = run or RunOptions()
+    run = replace(run or RunOptions(), overwrite=overwrite)
     _check_outputs(outputs, slide_path, overwrite)
     if outputs.labels is not None:
         check_run_folder(run_folder(outputs.labels), run.resume, overwrite)
-    cluster = None
-    if run.scheduler is not None:  # connect first: an unreachable cluster fails before any work
-        from cyclepose_deploy.runtime.distributed import Cluster
+    if run.scheduler is not None:
+        from cyclepose_deploy.runtime.distributed import check_available, parse_scheduler
 
-        cluster = Cluster(run.scheduler, run.threads)
+        parse_scheduler(run.scheduler)
+        check_available()
     model, fixed = check_settings(model, settings, diameter, diameter_um, norm_percentiles, norm_range, say)
     for folder in sorted({p.parent.resolve() for p in outputs.all()}):
         removed, kept = sweep_leftovers(folder)
@@ -190,13 +192,14 @@ def run_infer(
                 "remove them once those runs are over"
             )
     start = time.perf_counter()
+    cluster = None
+    slide = None
     try:
+        if run.scheduler is not None:  # connect before any slide work: an unreachable cluster fails fast
+            from cyclepose_deploy.runtime.distributed import Cluster
+
+            cluster = Cluster(run.scheduler, run.threads)
         slide = Slide(slide_path, channel, options)
-    except BaseException:
-        if cluster is not None:
-            cluster.close()
-        raise
-    try:
         say(f"image: {slide.description}, pixel size {_size_text(slide)}")
         for note in slide.notes:
             say(note)
@@ -221,7 +224,8 @@ def run_infer(
             cluster,
         )
     finally:
-        slide.close()
+        if slide is not None:
+            slide.close()
         if cluster is not None:
             cluster.close()
 
@@ -373,12 +377,15 @@ def run_source(
         chunks = chunk_windows(source.shape, settings.chunk, halo_for(settings))
         if outputs.labels is None or ref is None:  # in-memory labels (the API): nothing to resume
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=scratch_prefix())))
-            resumed = False
+            resumed, token = False, ""
         else:
             folder = run_folder(outputs.labels)
-            print_ = {"slide": file_identity(ref.path), "image": slide.description, "model": _model_id(model)}
             fingerprint = {
-                **print_,
+                "package": _version(),
+                "slide": file_identity(ref.path),
+                "image": slide.description,
+                "model": _model_id(model),
+                "device": getattr(runner, "device", "cpu"),
                 "channel": ref.channel,
                 "options": ref.options,
                 "settings": settings,
@@ -389,10 +396,13 @@ def run_source(
                 "prob": outputs.prob is not None,
                 "skip_empty": run.skip_empty,
             }
-            resumed = stack.enter_context(open_run(folder, _plain(fingerprint), run.resume, say))
+            resumed, token = stack.enter_context(
+                open_run(folder, _plain(fingerprint), run.resume, run.overwrite, say)
+            )
         temps = {p: stack.enter_context(atomic_path(p)) for p in outputs.files()}
         if outputs.zarr is not None:
             temps[outputs.zarr] = stack.enter_context(atomic_dir(outputs.zarr))
+        resumed = resumed and (folder / "ids.zarr").is_dir()  # killed before its store existed: anew
         store = ScratchStore(
             folder, source.shape, outputs.prob is not None, settings.chunk, create=not resumed
         )
@@ -400,6 +410,7 @@ def run_source(
         work = _PassOne(
             source, norm, runner, settings, store, progress, times, run, ref, model, scale, cluster
         )
+        work.token = token
         todo = work.to_run(chunks, folder if ref is not None else None, done)
         tiles_run = work.segment(todo)
         count, labels = _pass_two(slide, norm, store, outputs, temps, progress, times)
@@ -422,6 +433,15 @@ def run_source(
         ran=len(todo),
         workers=work.workers,
     )
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("cyclepose-deploy")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _model_id(model: Model) -> dict[str, Any]:
@@ -473,6 +493,7 @@ class _PassOne:
             scale,
         )
         self.skipped = 0
+        self.token = ""  # the run folder owner's token (runtime.runfolder), checked by Dask workers
         self.cluster = cluster
         self.workers = cluster.workers if cluster is not None else 0
 
@@ -493,6 +514,7 @@ class _PassOne:
             self.source.shape,
             self.store.prob is not None,
             self.settings.chunk,
+            self.token,
         )
 
     def to_run(self, chunks: list[Chunk], folder: Path | None, done: set[int]) -> list[Chunk]:
@@ -516,14 +538,17 @@ class _PassOne:
     def _tissue(self, chunks: list[Chunk]) -> list[bool]:
         from cyclepose_deploy.runtime.tissue import core_has_tissue
 
-        if self.cluster is None:
-            return [core_has_tissue(self.source, self.norm, c, self.model.lower) for c in chunks]
-        from cyclepose_deploy.runtime.distributed import tissue_task
-
         flags = [False] * len(chunks)
+        if self.cluster is None:
+            for position, chunk in enumerate(chunks):
+                flags[position] = core_has_tissue(self.source, self.norm, chunk, self.model.lower)
+                self.progress("tissue", 1, len(chunks))
+            return flags
+        from cyclepose_deploy.runtime.distributed import tissue_task
 
         def record(result: tuple[int, bool]) -> None:
             flags[result[0]] = result[1]
+            self.progress("tissue", 1, len(chunks))
 
         self.cluster.map(tissue_task, self.job(), chunks, record)
         return flags
@@ -554,13 +579,20 @@ class _PassOne:
         t0 = time.perf_counter()
         tiles = 0
 
-        def record(result: tuple[int, int, int]) -> None:
+        def record(result: tuple[int, int]) -> None:
             nonlocal tiles
             tiles += result[1]
             self.progress("chunks", 1, len(chunks))
 
         self.cluster.map(chunk_task, self.job(), chunks, record)
         self.times["cluster"] = time.perf_counter() - t0
+        missing = {c.index for c in chunks} - self.store.done()
+        if missing:  # the workers wrote somewhere else: no shared file system
+            raise UserError(
+                f"{len(missing)} of {len(chunks)} chunks did not arrive in {self.store.folder}: every Dask "
+                "worker must reach the slide, the model and the output folder under the same paths "
+                "(a shared file system)"
+            )
         return tiles
 
 

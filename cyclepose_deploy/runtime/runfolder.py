@@ -14,16 +14,18 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime.atomic import write_json_atomic
+from cyclepose_deploy.runtime.atomic import owner_tag, write_json_atomic
 
 SUFFIX = ".run"
 FINGERPRINT = "run.json"
 TISSUE = "tissue.json"
+OWNER = "owner.json"  # the session writing now: {"token": ..., "owner": "PID@HOST"}
 VERSION = 1
 
 
@@ -57,36 +59,48 @@ def _canonical(fingerprint: dict[str, Any]) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def open_run(
-    folder: Path, fingerprint: dict[str, Any], resume: bool, say: Callable[[str], None]
-) -> Iterator[bool]:
-    """Enter the run folder; yields True when an interrupted run with the same fingerprint is resumed
-    (its finished chunks are kept), False for a new run (any old folder is replaced: check_run_folder
-    has vetted it). On success the folder is removed; on failure it is kept if any chunk finished."""
+    folder: Path, fingerprint: dict[str, Any], resume: bool, overwrite: bool, say: Callable[[str], None]
+) -> Iterator[tuple[bool, str]]:
+    """Enter the run folder; yields (resumed, token). resumed: an interrupted run with the same
+    fingerprint goes on (its finished chunks are kept); otherwise any old folder is replaced
+    (check_run_folder has vetted that), also on resume with another fingerprint when `overwrite`.
+    token: this session's id, written to OWNER; workers write only while it is still the owner's, so
+    tasks that outlive a killed driver cannot write into a later run. A folder owned by a live process
+    of this host is refused. On success the folder is removed; on failure it is kept if any chunk
+    finished."""
     wanted = _canonical(fingerprint)
     resumed = False
     if folder.is_dir() and not folder.is_symlink():
+        _check_owner(folder)
         if resume:
-            resumed = True
             stored = _load(folder)
             differ = sorted(k for k in set(wanted) | set(stored) if wanted.get(k) != stored.get(k))
-            if differ:
+            if not differ:
+                resumed = True
+            elif overwrite:
+                say(f"the interrupted run in {folder} had other {', '.join(differ)}: starting over")
+            else:
                 raise UserError(
                     f"the interrupted run in {folder} was made with other inputs or settings "
                     f"({', '.join(differ)} differ): resume with the same slide, model and options, or "
                     "pass --overwrite to start over"
                 )
-        else:
+        if not resumed:
             shutil.rmtree(folder)
     elif resume:
         say(f"nothing to resume in {folder}: starting a new run")
     if not resumed:
-        folder.mkdir()
+        folder.mkdir(mode=0o700)
         write_json_atomic(folder / FINGERPRINT, wanted)
+    token = uuid.uuid4().hex
+    write_json_atomic(folder / OWNER, {"token": token, "owner": owner_tag()})
     try:
-        yield resumed
+        yield resumed, token
     except BaseException:
         done = finished_chunks(folder)
         if done:
+            with contextlib.suppress(OSError):
+                (folder / OWNER).unlink()  # stray tasks of this session stop writing
             say(
                 f"interrupted: {done} finished chunk(s) are kept in {folder}; run the same command with "
                 "--resume to finish only the others"
@@ -95,6 +109,27 @@ def open_run(
             shutil.rmtree(folder, ignore_errors=True)
         raise
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def owner_token(folder: str | Path) -> str | None:
+    """The token of the session that owns the run folder now (None: no owner, or no folder)."""
+    try:
+        return str(json.loads((Path(folder) / OWNER).read_text())["token"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _check_owner(folder: Path) -> None:
+    from cyclepose_deploy.runtime.atomic import alive_owner
+
+    try:
+        owner = str(json.loads((folder / OWNER).read_text())["owner"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if alive_owner(owner):
+        raise UserError(
+            f"another run ({owner}) is writing to {folder}: wait for it to end, or choose another output"
+        )
 
 
 def _load(folder: Path) -> dict[str, Any]:

@@ -44,12 +44,17 @@ class SharedBatcher:
         self.tiles = 0
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._held: _Request | None = None  # a request that did not fit the last batch
+        self._closing = threading.Lock()
+        self._closed = False
         self._thread = threading.Thread(target=self._serve, name="shared-batches", daemon=True)
         self._thread.start()
 
     def infer(self, images: np.ndarray) -> np.ndarray:
         request = _Request(images)
-        self._queue.put(request)
+        with self._closing:
+            if self._closed:
+                raise RuntimeError("the shared batcher is closed")
+            self._queue.put(request)
         request.done.wait()
         if request.error is not None:
             raise request.error
@@ -57,7 +62,12 @@ class SharedBatcher:
         return request.output
 
     def close(self) -> None:
-        self._queue.put(None)
+        """Serve what is queued, then stop; later `infer` calls raise instead of waiting."""
+        with self._closing:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(None)
         self._thread.join()
 
     def _next(self, timeout: float | None) -> _Request | None:
