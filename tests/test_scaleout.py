@@ -255,15 +255,33 @@ def test_noise_only_slide_runs_no_network(data: dict[str, Path], tmp_path: Path)
     assert summary["chunks_skipped_empty"] == summary["chunks"] == 16
 
 
-def test_chunks_to_run_follow_tissue_into_neighbour_halos() -> None:
+def test_chunks_to_run_follow_tissue_blocks_into_neighbour_halos() -> None:
     from cyclepose_deploy.runtime.chunks import chunk_windows
     from cyclepose_deploy.runtime.tissue import chunks_to_run
 
-    chunks = chunk_windows((400, 400), 100, 20)  # 4 x 4
-    flags = [c.index == 5 for c in chunks]  # core (100:200, 100:200)
-    run = chunks_to_run(chunks, flags)
-    expected = {0, 1, 2, 4, 5, 6, 8, 9, 10}  # its 3 x 3 neighbourhood: their halos reach into it
-    assert {i for i, r in enumerate(run) if r} == expected
+    chunks = chunk_windows((400, 400), 100, 20)  # 4 x 4 cores of 100 px, halo 20
+    blocks = [np.zeros((0, 4), np.int64) for _ in chunks]
+    blocks[5] = np.array([[100, 110, 100, 110]])  # tissue in the top-left corner of core 5 only
+    run = chunks_to_run(chunks, blocks)
+    assert {i for i, r in enumerate(run) if r} == {0, 1, 4, 5}  # the halos that reach that corner
+    assert chunks_to_run(chunks, [np.zeros((0, 4), np.int64)] * 16) == [False] * 16
+
+
+def test_tissue_blocks_find_one_nucleus_and_not_noise() -> None:
+    from cyclepose_deploy.runtime.chunks import Chunk
+    from cyclepose_deploy.runtime.diameter import ArraySource
+    from cyclepose_deploy.runtime.normalize import Normalization
+    from cyclepose_deploy.runtime.tissue import tissue_blocks
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(200, 5, (600, 600)).astype(np.float32)
+    norm = Normalization.from_sample(image)  # noise only: the floor keeps it dark
+    chunk = Chunk(0, (0, 600, 0, 600), (0, 600, 0, 600))
+    assert tissue_blocks(ArraySource(image), norm, chunk, 1.0).shape == (0, 4)
+    yy, xx = np.mgrid[0:600, 0:600]
+    image[(yy - 400) ** 2 + (xx - 300) ** 2 < 10**2] += 60  # one dim nucleus, 12 noise sigmas
+    found = tissue_blocks(ArraySource(image), norm, chunk, 1.0)
+    assert found.tolist() == [[256, 512, 256, 512]]
 
 
 @pytest.mark.parametrize(
@@ -289,3 +307,51 @@ def test_unreachable_scheduler_is_one_line(data: dict[str, Path], tmp_path: Path
     )
     assert code == 2 and "cannot reach the Dask scheduler" in text and "Traceback" not in text
     assert list(tmp_path.iterdir()) == []
+
+
+def test_run_folder_of_a_live_run_is_not_touched(data: dict[str, Path], tmp_path: Path) -> None:
+    from cyclepose_deploy.runtime.atomic import owner_tag
+
+    run = tmp_path / "l.tif.run"
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    live = owner_tag().replace(str(os.getpid()), str(os.getppid()), 1)  # a live process of this host
+    (run / "owner.json").write_text(json.dumps({"token": "x", "owner": live}))
+    code, text = invoke(data["slide"], "--model", data["net"], "-o", tmp_path / "l.tif", *OPTS, "--resume")
+    assert code == 2 and "another run" in text.replace("\n", " ")
+    assert (run / "owner.json").exists()
+
+
+def test_a_task_of_a_gone_driver_writes_nothing(data: dict[str, Path], tmp_path: Path) -> None:
+    from cyclepose_deploy.runtime.artifacts import resolve_model
+    from cyclepose_deploy.runtime.chunks import Settings, chunk_windows
+    from cyclepose_deploy.runtime.distributed import ChunkJob, chunk_task
+    from cyclepose_deploy.runtime.normalize import Normalization
+    from cyclepose_deploy.runtime.scratch import ScratchStore
+    from cyclepose_deploy.runtime.slide import SlideOptions
+
+    shape = (640, 576)
+    store = ScratchStore(tmp_path, shape, False, 256)
+    (tmp_path / "owner.json").write_text(json.dumps({"token": "new-driver", "owner": "1@x"}))
+    settings = Settings(tile=128, chunk=256)
+    chunk = chunk_windows(shape, 256, 64)[0]
+    job = ChunkJob(
+        str(data["slide"]),
+        None,
+        SlideOptions(),
+        resolve_model(data["net"]),
+        1,
+        1.0,
+        Normalization(100.0, 2000.0),
+        settings,
+        str(tmp_path),
+        shape,
+        False,
+        256,
+        "old-driver",
+    )
+    assert chunk_task(job, chunk)[0] == 0
+    assert store.done() == set()  # the old driver's task computed, but did not write
+    job = ChunkJob(*[getattr(job, f) for f in job.__dataclass_fields__][:-1], "new-driver")
+    chunk_task(job, chunk)
+    assert store.done() == {0}

@@ -208,9 +208,10 @@ def chunk_task(job: ChunkJob, chunk: Chunk) -> tuple[int, int]:
     return chunk.index, result.tiles
 
 
-def tissue_task(job: ChunkJob, chunk: Chunk) -> tuple[int, bool]:
-    """Whether a chunk's core holds tissue (runtime.tissue), on a worker: (chunk index, flag)."""
-    from cyclepose_deploy.runtime.tissue import core_has_tissue
+def tissue_task(job: ChunkJob, chunk: Chunk) -> tuple[int, list[list[int]]]:
+    """A chunk core's blocks with tissue (runtime.tissue.tissue_blocks), on a worker:
+    (chunk index, [[y0, y1, x0, x1], ...])."""
+    from cyclepose_deploy.runtime.tissue import tissue_blocks
 
     source, _, _ = _open(job)
-    return chunk.index, core_has_tissue(source, job.norm, chunk, job.model.lower)
+    return chunk.index, tissue_blocks(source, job.norm, chunk, job.model.lower).tolist()

@@ -518,40 +518,39 @@ class _PassOne:
         )
 
     def to_run(self, chunks: list[Chunk], folder: Path | None, done: set[int]) -> list[Chunk]:
-        """The chunks still to segment: not finished, and (with skip_empty) near tissue."""
+        """The chunks still to segment: not finished, and (with skip_empty) near tissue. The decision
+        is saved in the run folder, so a resumed run does not read the slide for it again."""
         t0 = time.perf_counter()
+        wanted = [True] * len(chunks)
         if self.run.skip_empty:
             from cyclepose_deploy.runtime.tissue import chunks_to_run
 
-            flags = load_tissue(folder, len(chunks)) if folder is not None else None
-            if flags is None:
-                flags = self._tissue(chunks)
-                if folder is not None:
-                    save_tissue(folder, flags)
-            wanted = chunks_to_run(chunks, flags)
-        else:
-            wanted = [True] * len(chunks)
+            saved = load_tissue(folder, len(chunks)) if folder is not None else None
+            wanted = saved if saved is not None else chunks_to_run(chunks, self._tissue(chunks))
+            if folder is not None and saved is None:
+                save_tissue(folder, wanted)
         self.skipped = wanted.count(False)
         self.times["tissue"] = time.perf_counter() - t0
         return [c for c, w in zip(chunks, wanted, strict=True) if w and c.index not in done]
 
-    def _tissue(self, chunks: list[Chunk]) -> list[bool]:
-        from cyclepose_deploy.runtime.tissue import core_has_tissue
+    def _tissue(self, chunks: list[Chunk]) -> list[np.ndarray]:
+        """Per chunk, its core's blocks with tissue (runtime.tissue.tissue_blocks)."""
+        from cyclepose_deploy.runtime.tissue import tissue_blocks
 
-        flags = [False] * len(chunks)
+        blocks: list[np.ndarray] = [np.zeros((0, 4), np.int64)] * len(chunks)
         if self.cluster is None:
             for position, chunk in enumerate(chunks):
-                flags[position] = core_has_tissue(self.source, self.norm, chunk, self.model.lower)
+                blocks[position] = tissue_blocks(self.source, self.norm, chunk, self.model.lower)
                 self.progress("tissue", 1, len(chunks))
-            return flags
+            return blocks
         from cyclepose_deploy.runtime.distributed import tissue_task
 
-        def record(result: tuple[int, bool]) -> None:
-            flags[result[0]] = result[1]
+        def record(result: tuple[int, list[list[int]]]) -> None:
+            blocks[result[0]] = np.array(result[1], np.int64).reshape(-1, 4)
             self.progress("tissue", 1, len(chunks))
 
         self.cluster.map(tissue_task, self.job(), chunks, record)
-        return flags
+        return blocks
 
     def segment(self, chunks: list[Chunk]) -> int:
         """Segment `chunks` into the store; returns the network tiles run."""

@@ -3,7 +3,7 @@ interrupted (Ctrl-C, kill -9, a lost driver) so that `--resume` finishes only th
 
     LABELS.run/run.json      what the run depends on (slide, model, settings, normalisation, scale):
                              a resume with anything different is refused, naming what differs
-    LABELS.run/tissue.json   which chunks hold tissue (runtime.tissue), once decided
+    LABELS.run/tissue.json   which chunks run (runtime.tissue: tissue in reach), once decided
     LABELS.run/ids.zarr ...  the store (runtime.scratch), done/ marks each finished chunk
 
 The folder is removed when the outputs are written, and when a run fails before any chunk finished.
@@ -151,7 +151,7 @@ def finished_chunks(folder: Path) -> int:
 
 
 def load_tissue(folder: Path, count: int) -> list[bool] | None:
-    """The tissue flags saved by an earlier attempt of this run, or None."""
+    """The per-chunk run decisions (tissue in reach) saved by an earlier attempt of this run, or None."""
     try:
         flags = json.loads((folder / TISSUE).read_text())
     except (OSError, ValueError):
