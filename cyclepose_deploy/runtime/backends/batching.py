@@ -38,6 +38,7 @@ class SharedBatcher:
         self.runner, self.max_batch, self.linger = runner, max(1, max_batch), linger
         self.channels = runner.channels
         self.shape_limits = runner.shape_limits
+        self.device = getattr(runner, "device", "cpu")
         if self.shape_limits is not None:
             self.max_batch = min(self.max_batch, self.shape_limits.max_batch)
         self.calls = 0
