@@ -56,21 +56,32 @@ def invoke(*args: object) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+def run_cli(data: dict[str, Path], out: Path, *extra: object) -> tuple[int, str]:
+    """`cyclepose infer` on the module's slide and net with OPTS, labels to `out`."""
+    return invoke(data["slide"], "--model", data["net"], "-o", out, *OPTS, *extra)
+
+
 def infer(data: dict[str, Path], out: Path, *extra: object) -> dict:
-    code, text = invoke(
-        data["slide"],
-        "--model",
-        data["net"],
-        "-o",
-        out,
-        *OPTS,
-        *extra,
-        "--summary-json",
-        out.with_suffix(".json"),
-        "--overwrite",
-    )
+    json_path = out.with_suffix(".json")
+    code, text = run_cli(data, out, *extra, "--summary-json", json_path, "--overwrite")
     assert code == 0, text
-    return json.loads(out.with_suffix(".json").read_text())
+    return json.loads(json_path.read_text())
+
+
+def interrupt_halfway(data: dict[str, Path], out: Path) -> None:
+    """Ctrl-C once the network has run half of its tiles (chunk 128), through the Python API."""
+    from cyclepose_deploy import Segmenter
+
+    seen = [0]
+
+    def interrupt(task: str, advance: int, total: int) -> None:
+        if task == "network":
+            seen[0] += advance
+            if seen[0] >= total // 2:
+                raise KeyboardInterrupt
+
+    with Segmenter(data["net"], tile=128, chunk=128) as seg, pytest.raises(KeyboardInterrupt):
+        seg.segment_file(data["slide"], out, diameter=20, progress=interrupt)
 
 
 @pytest.mark.parametrize("chunk", [160, 256])
@@ -126,25 +137,14 @@ def _markers(folder: Path) -> dict[str, int]:
 
 
 def test_resume_after_ctrl_c_reruns_no_finished_chunk(data: dict[str, Path], tmp_path: Path) -> None:
-    from cyclepose_deploy import Segmenter
-
     whole = infer(data, tmp_path / "whole.tif", "--chunk", 128)
     out = tmp_path / "l.tif"
-    seen = {"labels": 0}
-
-    def interrupt(task: str, advance: int, total: int) -> None:
-        if task == "network":
-            seen["labels"] += advance
-            if seen["labels"] >= total // 2:  # half-way through the network: Ctrl-C
-                raise KeyboardInterrupt
-
-    with Segmenter(data["net"], tile=128, chunk=128) as seg, pytest.raises(KeyboardInterrupt):
-        seg.segment_file(data["slide"], out, diameter=20, progress=interrupt)
+    interrupt_halfway(data, out)
     run = tmp_path / "l.tif.run"
     before = _markers(run)
     assert 0 < len(before) < whole["chunks"] - whole["chunks_skipped_empty"]
     assert not out.exists()
-    code, text = invoke(data["slide"], "--model", data["net"], "-o", out, *OPTS, "--chunk", 128)
+    code, text = run_cli(data, out, "--chunk", 128)
     assert code == 2 and "--resume" in text  # never silently thrown away
     resumed = infer(data, out, "--chunk", 128, "--resume")
     assert resumed["chunks_resumed"] == len(before)
@@ -195,34 +195,10 @@ def test_resume_after_kill_9(data: dict[str, Path], tmp_path: Path) -> None:
 
 
 def test_resume_with_other_settings_is_refused(data: dict[str, Path], tmp_path: Path) -> None:
-    from cyclepose_deploy import Segmenter
-
     out = tmp_path / "l.tif"
-
-    seen = [0]
-
-    def interrupt(task: str, advance: int, total: int) -> None:
-        if task == "network":
-            seen[0] += advance
-            if seen[0] >= total // 2:
-                raise KeyboardInterrupt
-
-    with Segmenter(data["net"], tile=128, chunk=128) as seg, pytest.raises(KeyboardInterrupt):
-        seg.segment_file(data["slide"], out, diameter=20, progress=interrupt)
+    interrupt_halfway(data, out)
     assert (tmp_path / "l.tif.run" / "done").is_dir()
-    code, text = invoke(
-        data["slide"],
-        "--model",
-        data["net"],
-        "-o",
-        out,
-        *OPTS,
-        "--chunk",
-        128,
-        "--flow-threshold",
-        "0.6",
-        "--resume",
-    )
+    code, text = run_cli(data, out, "--chunk", 128, "--flow-threshold", "0.6", "--resume")
     assert code == 2
     assert "settings differ" in text.replace("\n", " ")
 
@@ -295,16 +271,7 @@ def test_bad_scheduler_is_one_line(data: dict[str, Path], tmp_path: Path, value:
 
 
 def test_unreachable_scheduler_is_one_line(data: dict[str, Path], tmp_path: Path) -> None:
-    code, text = invoke(
-        data["slide"],
-        "--model",
-        data["net"],
-        "-o",
-        tmp_path / "l.tif",
-        *OPTS,
-        "--scheduler",
-        "tcp://127.0.0.1:9",
-    )
+    code, text = run_cli(data, tmp_path / "l.tif", "--scheduler", "tcp://127.0.0.1:9")
     assert code == 2 and "cannot reach the Dask scheduler" in text and "Traceback" not in text
     assert list(tmp_path.iterdir()) == []
 
@@ -317,7 +284,7 @@ def test_run_folder_of_a_live_run_is_not_touched(data: dict[str, Path], tmp_path
     (run / "run.json").write_text("{}")
     live = owner_tag().replace(str(os.getpid()), str(os.getppid()), 1)  # a live process of this host
     (run / "owner.json").write_text(json.dumps({"token": "x", "owner": live}))
-    code, text = invoke(data["slide"], "--model", data["net"], "-o", tmp_path / "l.tif", *OPTS, "--resume")
+    code, text = run_cli(data, tmp_path / "l.tif", "--resume")
     assert code == 2 and "another run" in text.replace("\n", " ")
     assert (run / "owner.json").exists()
 

@@ -231,7 +231,8 @@ class Segmenter:
         scheduler address runs the chunks on a dask.distributed cluster (runtime.distributed);
         resume: finish an interrupted run from LABELS.run (runtime.runfolder); skip_empty: chunks
         without tissue skip the network (runtime.tissue)."""
-        from cyclepose_deploy.runtime.pipeline import Outputs, RunOptions, run_infer
+        from cyclepose_deploy.runtime.passone import RunOptions
+        from cyclepose_deploy.runtime.pipeline import Outputs, run_infer
 
         outputs = Outputs(
             Path(labels),

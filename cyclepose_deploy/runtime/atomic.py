@@ -215,3 +215,14 @@ def swap_folder(new: Path, final: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def writing(what: object) -> Iterator[None]:
+    """Name the output that failed (full disk, quota, I/O error) in one line."""
+    try:
+        yield
+    except OSError as exc:
+        raise UserError(
+            f"could not write {what}: {exc.strerror or exc}; free space or choose another path"
+        ) from None

@@ -23,25 +23,25 @@ from cyclepose_deploy.runtime.atomic import (
     check_writable,
     scratch_prefix,
     sweep_leftovers,
+    writing,
 )
 from cyclepose_deploy.runtime.backends.base import Runner
-from cyclepose_deploy.runtime.chunks import Chunk, Settings, chunk_windows, halo_for
+from cyclepose_deploy.runtime.chunks import Settings, chunk_windows, halo_for
 from cyclepose_deploy.runtime.diameter import MAX_SCALE, MIN_SCALE, DiameterEstimate, estimate_diameter
 from cyclepose_deploy.runtime.grid import TileGrid
 from cyclepose_deploy.runtime.normalize import Normalization
 from cyclepose_deploy.runtime.objects import ObjectTable
+from cyclepose_deploy.runtime.passone import PassOne, Progress, RunOptions, SlideRef
 from cyclepose_deploy.runtime.preview import Preview
 from cyclepose_deploy.runtime.runfolder import (
     check_run_folder,
     file_identity,
-    load_tissue,
     open_run,
+    package_version,
     run_folder,
-    save_tissue,
 )
 from cyclepose_deploy.runtime.scratch import ScratchStore
 from cyclepose_deploy.runtime.slide import ScaledSource, Slide, SlideOptions, Source, sample_normalization
-from cyclepose_deploy.runtime.stages import Pipeline
 from cyclepose_deploy.runtime.writer import (
     BlockObserver,
     label_blocks,
@@ -49,8 +49,6 @@ from cyclepose_deploy.runtime.writer import (
     resampled_blocks,
     write_tiled_tiff,
 )
-
-Progress = Callable[[str, int, int], None]  # (task, advance, total)
 
 
 @dataclass(frozen=True)
@@ -71,30 +69,6 @@ class Outputs:
 
     def all(self) -> list[Path]:
         return [*self.files(), *([self.zarr] if self.zarr is not None else [])]
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How pass 1 runs. scheduler: None runs the chunks in this process (threads); 'local', 'local:N' or
-    a Dask scheduler address runs them as dask.distributed tasks (runtime.distributed); resume: finish
-    an interrupted run from its run folder (runtime.runfolder); skip_empty: chunks without tissue
-    (runtime.tissue) are not sent to the network; threads: ONNX Runtime threads per Dask worker;
-    overwrite: set by run_infer from its own argument."""
-
-    scheduler: str | None = None
-    resume: bool = False
-    skip_empty: bool = True
-    threads: int | None = None
-    overwrite: bool = False  # with resume: an interrupted run with other settings starts over
-
-
-@dataclass(frozen=True)
-class SlideRef:
-    """How to reopen the slide in another process: file, channel and SlideOptions (runtime.slide)."""
-
-    path: str
-    channel: int | None
-    options: SlideOptions | None
 
 
 @dataclass
@@ -126,17 +100,6 @@ class Summary:
     def tile_overhead(self) -> float:
         """Network tiles run more than once because chunk halos overlap (0.0 = none)."""
         return self.tiles_run / max(self.tiles_grid, 1) - 1.0
-
-
-@contextlib.contextmanager
-def writing(what: object) -> Iterator[None]:
-    """Name the output that failed (full disk, quota, I/O error) in one line."""
-    try:
-        yield
-    except OSError as exc:
-        raise UserError(
-            f"could not write {what}: {exc.strerror or exc}; free space or choose another path"
-        ) from None
 
 
 def run_infer(
@@ -173,11 +136,6 @@ def run_infer(
     _check_outputs(outputs, slide_path, overwrite)
     if outputs.labels is not None:
         check_run_folder(run_folder(outputs.labels), run.resume, overwrite)
-    if run.scheduler is not None:
-        from cyclepose_deploy.runtime.distributed import check_available, parse_scheduler
-
-        parse_scheduler(run.scheduler)
-        check_available()
     model, fixed = check_settings(model, settings, diameter, diameter_um, norm_percentiles, norm_range, say)
     for folder in sorted({p.parent.resolve() for p in outputs.all()}):
         removed, kept = sweep_leftovers(folder)
@@ -381,10 +339,10 @@ def run_source(
         else:
             folder = run_folder(outputs.labels)
             fingerprint = {
-                "package": _version(),
+                "package": package_version(),
                 "slide": file_identity(ref.path),
                 "image": slide.description,
-                "model": _model_id(model),
+                "model": {**file_identity(model.path), "format": model.format, "precision": model.precision},
                 "device": getattr(runner, "device", "cpu"),
                 "channel": ref.channel,
                 "options": ref.options,
@@ -397,7 +355,7 @@ def run_source(
                 "skip_empty": run.skip_empty,
             }
             resumed, token = stack.enter_context(
-                open_run(folder, _plain(fingerprint), run.resume, run.overwrite, say)
+                open_run(folder, fingerprint, run.resume, run.overwrite, say)
             )
         temps = {p: stack.enter_context(atomic_path(p)) for p in outputs.files()}
         if outputs.zarr is not None:
@@ -407,10 +365,9 @@ def run_source(
             folder, source.shape, outputs.prob is not None, settings.chunk, create=not resumed
         )
         done = store.done() if resumed else set()
-        work = _PassOne(
-            source, norm, runner, settings, store, progress, times, run, ref, model, scale, cluster
+        work = PassOne(
+            source, norm, runner, settings, store, progress, times, run, ref, model, scale, cluster, token
         )
-        work.token = token
         todo = work.to_run(chunks, folder if ref is not None else None, done)
         tiles_run = work.segment(todo)
         count, labels = _pass_two(slide, norm, store, outputs, temps, progress, times)
@@ -433,166 +390,6 @@ def run_source(
         ran=len(todo),
         workers=work.workers,
     )
-
-
-def _version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("cyclepose-deploy")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def _model_id(model: Model) -> dict[str, Any]:
-    return {**file_identity(model.path), "format": model.format, "precision": model.precision}
-
-
-def _plain(value: Any) -> Any:
-    """Dataclasses, tuples and paths as JSON values (for the run fingerprint)."""
-    import dataclasses
-
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-class _PassOne:
-    """Pass 1 over the chunks that are left: the tissue decision (runtime.tissue), then the network
-    and dynamics in this process (runtime.stages, threads) or on a Dask cluster (runtime.distributed);
-    every finished chunk goes into the store."""
-
-    def __init__(
-        self,
-        source: Source,
-        norm: Normalization,
-        runner: Any,
-        settings: Settings,
-        store: ScratchStore,
-        progress: Progress,
-        times: dict[str, float],
-        run: RunOptions,
-        ref: SlideRef | None,
-        model: Model,
-        scale: float,
-        cluster: Any,
-    ) -> None:
-        self.source, self.norm, self.runner, self.settings, self.store = source, norm, runner, settings, store
-        self.progress, self.times, self.run, self.ref, self.model, self.scale = (
-            progress,
-            times,
-            run,
-            ref,
-            model,
-            scale,
-        )
-        self.skipped = 0
-        self.token = ""  # the run folder owner's token (runtime.runfolder), checked by Dask workers
-        self.cluster = cluster
-        self.workers = cluster.workers if cluster is not None else 0
-
-    def job(self) -> Any:
-        from cyclepose_deploy.runtime.distributed import ChunkJob
-
-        assert self.ref is not None
-        return ChunkJob(
-            self.ref.path,
-            self.ref.channel,
-            self.ref.options,
-            self.model,
-            self.cluster.threads,
-            self.scale,
-            self.norm,
-            self.settings,
-            str(self.store.folder),
-            self.source.shape,
-            self.store.prob is not None,
-            self.settings.chunk,
-            self.token,
-        )
-
-    def to_run(self, chunks: list[Chunk], folder: Path | None, done: set[int]) -> list[Chunk]:
-        """The chunks still to segment: not finished, and (with skip_empty) near tissue. The decision
-        is saved in the run folder, so a resumed run does not read the slide for it again."""
-        t0 = time.perf_counter()
-        wanted = [True] * len(chunks)
-        if self.run.skip_empty:
-            from cyclepose_deploy.runtime.tissue import chunks_to_run
-
-            saved = load_tissue(folder, len(chunks)) if folder is not None else None
-            wanted = saved if saved is not None else chunks_to_run(chunks, self._tissue(chunks))
-            if folder is not None and saved is None:
-                save_tissue(folder, wanted)
-        self.skipped = wanted.count(False)
-        self.times["tissue"] = time.perf_counter() - t0
-        return [c for c, w in zip(chunks, wanted, strict=True) if w and c.index not in done]
-
-    def _tissue(self, chunks: list[Chunk]) -> list[np.ndarray]:
-        """Per chunk, its core's blocks with tissue (runtime.tissue.tissue_blocks)."""
-        from cyclepose_deploy.runtime.tissue import tissue_blocks
-
-        blocks: list[np.ndarray] = [np.zeros((0, 4), np.int64)] * len(chunks)
-        if self.cluster is None:
-            for position, chunk in enumerate(chunks):
-                blocks[position] = tissue_blocks(self.source, self.norm, chunk, self.model.lower)
-                self.progress("tissue", 1, len(chunks))
-            return blocks
-        from cyclepose_deploy.runtime.distributed import tissue_task
-
-        def record(result: tuple[int, list[list[int]]]) -> None:
-            blocks[result[0]] = np.array(result[1], np.int64).reshape(-1, 4)
-            self.progress("tissue", 1, len(chunks))
-
-        self.cluster.map(tissue_task, self.job(), chunks, record)
-        return blocks
-
-    def segment(self, chunks: list[Chunk]) -> int:
-        """Segment `chunks` into the store; returns the network tiles run."""
-        if self.cluster is not None:
-            return self._distributed(chunks)
-        return self._local(chunks)
-
-    def _local(self, chunks: list[Chunk]) -> int:
-        pipe = Pipeline(
-            self.source, self.norm, chunks, self.runner, self.settings, self.store.folder / "tiles"
-        )
-        total = pipe.plan.tiles_run
-        pipe.on_tiles = lambda n: self.progress("network", n, total)
-        with writing(f"temporary data in {self.store.folder.parent}"):
-            for result in pipe.results():
-                t = time.perf_counter()
-                self.store.write(result)
-                pipe.times["scratch"] += time.perf_counter() - t
-        self.times.update(pipe.times)
-        return pipe.tiles_run
-
-    def _distributed(self, chunks: list[Chunk]) -> int:
-        from cyclepose_deploy.runtime.distributed import chunk_task
-
-        t0 = time.perf_counter()
-        tiles = 0
-
-        def record(result: tuple[int, int]) -> None:
-            nonlocal tiles
-            tiles += result[1]
-            self.progress("chunks", 1, len(chunks))
-
-        self.cluster.map(chunk_task, self.job(), chunks, record)
-        self.times["cluster"] = time.perf_counter() - t0
-        missing = {c.index for c in chunks} - self.store.done()
-        if missing:  # the workers wrote somewhere else: no shared file system
-            raise UserError(
-                f"{len(missing)} of {len(chunks)} chunks did not arrive in {self.store.folder}: every Dask "
-                "worker must reach the slide, the model and the output folder under the same paths "
-                "(a shared file system)"
-            )
-        return tiles
 
 
 def _diameter(

@@ -12,6 +12,7 @@ The folder is removed when the outputs are written, and when a run fails before 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import shutil
 import uuid
@@ -21,6 +22,7 @@ from typing import Any
 
 from cyclepose_deploy.errors import UserError
 from cyclepose_deploy.runtime.atomic import owner_tag, write_json_atomic
+from cyclepose_deploy.runtime.scratch import finished_chunks
 
 SUFFIX = ".run"
 FINGERPRINT = "run.json"
@@ -53,8 +55,32 @@ def file_identity(path: str | Path) -> dict[str, Any]:
     return {"path": str(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
+def package_version() -> str:
+    """This package's version, for the fingerprint: chunks of another version are not mixed in."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("cyclepose-deploy")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses, tuples and paths as JSON values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
 def _canonical(fingerprint: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps({"version": VERSION, **fingerprint}, sort_keys=True, default=str))
+    """The fingerprint as it reads back from run.json (dataclasses as dicts, tuples as lists)."""
+    return json.loads(json.dumps(_plain({"version": VERSION, **fingerprint}), sort_keys=True, default=str))
 
 
 @contextlib.contextmanager
@@ -97,7 +123,7 @@ def open_run(
     try:
         yield resumed, token
     except BaseException:
-        done = finished_chunks(folder)
+        done = len(finished_chunks(folder))
         if done:
             with contextlib.suppress(OSError):
                 (folder / OWNER).unlink()  # stray tasks of this session stop writing
@@ -143,11 +169,6 @@ def _load(folder: Path) -> dict[str, Any]:
     if not isinstance(stored, dict):
         raise UserError(f"{folder / FINGERPRINT} is damaged: pass --overwrite to start over")
     return stored
-
-
-def finished_chunks(folder: Path) -> int:
-    markers = folder / "done"
-    return sum(1 for _ in markers.glob("[0-9]*.npy")) if markers.is_dir() else 0
 
 
 def load_tissue(folder: Path, count: int) -> list[bool] | None:

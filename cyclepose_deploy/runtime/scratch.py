@@ -32,6 +32,11 @@ def inner_block(block: int) -> int:
     return best if best >= 64 else block
 
 
+def finished_chunks(folder: str | Path) -> set[int]:
+    """Indices of the chunks whose marker is in `folder`/done (empty when there is none)."""
+    return {int(p.stem) for p in (Path(folder) / "done").glob("[0-9]*.npy")}
+
+
 class ScratchStore:
     """Seed ids (uint64) and optional probability (uint8) on the working (possibly rescaled) grid.
 
@@ -88,7 +93,7 @@ class ScratchStore:
 
     def done(self) -> set[int]:
         """Indices of the finished chunks."""
-        return {int(p.stem) for p in self.markers.glob("[0-9]*.npy")}
+        return finished_chunks(self.folder)
 
     def id_table(self) -> np.ndarray:
         """The sorted distinct nonzero ids: label k (1..N) is the k-th of them."""
