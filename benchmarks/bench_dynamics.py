@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    from cyclepose_deploy.runtime.atomic import write_json_atomic
+    from cyclepose_deploy.atomic import write_json_atomic
 
     machine = machine_info()
     report = {"benchmark": "dynamics", "machine": machine, **run(args.size, args.repeats, args.seed)}

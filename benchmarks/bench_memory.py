@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import machine_info  # noqa: E402
 
-from cyclepose_deploy.runtime.defaults import CHUNK  # noqa: E402
+from cyclepose_deploy.defaults import CHUNK  # noqa: E402
 
 LIMIT_MB = 1536.0
 MAX_GROWTH = 0.10
@@ -85,7 +85,7 @@ def main() -> None:
 
 
 def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    from cyclepose_deploy.runtime.atomic import write_json_atomic
+    from cyclepose_deploy.atomic import write_json_atomic
 
     peaks = [r["peak_rss_mb"] for r in rows]
     growth = peaks[-1] / peaks[0] - 1.0

@@ -19,10 +19,10 @@ from pathlib import Path
 import tifffile
 
 from cyclepose_deploy.metrics import match_instances
-from cyclepose_deploy.runtime.artifacts import resolve_model
-from cyclepose_deploy.runtime.chunks import Settings
-from cyclepose_deploy.runtime.diameter import mask_diameter
-from cyclepose_deploy.runtime.pipeline import Outputs, run_infer
+from cyclepose_deploy.runtime.model.artifacts import resolve_model
+from cyclepose_deploy.runtime.run.chunks import Settings
+from cyclepose_deploy.runtime.run.diameter import mask_diameter
+from cyclepose_deploy.runtime.run.pipeline import Outputs, run_infer
 from cyclepose_deploy.synth.shapes import ShapePrior
 from cyclepose_deploy.synth.slide import make_slide
 

@@ -148,9 +148,9 @@ def score_model(
     model_path: Path, pairs: list[tuple[Path, Path]], extra: dict[str, object]
 ) -> tuple[Tally, list]:
     from cyclepose_deploy.metrics import match_instances
-    from cyclepose_deploy.runtime.artifacts import resolve_model
-    from cyclepose_deploy.runtime.chunks import Settings
-    from cyclepose_deploy.runtime.pipeline import Outputs, run_infer
+    from cyclepose_deploy.runtime.model.artifacts import resolve_model
+    from cyclepose_deploy.runtime.run.chunks import Settings
+    from cyclepose_deploy.runtime.run.pipeline import Outputs, run_infer
 
     model = resolve_model(model_path)
     settings_kw = {k: v for k, v in extra.items() if k != "diameter"}

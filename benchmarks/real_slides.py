@@ -24,8 +24,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 def run(slide: Path, model: object, out: Path) -> tuple[np.ndarray, object]:
-    from cyclepose_deploy.runtime.chunks import Settings
-    from cyclepose_deploy.runtime.pipeline import Outputs, run_infer
+    from cyclepose_deploy.runtime.run.chunks import Settings
+    from cyclepose_deploy.runtime.run.pipeline import Outputs, run_infer
 
     summary = run_infer(slide, model, Outputs(out), Settings())
     return tifffile.imread(out), summary
@@ -35,7 +35,7 @@ def main() -> None:
     from machine import machine_info
 
     from cyclepose_deploy.metrics import match_instances
-    from cyclepose_deploy.runtime.artifacts import resolve_model
+    from cyclepose_deploy.runtime.model.artifacts import resolve_model
     from cyclepose_deploy.synth.slide import make_slide
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -29,10 +29,10 @@ from machine import machine_info, machine_name  # noqa: E402
 from suite_parts import accuracy_by_precision, dynamics_rows, slide_rows  # noqa: E402
 from suite_report import markdown  # noqa: E402
 
+from cyclepose_deploy.atomic import write_atomic, write_json_atomic  # noqa: E402
+from cyclepose_deploy.defaults import TILE  # noqa: E402
 from cyclepose_deploy.runtime import benchmark  # noqa: E402
-from cyclepose_deploy.runtime.artifacts import Model, resolve_models  # noqa: E402
-from cyclepose_deploy.runtime.atomic import write_atomic, write_json_atomic  # noqa: E402
-from cyclepose_deploy.runtime.defaults import TILE  # noqa: E402
+from cyclepose_deploy.runtime.model.artifacts import Model, resolve_models  # noqa: E402
 from cyclepose_deploy.synth.tiles import synthetic_tiles  # noqa: E402
 
 SCHEMA = "cyclepose-suite/1"

@@ -71,7 +71,7 @@ def measure_infer(slide: Path, export: Path, out: Path, threads: int | None) -> 
 
 def slide_rows(export: Path, sides: Sequence[int], work: Path, threads: int | None) -> list[dict[str, Any]]:
     """Wall time, MPix/s and peak RSS of `cyclepose infer` on slides of growing size."""
-    from cyclepose_deploy.runtime.manifest import load_manifest
+    from cyclepose_deploy.runtime.model.manifest import load_manifest
 
     channels = load_manifest(export).channels
     rows = []
@@ -122,7 +122,7 @@ def dynamics_rows(sides: Sequence[int], repeats: int = 1) -> list[dict[str, Any]
 # (4) accuracy ------------------------------------------------------------------------------------
 def accuracy_by_precision(export: Path) -> list[dict[str, Any]]:
     """Each artifact's mask F1 against fp32 and flow error, as export's verification recorded them."""
-    from cyclepose_deploy.runtime.manifest import load_manifest
+    from cyclepose_deploy.runtime.model.manifest import load_manifest
 
     rows = []
     for art in load_manifest(export).artifacts:

@@ -16,8 +16,8 @@ import time
 import numpy as np
 import torch
 
-from cyclepose_deploy.runtime.defaults import FLOW_SCALE
-from cyclepose_deploy.runtime.normalize import Normalization
+from cyclepose_deploy.defaults import FLOW_SCALE
+from cyclepose_deploy.runtime.source.normalize import Normalization
 
 
 def taper(tile: int) -> np.ndarray:
@@ -104,7 +104,7 @@ def main() -> None:
     for row in rows:
         print(json.dumps(row))
     if args.out:
-        from cyclepose_deploy.runtime.atomic import write_json_atomic
+        from cyclepose_deploy.atomic import write_json_atomic
 
         write_json_atomic(args.out, {"checkpoint": args.checkpoint, "results": rows})
 

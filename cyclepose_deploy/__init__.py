@@ -11,7 +11,7 @@ __all__ = ["Segmenter", "SlideOptions", "__version__"]
 
 if TYPE_CHECKING:
     from cyclepose_deploy.runtime.api import Segmenter
-    from cyclepose_deploy.runtime.slide import SlideOptions
+    from cyclepose_deploy.runtime.source.slide import SlideOptions
 
 
 def __getattr__(name: str) -> Any:
@@ -21,7 +21,7 @@ def __getattr__(name: str) -> Any:
 
         return Segmenter
     if name == "SlideOptions":
-        from cyclepose_deploy.runtime.slide import SlideOptions
+        from cyclepose_deploy.runtime.source.slide import SlideOptions
 
         return SlideOptions
     raise AttributeError(f"module 'cyclepose_deploy' has no attribute {name!r}")

@@ -121,7 +121,7 @@ def run_onnx_model(path: Path, image: np.ndarray) -> np.ndarray:
 def build_tiny_export(folder: Path) -> Path:
     """An export folder with a fp32 and an 'int8' artifact (the same tiny model) and a manifest as an
     older export wrote it (no max_extent)."""
-    from cyclepose_deploy.runtime.manifest import SCHEMA
+    from cyclepose_deploy.runtime.model.manifest import SCHEMA
 
     folder.mkdir()
     artifacts = []

@@ -1,4 +1,4 @@
-"""The one artifact resolver (runtime/artifacts.py), as infer, bench and export's verification use it:
+"""The one artifact resolver (runtime/model/artifacts.py), as infer, bench and export's verification use it:
 accepted files, manifests beside them, the best artifact of an export folder, and the halo extent."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime import artifacts
-from cyclepose_deploy.runtime.artifacts import model_from_file, resolve_model, resolve_models
-from cyclepose_deploy.runtime.manifest import load_manifest, sha256_file
+from cyclepose_deploy.runtime.model import artifacts
+from cyclepose_deploy.runtime.model.artifacts import model_from_file, resolve_model, resolve_models
+from cyclepose_deploy.runtime.model.manifest import load_manifest, sha256_file
 
 
 def add_engine(folder: Path, name: str) -> None:

@@ -8,7 +8,6 @@ from scipy import ndimage
 
 from cyclepose_deploy.errors import UserError
 from cyclepose_deploy.metrics import match_instances
-from cyclepose_deploy.runtime.chunks import Settings, halo_for
 from cyclepose_deploy.runtime.dynamics import (
     DynamicsSettings,
     chunk_halo,
@@ -17,6 +16,7 @@ from cyclepose_deploy.runtime.dynamics import (
     owned_ids,
     segment_chunk,
 )
+from cyclepose_deploy.runtime.run.chunks import Settings, halo_for
 from cyclepose_deploy.synth.shapes import ShapePrior, pack_instances
 from cyclepose_deploy.synth.slide import make_slide
 

@@ -24,9 +24,9 @@ from cyclepose_deploy.export.profiles import DEFAULT
 from cyclepose_deploy.export.torch_runner import TorchRunner
 from cyclepose_deploy.export.verify import Thresholds
 from cyclepose_deploy.nets.segmenter import Segmenter
-from cyclepose_deploy.runtime.artifacts import resolve_model
 from cyclepose_deploy.runtime.backends.ort import OrtRunner
-from cyclepose_deploy.runtime.manifest import load_manifest, verify_artifact
+from cyclepose_deploy.runtime.model.artifacts import resolve_model
+from cyclepose_deploy.runtime.model.manifest import load_manifest, verify_artifact
 from cyclepose_deploy.synth.shapes import ShapePrior
 from cyclepose_deploy.train.checkpoint import save_checkpoint
 

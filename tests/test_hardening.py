@@ -13,10 +13,10 @@ import pytest
 import tifffile
 from typer.testing import CliRunner
 
+from cyclepose_deploy.atomic import atomic_path
 from cyclepose_deploy.cli import app
 from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime.atomic import atomic_path
-from cyclepose_deploy.runtime.manifest import load_manifest
+from cyclepose_deploy.runtime.model.manifest import load_manifest
 
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -197,7 +197,7 @@ def test_output_that_is_a_symlink_is_replaced_not_followed(
 def test_leftovers_of_killed_runs_are_swept(tmp_path: Path, slide: Path, tiny_onnx: Callable) -> None:
     import subprocess
 
-    from cyclepose_deploy.runtime.atomic import _host
+    from cyclepose_deploy.atomic import _host
 
     dead = subprocess.Popen(["true"])
     dead.wait()  # a PID that no longer runs
@@ -247,7 +247,8 @@ def test_eval_truncated_and_oversized_tiffs(tmp_path: Path, monkeypatch: pytest.
     (tmp_path / "cut.tif").write_bytes(data[: len(data) // 2])
     line = error_line(*invoke("eval", tmp_path / "cut.tif", tmp_path / "g.tif"))
     assert "prediction file" in line and "cut.tif" in line
-    monkeypatch.setattr("cyclepose_deploy.runtime.formats.MAX_WHOLE_BYTES", 64 * 1024)  # a 128 KiB image
+    # a 128 KiB image
+    monkeypatch.setattr("cyclepose_deploy.runtime.source.formats.MAX_WHOLE_BYTES", 64 * 1024)
     line = error_line(*invoke("eval", tmp_path / "g.tif", tmp_path / "g.tif"))
     assert "claims 256x256 px" in line
 

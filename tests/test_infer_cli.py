@@ -14,7 +14,7 @@ import tifffile
 from typer.testing import CliRunner
 
 from cyclepose_deploy.cli import app
-from cyclepose_deploy.runtime.manifest import sha256_file
+from cyclepose_deploy.runtime.model.manifest import sha256_file
 from cyclepose_deploy.synth.slide import make_slide
 
 pytest.importorskip("onnxruntime")
@@ -198,7 +198,7 @@ def engine_export(folder: Path, net: Path) -> Path:
 def test_export_folder_picks_verified_onnx_without_tensorrt(
     data: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cyclepose_deploy.runtime import artifacts
+    from cyclepose_deploy.runtime.model import artifacts
 
     monkeypatch.setattr(artifacts, "gpu_tensorrt_available", lambda: False)
     export = engine_export(tmp_path / "export", data["net"])
@@ -219,8 +219,8 @@ def test_engine_built_for_another_gpu(
     """The runner compares the manifest's TensorRT version and GPU with this machine's before loading."""
     from types import SimpleNamespace
 
-    from cyclepose_deploy.runtime import artifacts
     from cyclepose_deploy.runtime.backends import tensorrt as trt_backend
+    from cyclepose_deploy.runtime.model import artifacts
 
     monkeypatch.setattr(artifacts, "gpu_tensorrt_available", lambda: True)
     monkeypatch.setattr(trt_backend, "trt", SimpleNamespace(__version__="10.9.0"))
@@ -234,12 +234,13 @@ def test_engine_built_for_another_gpu(
 def test_full_disk_leaves_nothing(
     data: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cyclepose_deploy.runtime import writer
 
     def full(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(writer, "tiles_of", lambda *a, **k: full())
+    from cyclepose_deploy.runtime.outputs import tiff
+
+    monkeypatch.setattr(tiff, "tiles_of", lambda *a, **k: full())
     out = tmp_path / "out"
     out.mkdir()
     code, text = invoke(
@@ -271,7 +272,7 @@ def test_full_disk_leaves_nothing(
 def test_full_disk_during_chunks(
     data: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cyclepose_deploy.runtime.scratch import ScratchStore
+    from cyclepose_deploy.runtime.run.scratch import ScratchStore
 
     def full(self: object, result: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -11,11 +11,11 @@ import pytest
 import tifffile
 
 from cyclepose_deploy.metrics import match_instances
-from cyclepose_deploy.runtime.artifacts import resolve_model
-from cyclepose_deploy.runtime.chunks import Settings, chunk_windows, halo_for, process_chunk
-from cyclepose_deploy.runtime.pipeline import Outputs, run_infer
-from cyclepose_deploy.runtime.slide import Slide, sample_normalization
-from cyclepose_deploy.runtime.stages import Pipeline
+from cyclepose_deploy.runtime.model.artifacts import resolve_model
+from cyclepose_deploy.runtime.run.chunks import Settings, chunk_windows, halo_for, process_chunk
+from cyclepose_deploy.runtime.run.pipeline import Outputs, run_infer
+from cyclepose_deploy.runtime.run.stages import Pipeline
+from cyclepose_deploy.runtime.source.slide import Slide, sample_normalization
 from cyclepose_deploy.synth.slide import make_slide
 
 pytest.importorskip("onnxruntime")

@@ -148,10 +148,10 @@ def test_api_reads_zarr_and_dask_arrays_in_windows(net: Path, tmp_path: Path) ->
 def test_labels_are_a_nearest_neighbour_ome_tiff_pyramid(
     net: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cyclepose_deploy.runtime.slide import Slide
-    from cyclepose_deploy.runtime.writer import nearest_index
+    from cyclepose_deploy.runtime.outputs.tiff import nearest_index
+    from cyclepose_deploy.runtime.source.slide import Slide
 
-    monkeypatch.setattr("cyclepose_deploy.runtime.writer.PYRAMID_TOP", 128)
+    monkeypatch.setattr("cyclepose_deploy.runtime.outputs.tiff.PYRAMID_TOP", 128)
     image, _ = make_slide(520, 400, 9)
     tifffile.imwrite(tmp_path / "s.tif", image)
     code, text = invoke(
@@ -252,7 +252,7 @@ def test_ome_zarr_labels_validate_and_equal_the_tiff(
     models = pytest.importorskip("ome_zarr_models.v05.image_label")
     import zarr
 
-    monkeypatch.setattr("cyclepose_deploy.runtime.writer.PYRAMID_TOP", 128)
+    monkeypatch.setattr("cyclepose_deploy.runtime.outputs.tiff.PYRAMID_TOP", 128)
     image, _ = make_slide(300, 260, 4)
     tifffile.imwrite(tmp_path / "s.tif", image)
     store = tmp_path / "out.ome.zarr"

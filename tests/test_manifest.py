@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime.manifest import (
+from cyclepose_deploy.runtime.model.manifest import (
     SCHEMA,
     Artifact,
     Manifest,

@@ -15,8 +15,8 @@ import pytest
 import tifffile
 import torch
 
-from cyclepose_deploy.runtime.diameter import blob_diameter, mask_diameter
-from cyclepose_deploy.runtime.normalize import FLOOR_SIGMAS, Normalization, noise_sigma
+from cyclepose_deploy.runtime.run.diameter import blob_diameter, mask_diameter
+from cyclepose_deploy.runtime.source.normalize import FLOOR_SIGMAS, Normalization, noise_sigma
 from cyclepose_deploy.synth.shapes import ShapePrior
 from cyclepose_deploy.synth.slide import make_slide
 from cyclepose_deploy.train.data import ImageCrops, rescale_to_diameter
@@ -218,10 +218,10 @@ def test_diameter_estimate_within_15_percent_with_the_shipped_model(
     the network) lies within 15 % of the true median diameter."""
     from dataclasses import replace
 
-    from cyclepose_deploy.runtime.artifacts import resolve_model
-    from cyclepose_deploy.runtime.chunks import Settings
-    from cyclepose_deploy.runtime.diameter import ArraySource, estimate_diameter
-    from cyclepose_deploy.runtime.slide import sample_normalization
+    from cyclepose_deploy.runtime.model.artifacts import resolve_model
+    from cyclepose_deploy.runtime.run.chunks import Settings
+    from cyclepose_deploy.runtime.run.diameter import ArraySource, estimate_diameter
+    from cyclepose_deploy.runtime.source.slide import sample_normalization
 
     side = int(max(384, diameter * 16))
     image, labels = make_slide(side, side, 1, ShapePrior(0.85 * diameter, 1.15 * diameter))
@@ -236,7 +236,7 @@ def test_diameter_estimate_within_15_percent_with_the_shipped_model(
 
 
 def test_area_weighted_diameter_discounts_fragments() -> None:
-    from cyclepose_deploy.runtime.diameter import area_weighted_diameter, mask_diameter
+    from cyclepose_deploy.runtime.run.diameter import area_weighted_diameter, mask_diameter
 
     labels = np.zeros((200, 200), np.int32)
     yy, xx = np.mgrid[:200, :200]

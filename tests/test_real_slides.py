@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from cyclepose_deploy.cli import app
 from cyclepose_deploy.errors import UserError
 from cyclepose_deploy.metrics import match_instances
-from cyclepose_deploy.runtime.slide import Slide, SlideOptions
+from cyclepose_deploy.runtime.source.slide import Slide, SlideOptions
 from cyclepose_deploy.synth.slide import make_slide
 
 pytest.importorskip("onnxruntime")

@@ -9,11 +9,11 @@ import pytest
 import tifffile
 
 from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime.normalize import Normalization
-from cyclepose_deploy.runtime.objects import ObjectTable
-from cyclepose_deploy.runtime.preview import Preview, encode_png
-from cyclepose_deploy.runtime.slide import ScaledSource, Slide, sample_normalization
-from cyclepose_deploy.runtime.writer import label_blocks, write_tiled_tiff
+from cyclepose_deploy.runtime.outputs.objects import ObjectTable
+from cyclepose_deploy.runtime.outputs.preview import Preview, encode_png
+from cyclepose_deploy.runtime.outputs.tiff import label_blocks, write_tiled_tiff
+from cyclepose_deploy.runtime.source.normalize import Normalization
+from cyclepose_deploy.runtime.source.slide import ScaledSource, Slide, sample_normalization
 
 RNG = np.random.default_rng(3)
 
@@ -111,9 +111,10 @@ def test_scaled_source_resamples_linearly() -> None:
 
 
 def test_tiled_writer_and_label_mapping_roundtrip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from cyclepose_deploy.runtime import writer
 
-    monkeypatch.setattr(writer, "BLOCK_COLS", 256)  # several blocks per tile row
+    from cyclepose_deploy.runtime.outputs import tiff
+
+    monkeypatch.setattr(tiff, "BLOCK_COLS", 256)  # several blocks per tile row
     ids = np.zeros((300, 520), np.uint64)
     ids[10:40, 10:30] = 1_000_000_007
     ids[200:300, 500:520] = 5

@@ -2,7 +2,7 @@ import sys
 
 import pytest
 
-from cyclepose_deploy.runtime.memory import limit_malloc_arenas
+from cyclepose_deploy.memory import limit_malloc_arenas
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt exists on Linux only")

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime.chunks import chunk_windows
-from cyclepose_deploy.runtime.grid import TileGrid, taper
-from cyclepose_deploy.runtime.merger import Merger
-from cyclepose_deploy.runtime.normalize import Normalization
-from cyclepose_deploy.runtime.splitter import split
+from cyclepose_deploy.runtime.run.chunks import chunk_windows
+from cyclepose_deploy.runtime.source.normalize import Normalization
+from cyclepose_deploy.runtime.tiling.grid import TileGrid, taper
+from cyclepose_deploy.runtime.tiling.merger import Merger
+from cyclepose_deploy.runtime.tiling.splitter import split
 
 IDENTITY = Normalization(0.0, 1.0)
 
@@ -99,7 +99,7 @@ def test_chunk_windows_partition_the_slide() -> None:
 
 
 def test_tile_plan_runs_every_tile_once_and_cache_empties(tmp_path: Path) -> None:
-    from cyclepose_deploy.runtime.tilecache import TileCache, TilePlan
+    from cyclepose_deploy.runtime.run.tilecache import TileCache, TilePlan
 
     grid = TileGrid((1000, 700), 128, 16)
     chunks = chunk_windows((1000, 700), 256, 40)
@@ -116,8 +116,8 @@ def test_tile_plan_runs_every_tile_once_and_cache_empties(tmp_path: Path) -> Non
 
 
 def test_pipeline_stops_all_stages_when_the_network_fails(tmp_path: Path) -> None:
-    from cyclepose_deploy.runtime.chunks import Settings
-    from cyclepose_deploy.runtime.stages import Pipeline
+    from cyclepose_deploy.runtime.run.chunks import Settings
+    from cyclepose_deploy.runtime.run.stages import Pipeline
 
     class Broken:
         channels, calls = 1, 0

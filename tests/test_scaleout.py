@@ -232,8 +232,8 @@ def test_noise_only_slide_runs_no_network(data: dict[str, Path], tmp_path: Path)
 
 
 def test_chunks_to_run_follow_tissue_blocks_into_neighbour_halos() -> None:
-    from cyclepose_deploy.runtime.chunks import chunk_windows
-    from cyclepose_deploy.runtime.tissue import chunks_to_run
+    from cyclepose_deploy.runtime.run.chunks import chunk_windows
+    from cyclepose_deploy.runtime.run.tissue import chunks_to_run
 
     chunks = chunk_windows((400, 400), 100, 20)  # 4 x 4 cores of 100 px, halo 20
     blocks = [np.zeros((0, 4), np.int64) for _ in chunks]
@@ -244,10 +244,10 @@ def test_chunks_to_run_follow_tissue_blocks_into_neighbour_halos() -> None:
 
 
 def test_tissue_blocks_find_one_nucleus_and_not_noise() -> None:
-    from cyclepose_deploy.runtime.chunks import Chunk
-    from cyclepose_deploy.runtime.diameter import ArraySource
-    from cyclepose_deploy.runtime.normalize import Normalization
-    from cyclepose_deploy.runtime.tissue import tissue_blocks
+    from cyclepose_deploy.runtime.run.chunks import Chunk
+    from cyclepose_deploy.runtime.run.diameter import ArraySource
+    from cyclepose_deploy.runtime.run.tissue import tissue_blocks
+    from cyclepose_deploy.runtime.source.normalize import Normalization
 
     rng = np.random.default_rng(0)
     image = rng.normal(200, 5, (600, 600)).astype(np.float32)
@@ -277,7 +277,7 @@ def test_unreachable_scheduler_is_one_line(data: dict[str, Path], tmp_path: Path
 
 
 def test_run_folder_of_a_live_run_is_not_touched(data: dict[str, Path], tmp_path: Path) -> None:
-    from cyclepose_deploy.runtime.atomic import owner_tag
+    from cyclepose_deploy.atomic import owner_tag
 
     run = tmp_path / "l.tif.run"
     run.mkdir()
@@ -290,12 +290,12 @@ def test_run_folder_of_a_live_run_is_not_touched(data: dict[str, Path], tmp_path
 
 
 def test_a_task_of_a_gone_driver_writes_nothing(data: dict[str, Path], tmp_path: Path) -> None:
-    from cyclepose_deploy.runtime.artifacts import resolve_model
-    from cyclepose_deploy.runtime.chunks import Settings, chunk_windows
-    from cyclepose_deploy.runtime.distributed import ChunkJob, chunk_task
-    from cyclepose_deploy.runtime.normalize import Normalization
-    from cyclepose_deploy.runtime.scratch import ScratchStore
-    from cyclepose_deploy.runtime.slide import SlideOptions
+    from cyclepose_deploy.runtime.model.artifacts import resolve_model
+    from cyclepose_deploy.runtime.run.chunks import Settings, chunk_windows
+    from cyclepose_deploy.runtime.run.distributed import ChunkJob, chunk_task
+    from cyclepose_deploy.runtime.run.scratch import ScratchStore
+    from cyclepose_deploy.runtime.source.normalize import Normalization
+    from cyclepose_deploy.runtime.source.slide import SlideOptions
 
     shape = (640, 576)
     store = ScratchStore(tmp_path, shape, False, 256)

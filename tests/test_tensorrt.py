@@ -18,7 +18,7 @@ from cyclepose_deploy.export import tensorrt_build
 from cyclepose_deploy.export.profiles import DEFAULT, load_profile
 from cyclepose_deploy.runtime.backends.base import ShapeLimits
 from cyclepose_deploy.runtime.backends.tensorrt import buffer_bytes, check_compatible, limits_from_profile
-from cyclepose_deploy.runtime.manifest import TensorRTInfo
+from cyclepose_deploy.runtime.model.manifest import TensorRTInfo
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import importlib
 
-from cyclepose_deploy.runtime.memory import limit_malloc_arenas
+from cyclepose_deploy.memory import limit_malloc_arenas
 
-limit_malloc_arenas()  # must precede every thread a library may start (see runtime/memory.py)
+limit_malloc_arenas()  # must precede every thread a library may start (see memory.py)
 
 import typer  # noqa: E402
 

@@ -18,8 +18,8 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
+from cyclepose_deploy.defaults import CHUNK
 from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime.defaults import CHUNK
 
 # Images up to one default chunk run CONCURRENT at a time, and their tiles share network batches
 # (runtime.backends.batching); a larger image runs alone, so memory stays that of one chunk per image.
@@ -122,8 +122,8 @@ def run_batch(
     Segmenter.segment_file that every image gets); write the summary; return the exit code."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from cyclepose_deploy.atomic import write_atomic
     from cyclepose_deploy.console import console
-    from cyclepose_deploy.runtime.atomic import write_atomic
 
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -171,7 +171,7 @@ def run_batch(
 
 def _pixels(image: Path, shared: dict[str, Any]) -> int:
     """The image's pixel count from its header (0 when it cannot be opened: its own run reports why)."""
-    from cyclepose_deploy.runtime.slide import Slide
+    from cyclepose_deploy.runtime.source.slide import Slide
 
     try:
         slide = Slide(image, None, shared.get("options"))

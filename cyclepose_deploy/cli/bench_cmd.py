@@ -7,8 +7,8 @@ from typing import Any
 
 import typer
 
+from cyclepose_deploy import defaults
 from cyclepose_deploy.cli.common import parse_int_list, user_errors
-from cyclepose_deploy.runtime import defaults
 
 
 def register(app: typer.Typer) -> None:
@@ -36,9 +36,9 @@ def bench(
 ) -> None:
     """Time each artifact on a realistic normalised tile: min/median/p90/p95/p99/max latency
     (nearest-rank percentiles, like trtexec), tiles/s and MPix/s."""
+    from cyclepose_deploy.atomic import check_writable, write_json_atomic
     from cyclepose_deploy.runtime import benchmark
-    from cyclepose_deploy.runtime.artifacts import resolve_models
-    from cyclepose_deploy.runtime.atomic import check_writable, write_json_atomic
+    from cyclepose_deploy.runtime.model.artifacts import resolve_models
     from cyclepose_deploy.synth.tiles import synthetic_tiles
 
     batches = parse_int_list(batch, "--batch")

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 def read_labels(path: Path, name: str) -> np.ndarray:
     """Level 0 of a label TIFF, whole, as a 2-D integer array (eval does not need bounded memory)."""
-    from cyclepose_deploy.runtime.formats import read_tiff_whole
+    from cyclepose_deploy.runtime.source.formats import read_tiff_whole
 
     labels = read_tiff_whole(path, f"{name} file")
     while labels.ndim > 2 and labels.shape[0] == 1:  # drop leading singleton axes, keep a 1xN image 2-D
@@ -38,8 +38,8 @@ def register(app: typer.Typer) -> None:
         json_out: Path | None = typer.Option(None, "--json", help="Also write the results as JSON."),
     ) -> None:
         """Match instances one-to-one by IoU and report precision, recall, F1 and AP."""
+        from cyclepose_deploy.atomic import check_writable, write_json_atomic
         from cyclepose_deploy.metrics import check_labels, match_instances
-        from cyclepose_deploy.runtime.atomic import check_writable, write_json_atomic
 
         if json_out is not None:
             check_writable(json_out)

@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 
 from cyclepose_deploy.cli.common import console, user_errors
+from cyclepose_deploy.defaults import PRECISIONS
 from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime.defaults import PRECISIONS
 
 
 def parse_precisions(text: str) -> tuple[str, ...]:

@@ -8,9 +8,9 @@ from typing import Any
 
 import typer
 
+from cyclepose_deploy import defaults
 from cyclepose_deploy.cli.common import console, user_errors
 from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime import defaults
 
 
 def register(app: typer.Typer) -> None:
@@ -124,11 +124,11 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Segment nuclei on a slide of any size in bounded memory."""
+        from cyclepose_deploy.atomic import check_writable, write_json_atomic
         from cyclepose_deploy.cli import batch
         from cyclepose_deploy.runtime.api import Segmenter
-        from cyclepose_deploy.runtime.atomic import check_writable, write_json_atomic
-        from cyclepose_deploy.runtime.slide import SlideOptions
-        from cyclepose_deploy.runtime.units import parse_pixel_size
+        from cyclepose_deploy.runtime.source.slide import SlideOptions
+        from cyclepose_deploy.runtime.source.units import parse_pixel_size
 
         for value, option in (
             (series, "--series"),

@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 
 from cyclepose_deploy.cli.common import console, user_errors
+from cyclepose_deploy.defaults import DIAMETER
 from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime.defaults import DIAMETER
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 DIAMETER_TEXT = f"{DIAMETER[0]:g}-{DIAMETER[1]:g}"

@@ -79,7 +79,7 @@ def register(app: typer.Typer) -> None:
         """Train CyclePose on unlabeled images; S is what `cyclepose export` deploys."""
         import torch
 
-        from cyclepose_deploy.runtime.atomic import check_writable
+        from cyclepose_deploy.atomic import check_writable
         from cyclepose_deploy.train.loop import TrainConfig
         from cyclepose_deploy.train.progress import progress_callback
         from cyclepose_deploy.train.run import make_trainer, run

@@ -3,7 +3,7 @@ EXPORT/bioimageio/: the verified fp32 ONNX weights, a test input and its output,
 post-processing described, so the model can be uploaded to the zoo and run by its consumers.
 
 Pre-processing is the spec's `scale_range` with Cellpose's 1st/99th percentiles (the runtime adds
-guards for sparse and empty fields on top; see runtime/normalize.py). The output is Cellpose's: flows
+guards for sparse and empty fields on top; see runtime/source/normalize.py). The output is Cellpose's: flows
 (y, x, times 5) and the cell-probability logit; turning them into instance labels is Cellpose's flow
 dynamics, which the spec cannot express as a post-processing step, so the documentation names it and
 `cyclepose infer` runs it. The package is validated with `bioimageio.spec` when it is installed.

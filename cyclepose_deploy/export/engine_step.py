@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cyclepose_deploy import optional
 from cyclepose_deploy.export.loaders import SaveBytes
 from cyclepose_deploy.export.profiles import Profile
 from cyclepose_deploy.export.tensorrt_build import (
@@ -15,8 +16,7 @@ from cyclepose_deploy.export.tensorrt_build import (
     export_command,
     trtexec_command,
 )
-from cyclepose_deploy.runtime import optional
-from cyclepose_deploy.runtime.manifest import TensorRTInfo
+from cyclepose_deploy.runtime.model.manifest import TensorRTInfo
 
 ENGINE_NAME = "model.engine"
 

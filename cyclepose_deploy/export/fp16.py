@@ -10,7 +10,7 @@ from pathlib import Path
 
 import onnx
 
-from cyclepose_deploy.runtime.atomic import atomic_path
+from cyclepose_deploy.atomic import atomic_path
 
 FP32_OPS = ["ReduceMean", "ReduceSum", "Pow", "Sqrt", "Div", "Clip", "Max", "Gemm", "MatMul"]
 

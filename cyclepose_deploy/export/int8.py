@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from cyclepose_deploy.runtime.atomic import atomic_path
-from cyclepose_deploy.runtime.defaults import INPUT_NAME
+from cyclepose_deploy.atomic import atomic_path
+from cyclepose_deploy.defaults import INPUT_NAME
 
 GROUP = 2  # tiles per calibration batch
 

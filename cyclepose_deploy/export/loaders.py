@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cyclepose_deploy.runtime.atomic import write_atomic
+from cyclepose_deploy.atomic import write_atomic
 
 T = TypeVar("T")
 

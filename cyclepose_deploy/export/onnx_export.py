@@ -8,9 +8,9 @@ from pathlib import Path
 import onnx
 import torch
 
+from cyclepose_deploy.atomic import atomic_path
+from cyclepose_deploy.defaults import INPUT_NAME, OUTPUT_NAME
 from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime.atomic import atomic_path
-from cyclepose_deploy.runtime.defaults import INPUT_NAME, OUTPUT_NAME
 
 DYNAMIC_AXES = {name: {0: "batch", 2: "height", 3: "width"} for name in (INPUT_NAME, OUTPUT_NAME)}
 MIN_OPSET, MAX_OPSET = 13, 21

@@ -13,16 +13,16 @@ from typing import Any
 
 import numpy as np
 
+from cyclepose_deploy.atomic import _publish_mode, owner_tag, swap_folder
+from cyclepose_deploy.defaults import DIAMETER, FLOW_SCALE, PERCENTILES, PRECISIONS
 from cyclepose_deploy.errors import UserError
 from cyclepose_deploy.export import engine_step, tiles
 from cyclepose_deploy.export.loaders import OnnxFromTorch, SegmenterFromCheckpoint
 from cyclepose_deploy.export.profiles import DEFAULT, Profile
 from cyclepose_deploy.export.verify import Reference, Thresholds, make_reference, verify_runner
-from cyclepose_deploy.runtime.artifacts import model_from_file
-from cyclepose_deploy.runtime.atomic import _publish_mode, owner_tag, swap_folder
 from cyclepose_deploy.runtime.backends.base import Runner
-from cyclepose_deploy.runtime.defaults import DIAMETER, FLOW_SCALE, PERCENTILES, PRECISIONS
-from cyclepose_deploy.runtime.manifest import Artifact, Manifest, TensorRTInfo, sha256_file
+from cyclepose_deploy.runtime.model.artifacts import model_from_file
+from cyclepose_deploy.runtime.model.manifest import Artifact, Manifest, TensorRTInfo, sha256_file
 from cyclepose_deploy.synth.shapes import ShapePrior
 
 MIN_CALIB_TILE = 64  # px: smaller calibration tiles see no whole nucleus

@@ -13,8 +13,8 @@ from importlib.abc import Traversable
 from pathlib import Path
 from typing import Any
 
+from cyclepose_deploy.defaults import BATCH, PRECISIONS, SIZE_MULTIPLE, TILE
 from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime.defaults import BATCH, PRECISIONS, SIZE_MULTIPLE, TILE
 
 if sys.version_info >= (3, 11):
     import tomllib

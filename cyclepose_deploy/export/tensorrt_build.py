@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cyclepose_deploy import optional
+from cyclepose_deploy.atomic import write_atomic
 from cyclepose_deploy.errors import UserError
 from cyclepose_deploy.export.loaders import Loader, resolve
 from cyclepose_deploy.export.profiles import Profile
-from cyclepose_deploy.runtime import optional
-from cyclepose_deploy.runtime.atomic import write_atomic
-from cyclepose_deploy.runtime.optional import release
+from cyclepose_deploy.optional import release
 
 if TYPE_CHECKING:
     import tensorrt as trt

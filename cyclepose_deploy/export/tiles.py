@@ -9,7 +9,7 @@ import numpy as np
 from scipy import ndimage
 
 from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime.normalize import Normalization
+from cyclepose_deploy.runtime.source.normalize import Normalization
 
 
 def synthetic_slide(size: int, channels: int, seed: int = 0) -> np.ndarray:
@@ -48,7 +48,7 @@ def _blob_image(size: int, rng: np.random.Generator) -> np.ndarray:
 
 def read_images(paths: Sequence[str | Path], channels: int) -> list[np.ndarray]:
     """Each image as normalised (C, H, W) float32; 2-D images are repeated to `channels`."""
-    from cyclepose_deploy.runtime.formats import read_tiff_whole
+    from cyclepose_deploy.runtime.source.formats import read_tiff_whole
 
     images = []
     for path in paths:

@@ -23,13 +23,13 @@ from typing import Any
 
 import numpy as np
 
+from cyclepose_deploy import defaults
 from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime import defaults
-from cyclepose_deploy.runtime.chunks import Settings
-from cyclepose_deploy.runtime.grid import TileGrid
-from cyclepose_deploy.runtime.normalize import fill_missing
-from cyclepose_deploy.runtime.slide import SlideOptions
-from cyclepose_deploy.runtime.units import check_pixel_size
+from cyclepose_deploy.runtime.run.chunks import Settings
+from cyclepose_deploy.runtime.source.normalize import fill_missing
+from cyclepose_deploy.runtime.source.slide import SlideOptions
+from cyclepose_deploy.runtime.source.units import check_pixel_size
+from cyclepose_deploy.runtime.tiling.grid import TileGrid
 
 
 @dataclass
@@ -87,7 +87,7 @@ class Segmenter:
         cellprob_threshold: float = defaults.CELLPROB_THRESHOLD,
         flow_threshold: float = defaults.FLOW_THRESHOLD,
     ) -> None:
-        from cyclepose_deploy.runtime.artifacts import resolve_model
+        from cyclepose_deploy.runtime.model.artifacts import resolve_model
 
         TileGrid((1, 1), tile, overlap)  # validates tile and overlap
         if batch < 1 or chunk < tile:
@@ -171,7 +171,7 @@ class Segmenter:
 
     def segment_array(self, image: Any, **kwargs: Any) -> Any:
         """As `segment`, returning the run's Summary (labels in `.labels`, the diameter used, times)."""
-        from cyclepose_deploy.runtime.pipeline import Outputs, check_settings, diameter_px, run_source
+        from cyclepose_deploy.runtime.run.pipeline import Outputs, check_settings, diameter_px, run_source
 
         say = kwargs.get("warn") or (lambda text: None)
         model, fixed = check_settings(
@@ -231,8 +231,8 @@ class Segmenter:
         scheduler address runs the chunks on a dask.distributed cluster (runtime.distributed);
         resume: finish an interrupted run from LABELS.run (runtime.runfolder); skip_empty: chunks
         without tissue skip the network (runtime.tissue)."""
-        from cyclepose_deploy.runtime.passone import RunOptions
-        from cyclepose_deploy.runtime.pipeline import Outputs, run_infer
+        from cyclepose_deploy.runtime.run.passone import RunOptions
+        from cyclepose_deploy.runtime.run.pipeline import Outputs, run_infer
 
         outputs = Outputs(
             Path(labels),
@@ -244,7 +244,7 @@ class Segmenter:
             Path(zarr) if zarr else None,
         )
         if rois:
-            from cyclepose_deploy.runtime.vectors import check_rois_available
+            from cyclepose_deploy.runtime.outputs.vectors import check_rois_available
 
             check_rois_available()
         return run_infer(

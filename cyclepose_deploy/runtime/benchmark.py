@@ -1,7 +1,7 @@
 """Latency statistics and the timing loop behind `cyclepose bench` and benchmarks/run_suite.py.
 
 Works on any `Runner` (runtime/backends), so every backend is measured by the same loop; what to run
-comes from runtime/artifacts.py, the input tiles from the caller. No torch here.
+comes from runtime/model/artifacts.py, the input tiles from the caller. No torch here.
 
 Percentiles are nearest-rank, like trtexec: the p-th percentile of n sorted samples is the sample at
 rank ceil(p/100 * n) (1-based), i.e. the smallest sample with at least p % of samples at or below it.

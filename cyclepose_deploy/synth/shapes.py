@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from cyclepose_deploy.runtime.defaults import DIAMETER
+from cyclepose_deploy.defaults import DIAMETER
 
 HARMONICS = (2, 3, 4)  # radius wobble of nucleus_mask: 1 + deformation * sum(u_k / k * cos(k angle + phi_k))
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cyclepose_deploy.atomic import atomic_path
 from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime.atomic import atomic_path
 from cyclepose_deploy.synth.appearance import SlideStyle, background, blur, blur_context, camera
 from cyclepose_deploy.synth.placement import Canvas, nucleus_margin, place_band
 from cyclepose_deploy.synth.shapes import ShapePrior

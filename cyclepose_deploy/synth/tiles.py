@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from cyclepose_deploy.runtime.normalize import Normalization
+from cyclepose_deploy.runtime.source.normalize import Normalization
 from cyclepose_deploy.synth.shapes import ShapePrior, pack_instances
 
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
+from cyclepose_deploy.atomic import atomic_path
 from cyclepose_deploy.errors import UserError
 from cyclepose_deploy.nets.segmenter import Segmenter
-from cyclepose_deploy.runtime.atomic import atomic_path
 
 SHIPPED = {  # name -> file in cyclepose_deploy/models (see README: the shipped models)
     "nuclei": "cyclepose-nuclei.pt",  # real fluorescence nuclei (DSB2018 images, no labels)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime.normalize import Normalization
+from cyclepose_deploy.runtime.source.normalize import Normalization
 from cyclepose_deploy.synth.shapes import ShapePrior, pack_instances
 
 
@@ -84,7 +84,7 @@ class MaskBank:
 
 def read_image(path: str | Path, in_channels: int | None = None) -> np.ndarray:
     """(C, H, W) float32 from a TIFF: 2-D -> one channel; (C, H, W) or (H, W, C) with C <= 2 kept."""
-    from cyclepose_deploy.runtime.formats import read_tiff_whole
+    from cyclepose_deploy.runtime.source.formats import read_tiff_whole
 
     path = Path(path)
     if not path.is_file():
@@ -120,7 +120,7 @@ def rescale_to_diameter(image: np.ndarray, target: float) -> tuple[np.ndarray, f
     blob is found. The same rule the runtime applies before S, so S trains at the size it will see."""
     from scipy import ndimage
 
-    from cyclepose_deploy.runtime.diameter import MAX_SCALE, blob_diameter
+    from cyclepose_deploy.runtime.run.diameter import MAX_SCALE, blob_diameter
 
     diameter, count = blob_diameter(image[0])
     if count == 0 or not np.isfinite(diameter):

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from cyclepose_deploy.defaults import INPUT_NAME, OUTPUT_NAME, SIZE_MULTIPLE
 from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime.defaults import INPUT_NAME, OUTPUT_NAME, SIZE_MULTIPLE
 
 OUTPUT_CHANNELS = 3
 

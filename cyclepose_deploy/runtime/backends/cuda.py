@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cyclepose_deploy.runtime import optional
+from cyclepose_deploy import optional
 
 if TYPE_CHECKING:
     from cuda.bindings import runtime as cudart

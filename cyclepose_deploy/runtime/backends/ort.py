@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from cyclepose_deploy import optional
 from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime import optional
 from cyclepose_deploy.runtime.backends.base import Runner
 
 PROVIDER_DEVICES = {

@@ -5,16 +5,16 @@ sizes) is plain functions, unit-tested with fakes."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cyclepose_deploy import optional
 from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime import optional
 from cyclepose_deploy.runtime.backends import cuda
 from cyclepose_deploy.runtime.backends.base import OUTPUT_CHANNELS, Runner, ShapeLimits
-from cyclepose_deploy.runtime.manifest import TensorRTInfo
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -22,6 +22,16 @@ else:
     trt = optional.LazyModule("tensorrt", "10.0")
 
 FLOAT32_BYTES = 4
+
+
+@dataclass
+class TensorRTInfo:
+    """Engines only run on the TensorRT version and GPU they were built for."""
+
+    version: str
+    gpu: str
+    compute_capability: str
+    profile: dict[str, Any] = field(default_factory=dict)
 
 
 def check_compatible(info: TensorRTInfo, trt_version: str, gpu: str, compute_capability: str) -> None:

@@ -5,8 +5,8 @@ labels_to_flows: training targets and the flow-error check. flows_to_labels: the
 the same computation per chunk of a slide, with ids that agree across chunks (see chunks.py).
 """
 
-from cyclepose_deploy.runtime.dynamics.chunks import chunk_halo, owned_ids, segment_chunk
 from cyclepose_deploy.runtime.dynamics.flows import labels_to_flows
+from cyclepose_deploy.runtime.dynamics.halo import chunk_halo, owned_ids, segment_chunk
 from cyclepose_deploy.runtime.dynamics.segment import DynamicsSettings, flows_to_labels
 
 __all__ = [

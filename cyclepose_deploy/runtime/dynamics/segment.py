@@ -6,8 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime.defaults import (
+from cyclepose_deploy.defaults import (
     CELLPROB_THRESHOLD,
     CONTRAST_RING,
     CONTRAST_SIGMAS,
@@ -20,6 +19,7 @@ from cyclepose_deploy.runtime.defaults import (
     OUTLINE_LEVEL,
     OUTLINE_SHELL,
 )
+from cyclepose_deploy.errors import UserError
 from cyclepose_deploy.runtime.dynamics.follow import follow_and_count
 from cyclepose_deploy.runtime.dynamics.masks import (
     clean_masks,
@@ -34,7 +34,7 @@ from cyclepose_deploy.runtime.dynamics.masks import (
 
 @dataclass(frozen=True)
 class DynamicsSettings:
-    """The knobs of flows -> labels, with Cellpose 3's defaults (runtime/defaults.py).
+    """The knobs of flows -> labels, with Cellpose 3's defaults (defaults.py).
 
     cellprob_threshold: pixels whose logit exceeds it are foreground.
     flow_threshold: drop masks whose flow error exceeds it; 0 or None disables the check.

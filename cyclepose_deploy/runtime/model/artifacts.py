@@ -4,7 +4,7 @@ Used by `cyclepose infer` (the best artifact for this machine), `cyclepose bench
 export's verification (a runner for a freshly written file). Accepted files: .onnx (ONNX Runtime) and
 .engine / .plan / .trt (a TensorRT engine, which needs the manifest of its export beside it). A file
 listed in a manifest is hash-checked, and its precision, diameter and normalisation come from there;
-a bare .onnx gets the defaults of runtime/defaults.py and the precision its name says.
+a bare .onnx gets the defaults of defaults.py and the precision its name says.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cyclepose_deploy import defaults, optional
 from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime import defaults, optional
 from cyclepose_deploy.runtime.backends.base import Runner
 from cyclepose_deploy.runtime.backends.ort import precision_from_path
-from cyclepose_deploy.runtime.manifest import (
+from cyclepose_deploy.runtime.model.manifest import (
     MANIFEST_NAME,
     Manifest,
     TensorRTInfo,

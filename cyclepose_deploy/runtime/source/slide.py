@@ -11,8 +11,8 @@ import numpy as np
 from scipy import ndimage
 
 from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime.normalize import Normalization, fill_missing
-from cyclepose_deploy.runtime.units import check_pixel_size
+from cyclepose_deploy.runtime.source.normalize import Normalization, fill_missing
+from cyclepose_deploy.runtime.source.units import check_pixel_size
 
 CHANNEL_AXES = ("C", "S")
 PLANE_AXES = {"Z": "--z", "T": "--t"}  # any other stacked axis (I, Q, ...: pages) is picked by --plane
@@ -59,7 +59,7 @@ class Slide:
     def __init__(
         self, path: str | Path, channel: int | None = None, options: SlideOptions | None = None
     ) -> None:
-        from cyclepose_deploy.runtime.formats import open_image
+        from cyclepose_deploy.runtime.source.formats import open_image
 
         opts = options or SlideOptions()
         if channel is not None:

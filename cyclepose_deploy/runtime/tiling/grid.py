@@ -9,8 +9,8 @@ from functools import cached_property
 
 import numpy as np
 
+from cyclepose_deploy.defaults import OVERLAP, SIZE_MULTIPLE, TILE
 from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime.defaults import OVERLAP, SIZE_MULTIPLE, TILE
 
 Window = tuple[int, int, int, int]  # y0, y1, x0, x1 (half-open)
 

@@ -12,15 +12,15 @@ from typing import Any
 
 import numpy as np
 
+from cyclepose_deploy.atomic import writing
 from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime.artifacts import Model
-from cyclepose_deploy.runtime.atomic import writing
-from cyclepose_deploy.runtime.chunks import Chunk, Settings
-from cyclepose_deploy.runtime.normalize import Normalization
-from cyclepose_deploy.runtime.runfolder import load_tissue, save_tissue
-from cyclepose_deploy.runtime.scratch import ScratchStore
-from cyclepose_deploy.runtime.slide import SlideOptions, Source
-from cyclepose_deploy.runtime.stages import Pipeline
+from cyclepose_deploy.runtime.model.artifacts import Model
+from cyclepose_deploy.runtime.run.chunks import Chunk, Settings
+from cyclepose_deploy.runtime.run.runfolder import load_tissue, save_tissue
+from cyclepose_deploy.runtime.run.scratch import ScratchStore
+from cyclepose_deploy.runtime.run.stages import Pipeline
+from cyclepose_deploy.runtime.source.normalize import Normalization
+from cyclepose_deploy.runtime.source.slide import SlideOptions, Source
 
 Progress = Callable[[str, int, int], None]  # (task, advance, total)
 
@@ -86,7 +86,7 @@ class PassOne:
         self.workers = cluster.workers if cluster is not None else 0
 
     def job(self) -> Any:
-        from cyclepose_deploy.runtime.distributed import ChunkJob
+        from cyclepose_deploy.runtime.run.distributed import ChunkJob
 
         assert self.ref is not None
         return ChunkJob(
@@ -111,7 +111,7 @@ class PassOne:
         t0 = time.perf_counter()
         wanted = [True] * len(chunks)
         if self.run.skip_empty:
-            from cyclepose_deploy.runtime.tissue import chunks_to_run
+            from cyclepose_deploy.runtime.run.tissue import chunks_to_run
 
             saved = load_tissue(folder, len(chunks)) if folder is not None else None
             wanted = saved if saved is not None else chunks_to_run(chunks, self._tissue(chunks))
@@ -123,7 +123,7 @@ class PassOne:
 
     def _tissue(self, chunks: list[Chunk]) -> list[np.ndarray]:
         """Per chunk, its core's blocks with tissue (runtime.tissue.tissue_blocks)."""
-        from cyclepose_deploy.runtime.tissue import tissue_blocks
+        from cyclepose_deploy.runtime.run.tissue import tissue_blocks
 
         blocks: list[np.ndarray] = [np.zeros((0, 4), np.int64)] * len(chunks)
         if self.cluster is None:
@@ -131,7 +131,7 @@ class PassOne:
                 blocks[position] = tissue_blocks(self.source, self.norm, chunk, self.model.lower)
                 self.progress("tissue", 1, len(chunks))
             return blocks
-        from cyclepose_deploy.runtime.distributed import tissue_task
+        from cyclepose_deploy.runtime.run.distributed import tissue_task
 
         def record(result: tuple[int, list[list[int]]]) -> None:
             blocks[result[0]] = np.array(result[1], np.int64).reshape(-1, 4)
@@ -161,7 +161,7 @@ class PassOne:
         return pipe.tiles_run
 
     def _distributed(self, chunks: list[Chunk]) -> int:
-        from cyclepose_deploy.runtime.distributed import chunk_task
+        from cyclepose_deploy.runtime.run.distributed import chunk_task
 
         t0 = time.perf_counter()
         tiles = 0

@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from cyclepose_deploy.atomic import owner_tag, write_json_atomic
 from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime.atomic import owner_tag, write_json_atomic
-from cyclepose_deploy.runtime.scratch import finished_chunks
+from cyclepose_deploy.runtime.run.scratch import finished_chunks
 
 SUFFIX = ".run"
 FINGERPRINT = "run.json"
@@ -146,7 +146,7 @@ def owner_token(folder: str | Path) -> str | None:
 
 
 def _check_owner(folder: Path) -> None:
-    from cyclepose_deploy.runtime.atomic import alive_owner
+    from cyclepose_deploy.atomic import alive_owner
 
     try:
         owner = str(json.loads((folder / OWNER).read_text())["owner"])

@@ -14,10 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime import defaults
-from cyclepose_deploy.runtime.artifacts import Model
-from cyclepose_deploy.runtime.atomic import (
+from cyclepose_deploy import defaults
+from cyclepose_deploy.atomic import (
     atomic_dir,
     atomic_path,
     check_writable,
@@ -25,30 +23,38 @@ from cyclepose_deploy.runtime.atomic import (
     sweep_leftovers,
     writing,
 )
+from cyclepose_deploy.errors import UserError
 from cyclepose_deploy.runtime.backends.base import Runner
-from cyclepose_deploy.runtime.chunks import Settings, chunk_windows, halo_for
-from cyclepose_deploy.runtime.diameter import MAX_SCALE, MIN_SCALE, DiameterEstimate, estimate_diameter
-from cyclepose_deploy.runtime.grid import TileGrid
-from cyclepose_deploy.runtime.normalize import Normalization
-from cyclepose_deploy.runtime.objects import ObjectTable
-from cyclepose_deploy.runtime.passone import PassOne, Progress, RunOptions, SlideRef
-from cyclepose_deploy.runtime.preview import Preview
-from cyclepose_deploy.runtime.runfolder import (
-    check_run_folder,
-    file_identity,
-    open_run,
-    package_version,
-    run_folder,
-)
-from cyclepose_deploy.runtime.scratch import ScratchStore
-from cyclepose_deploy.runtime.slide import ScaledSource, Slide, SlideOptions, Source, sample_normalization
-from cyclepose_deploy.runtime.writer import (
+from cyclepose_deploy.runtime.model.artifacts import Model
+from cyclepose_deploy.runtime.outputs.objects import ObjectTable
+from cyclepose_deploy.runtime.outputs.preview import Preview
+from cyclepose_deploy.runtime.outputs.tiff import (
     BlockObserver,
     label_blocks,
     pyramid_shapes,
     resampled_blocks,
     write_tiled_tiff,
 )
+from cyclepose_deploy.runtime.run.chunks import Settings, chunk_windows, halo_for
+from cyclepose_deploy.runtime.run.diameter import MAX_SCALE, MIN_SCALE, DiameterEstimate, estimate_diameter
+from cyclepose_deploy.runtime.run.passone import PassOne, Progress, RunOptions, SlideRef
+from cyclepose_deploy.runtime.run.runfolder import (
+    check_run_folder,
+    file_identity,
+    open_run,
+    package_version,
+    run_folder,
+)
+from cyclepose_deploy.runtime.run.scratch import ScratchStore
+from cyclepose_deploy.runtime.source.normalize import Normalization
+from cyclepose_deploy.runtime.source.slide import (
+    ScaledSource,
+    Slide,
+    SlideOptions,
+    Source,
+    sample_normalization,
+)
+from cyclepose_deploy.runtime.tiling.grid import TileGrid
 
 
 @dataclass(frozen=True)
@@ -154,7 +160,7 @@ def run_infer(
     slide = None
     try:
         if run.scheduler is not None:  # connect before any slide work: an unreachable cluster fails fast
-            from cyclepose_deploy.runtime.distributed import Cluster
+            from cyclepose_deploy.runtime.run.distributed import Cluster
 
             cluster = Cluster(run.scheduler, run.threads)
         slide = Slide(slide_path, channel, options)
@@ -267,7 +273,7 @@ def _check_outputs(outputs: Outputs, slide_path: str | Path, overwrite: bool) ->
     for path in outputs.files():
         check_writable(path)
     if outputs.zarr is not None:
-        from cyclepose_deploy.runtime.omezarr import check_available
+        from cyclepose_deploy.runtime.outputs.omezarr import check_available
 
         check_writable(outputs.zarr, folder_ok=True)
         check_available()
@@ -437,7 +443,7 @@ def _outlines(
     outputs: Outputs, temps: dict[Path, Path], table: ObjectTable, in_memory: np.ndarray | None, slide: Any
 ) -> None:
     """GeoJSON / ROI outlines from the final labels (runtime.vectors)."""
-    from cyclepose_deploy.runtime.vectors import write_outlines
+    from cyclepose_deploy.runtime.outputs.vectors import write_outlines
 
     geojson = temps.get(outputs.geojson) if outputs.geojson else None
     rois = temps.get(outputs.rois) if outputs.rois else None
@@ -485,7 +491,7 @@ def _pass_two(
     if objects is not None and (outputs.geojson or outputs.rois):
         _outlines(outputs, temps, objects, in_memory, slide)
     if outputs.zarr is not None and outputs.labels is not None:
-        from cyclepose_deploy.runtime.omezarr import write_labels_zarr
+        from cyclepose_deploy.runtime.outputs.omezarr import write_labels_zarr
 
         with writing(outputs.zarr):
             write_labels_zarr(temps[outputs.labels], temps[outputs.zarr], slide.pixel_size)

@@ -12,18 +12,20 @@ from typing import Any, ClassVar
 
 from pydantic import ValidationError
 
-from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime.defaults import (
+from cyclepose_deploy.defaults import (
     FLOW_SCALE,
     INPUT_NAME,
     OUTPUT_NAME,
     PRECISIONS,
     SIZE_MULTIPLE,
 )
+from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.runtime.backends.tensorrt import TensorRTInfo
 
 SCHEMA = "cyclepose-manifest/1"
 MANIFEST_NAME = "manifest.json"
 FORMATS = ("onnx", "tensorrt")
+__all__ = ["Artifact", "Manifest", "TensorRTInfo", "load_manifest", "sha256_file", "verify_artifact"]
 
 
 @dataclass
@@ -35,16 +37,6 @@ class Artifact:
     verification: dict[str, Any] = field(default_factory=dict)
     passed: bool = True
     __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid"}
-
-
-@dataclass
-class TensorRTInfo:
-    """Engines only run on the TensorRT version and GPU they were built for."""
-
-    version: str
-    gpu: str
-    compute_capability: str
-    profile: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -85,7 +77,7 @@ class Manifest:
         raise UserError(f"no {format} {precision} artifact here (it has {have}): export it or pick one")
 
     def save(self, directory: str | Path) -> Path:
-        from cyclepose_deploy.runtime.atomic import write_json_atomic
+        from cyclepose_deploy.atomic import write_json_atomic
 
         return write_json_atomic(Path(directory) / MANIFEST_NAME, self.to_dict())
 

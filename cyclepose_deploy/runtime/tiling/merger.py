@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cyclepose_deploy.runtime.grid import TileGrid, Window
+from cyclepose_deploy.runtime.tiling.grid import TileGrid, Window
 
 
 class Merger:

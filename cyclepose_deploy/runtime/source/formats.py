@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime import units
+from cyclepose_deploy.runtime.source import units
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
 FLAT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")

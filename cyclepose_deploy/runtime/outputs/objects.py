@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cyclepose_deploy.runtime.atomic import atomic_path
-from cyclepose_deploy.runtime.slide import Source
+from cyclepose_deploy.atomic import atomic_path
+from cyclepose_deploy.runtime.source.slide import Source
 
 COLUMNS = (
     "label",

@@ -26,8 +26,8 @@ import math
 
 import numpy as np
 
+from cyclepose_deploy.defaults import NITER
 from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime.defaults import NITER
 from cyclepose_deploy.runtime.dynamics.segment import DynamicsSettings, check_inputs, segment
 
 HALO_SLACK = 16

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from cyclepose_deploy.runtime.chunks import ChunkResult
+from cyclepose_deploy.runtime.run.chunks import ChunkResult
 
 INNER = 512  # px: the zarr chunk that pass 2 decodes (a 256-row block of labels reads few of them)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import imagecodecs
 import numpy as np
 
-from cyclepose_deploy.runtime.atomic import write_atomic
-from cyclepose_deploy.runtime.normalize import Normalization
-from cyclepose_deploy.runtime.slide import Source
+from cyclepose_deploy.atomic import write_atomic
+from cyclepose_deploy.runtime.source.normalize import Normalization
+from cyclepose_deploy.runtime.source.slide import Source
 
 OUTLINE = np.array([255, 64, 64], np.uint8)
 BOX = np.array([255, 220, 0], np.uint8)

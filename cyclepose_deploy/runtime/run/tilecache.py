@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cyclepose_deploy.runtime.chunks import Chunk
-from cyclepose_deploy.runtime.grid import TileGrid
+from cyclepose_deploy.runtime.run.chunks import Chunk
+from cyclepose_deploy.runtime.tiling.grid import TileGrid
 
 Origin = tuple[int, int]
 

@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cyclepose_deploy import defaults
 from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime import defaults
 from cyclepose_deploy.runtime.backends.base import Runner
-from cyclepose_deploy.runtime.grid import TileGrid, Window
-from cyclepose_deploy.runtime.merger import Merger
-from cyclepose_deploy.runtime.normalize import Normalization
-from cyclepose_deploy.runtime.slide import Source
-from cyclepose_deploy.runtime.splitter import TileBatch, split
+from cyclepose_deploy.runtime.source.normalize import Normalization
+from cyclepose_deploy.runtime.source.slide import Source
+from cyclepose_deploy.runtime.tiling.grid import TileGrid, Window
+from cyclepose_deploy.runtime.tiling.merger import Merger
+from cyclepose_deploy.runtime.tiling.splitter import TileBatch, split
 
 if TYPE_CHECKING:  # the dynamics (numba) load when a chunk is first segmented
     from cyclepose_deploy.runtime.dynamics import DynamicsSettings

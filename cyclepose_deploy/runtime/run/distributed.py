@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime.artifacts import Model
-from cyclepose_deploy.runtime.chunks import Chunk, Settings, process_chunk
-from cyclepose_deploy.runtime.normalize import Normalization
-from cyclepose_deploy.runtime.slide import SlideOptions
+from cyclepose_deploy.runtime.model.artifacts import Model
+from cyclepose_deploy.runtime.run.chunks import Chunk, Settings, process_chunk
+from cyclepose_deploy.runtime.source.normalize import Normalization
+from cyclepose_deploy.runtime.source.slide import SlideOptions
 
 INSTALL = "pip install 'cyclepose-deploy[distributed]' (dask.distributed) on the driver and every worker"
 
@@ -174,8 +174,8 @@ _lock = threading.Lock()
 def _open(job: ChunkJob) -> tuple[Any, Any, Any]:
     """(source, runner, store) of this job's run in this worker thread, opened once per run (a new
     run, even to the same output, has a new token and reopens everything)."""
-    from cyclepose_deploy.runtime.scratch import ScratchStore
-    from cyclepose_deploy.runtime.slide import ScaledSource, Slide
+    from cyclepose_deploy.runtime.run.scratch import ScratchStore
+    from cyclepose_deploy.runtime.source.slide import ScaledSource, Slide
 
     thread = threading.get_ident()
     with _lock:
@@ -199,7 +199,7 @@ def _open(job: ChunkJob) -> tuple[Any, Any, Any]:
 def chunk_task(job: ChunkJob, chunk: Chunk) -> tuple[int, int]:
     """One chunk on a worker: (chunk index, network tiles run). Nothing is written when the run
     folder has another owner by now (the driver that sent this task is gone)."""
-    from cyclepose_deploy.runtime.runfolder import owner_token
+    from cyclepose_deploy.runtime.run.runfolder import owner_token
 
     source, runner, store = _open(job)
     result = process_chunk(source, job.norm, chunk, runner, job.settings)
@@ -211,7 +211,7 @@ def chunk_task(job: ChunkJob, chunk: Chunk) -> tuple[int, int]:
 def tissue_task(job: ChunkJob, chunk: Chunk) -> tuple[int, list[list[int]]]:
     """A chunk core's blocks with tissue (runtime.tissue.tissue_blocks), on a worker:
     (chunk index, [[y0, y1, x0, x1], ...])."""
-    from cyclepose_deploy.runtime.tissue import tissue_blocks
+    from cyclepose_deploy.runtime.run.tissue import tissue_blocks
 
     source, _, _ = _open(job)
     return chunk.index, tissue_blocks(source, job.norm, chunk, job.model.lower).tolist()

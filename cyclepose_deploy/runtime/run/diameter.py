@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from cyclepose_deploy.runtime.normalize import Normalization, noise_sigma
+from cyclepose_deploy.runtime.source.normalize import Normalization, noise_sigma
 
 LOG_SIGMAS = np.geomspace(1.25, 48.0, 22)  # diameters ~3.5-136 px
 BLOB_THRESHOLD = 0.12  # normalised LoG response (image 0..1): weaker blobs are noise or texture
@@ -157,8 +157,8 @@ def refine_diameter(
 ) -> tuple[float, int]:
     """(diameter in px, objects) measured on the network's segmentation of `raw` (a raw-intensity
     sample) rescaled by model_diameter / first; (nan, n) with fewer than MIN_OBJECTS objects."""
-    from cyclepose_deploy.runtime.chunks import Chunk, process_chunk
-    from cyclepose_deploy.runtime.slide import ScaledSource
+    from cyclepose_deploy.runtime.run.chunks import Chunk, process_chunk
+    from cyclepose_deploy.runtime.source.slide import ScaledSource
 
     scale = float(np.clip(model_diameter / first, MIN_SCALE, MAX_SCALE))
     source = ScaledSource(ArraySource(raw), scale)

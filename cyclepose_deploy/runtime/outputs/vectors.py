@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime.polygons import outline
+from cyclepose_deploy.runtime.outputs.polygons import outline
 
 BAND = 512  # rows of labels read at once (plus the tallest nucleus that starts in the band)
 NUCLEUS_COLOR = [255, 96, 0]

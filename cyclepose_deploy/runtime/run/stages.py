@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cyclepose_deploy.runtime.backends.base import Runner
-from cyclepose_deploy.runtime.chunks import (
+from cyclepose_deploy.runtime.run.chunks import (
     BLEND_CHANNELS,
     Chunk,
     ChunkResult,
@@ -22,11 +22,11 @@ from cyclepose_deploy.runtime.chunks import (
     segment,
     with_image,
 )
-from cyclepose_deploy.runtime.grid import TileGrid
-from cyclepose_deploy.runtime.merger import Merger
-from cyclepose_deploy.runtime.normalize import Normalization
-from cyclepose_deploy.runtime.slide import Source
-from cyclepose_deploy.runtime.tilecache import TileCache, TilePlan
+from cyclepose_deploy.runtime.run.tilecache import TileCache, TilePlan
+from cyclepose_deploy.runtime.source.normalize import Normalization
+from cyclepose_deploy.runtime.source.slide import Source
+from cyclepose_deploy.runtime.tiling.grid import TileGrid
+from cyclepose_deploy.runtime.tiling.merger import Merger
 
 DONE = object()
 

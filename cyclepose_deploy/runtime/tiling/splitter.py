@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cyclepose_deploy.runtime.grid import TileGrid, Window
-from cyclepose_deploy.runtime.normalize import Normalization
-from cyclepose_deploy.runtime.slide import Source
+from cyclepose_deploy.runtime.source.normalize import Normalization
+from cyclepose_deploy.runtime.source.slide import Source
+from cyclepose_deploy.runtime.tiling.grid import TileGrid, Window
 
 
 @dataclass
