@@ -18,11 +18,9 @@ from pathlib import Path
 
 import tifffile
 
+from cyclepose_deploy import Segmenter
 from cyclepose_deploy.metrics import match_instances
-from cyclepose_deploy.runtime.model.artifacts import resolve_model
-from cyclepose_deploy.runtime.run.chunks import Settings
 from cyclepose_deploy.runtime.run.diameter import mask_diameter
-from cyclepose_deploy.runtime.run.pipeline import Outputs, run_infer
 from cyclepose_deploy.synth.shapes import ShapePrior
 from cyclepose_deploy.synth.slide import make_slide
 
@@ -33,7 +31,6 @@ def check(model_path: Path, diameter: float, seed: int, folder: Path) -> dict[st
     slide = folder / f"d{diameter:g}.tif"
     tifffile.imwrite(slide, image, tile=(256, 256))
     true_diameter, count = mask_diameter(truth)
-    model = resolve_model(model_path)
     row: dict[str, float] = {
         "diameter": diameter,
         "side": side,
@@ -42,7 +39,8 @@ def check(model_path: Path, diameter: float, seed: int, folder: Path) -> dict[st
     }
     for name, given in (("auto", None), ("given", true_diameter)):
         out = folder / f"d{diameter:g}-{name}.tif"
-        summary = run_infer(slide, model, Outputs(out), Settings(), diameter=given)
+        with Segmenter(model_path) as seg:
+            summary = seg.segment_file(slide, out, diameter=given)
         row[f"f1_{name}"] = match_instances(tifffile.imread(out), truth, [0.5]).scores[0].f1
         if given is None and summary.diameter is not None:
             row["estimate"] = summary.diameter.diameter

@@ -131,37 +131,37 @@ def export_checkpoint(checkpoint: Path, folder: Path) -> Path:
 
 
 def infer_options(extra: list[str]) -> dict[str, object]:
-    """`cyclepose infer` options given after `--` (only the few a quality run needs)."""
-    names = {
-        "--diameter": ("diameter", float),
-        "--cellprob-threshold": ("cellprob_threshold", float),
-        "--flow-threshold": ("flow_threshold", float),
-    }
+    """`cyclepose infer` options given after `--`, as Segmenter options: --name VALUE (a number or a
+    word) or a bare --switch (True), e.g. `-- --diameter 30 --tta`."""
     out: dict[str, object] = {}
-    for flag, value in zip(extra[::2], extra[1::2], strict=False):
-        key, kind = names[flag]
-        out[key] = kind(value)
+    k = 0
+    while k < len(extra):
+        name = extra[k].removeprefix("--").replace("-", "_")
+        if k + 1 < len(extra) and not extra[k + 1].startswith("--"):
+            value: object = extra[k + 1]
+            try:
+                value = float(value)  # type: ignore[arg-type]
+                value = int(value) if float(value).is_integer() and "." not in extra[k + 1] else value
+            except ValueError:
+                pass
+            out[name], k = value, k + 2
+        else:
+            out[name], k = True, k + 1
     return out
 
 
 def score_model(
     model_path: Path, pairs: list[tuple[Path, Path]], extra: dict[str, object]
 ) -> tuple[Tally, list]:
+    from cyclepose_deploy import Segmenter
     from cyclepose_deploy.metrics import match_instances
-    from cyclepose_deploy.runtime.model.artifacts import resolve_model
-    from cyclepose_deploy.runtime.run.chunks import Settings
-    from cyclepose_deploy.runtime.run.pipeline import Outputs, run_infer
 
-    model = resolve_model(model_path)
-    settings_kw = {k: v for k, v in extra.items() if k != "diameter"}
     tally, rows = Tally(), []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, Segmenter(model_path, **extra) as seg:
         for image_path, label_path in pairs:
             out = Path(tmp) / f"{image_path.stem}.labels.tif"
             t = time.perf_counter()
-            summary = run_infer(
-                image_path, model, Outputs(out), Settings(**settings_kw), diameter=extra.get("diameter")
-            )
+            summary = seg.segment_file(image_path, out)
             seconds = time.perf_counter() - t
             pred = tifffile.imread(out).astype(np.int64)
             gt = tifffile.imread(label_path).astype(np.int64)

@@ -24,10 +24,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 def run(slide: Path, model: object, out: Path) -> tuple[np.ndarray, object]:
-    from cyclepose_deploy.runtime.run.chunks import Settings
-    from cyclepose_deploy.runtime.run.pipeline import Outputs, run_infer
+    from cyclepose_deploy import Segmenter
 
-    summary = run_infer(slide, model, Outputs(out), Settings())
+    with Segmenter(model) as seg:  # type: ignore[arg-type]
+        summary = seg.segment_file(slide, out)
     return tifffile.imread(out), summary
 
 
@@ -35,14 +35,13 @@ def main() -> None:
     from machine import machine_info
 
     from cyclepose_deploy.metrics import match_instances
-    from cyclepose_deploy.runtime.model.artifacts import resolve_model
     from cyclepose_deploy.synth.slide import make_slide
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "real-slides")
     args = parser.parse_args()
-    model = resolve_model(args.model)
+    model = args.model
     rng = np.random.default_rng(0)
     result: dict[str, object] = {"model": model.describe()}
     with tempfile.TemporaryDirectory() as tmp:

@@ -200,3 +200,56 @@ def tiny_train_config() -> Callable[..., object]:
         return TrainConfig(**{**TINY_TRAIN, **overrides})  # type: ignore[arg-type]
 
     return make
+
+
+# the CLI, labels and scores: helpers every test module may ask for ---------------------------------
+def invoke_cli(*args: object) -> tuple[int, str]:
+    """Run `cyclepose ARGS` in this process: (exit code, stdout + stderr)."""
+    from typer.testing import CliRunner
+
+    from cyclepose_deploy.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def one_error_line(code: int, text: str) -> str:
+    """Bad input's contract: exit 2, no traceback, exactly one line `error: ...` (returned)."""
+    assert code == 2, text
+    assert "Traceback" not in text, text
+    lines = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+def assert_same_labels(a: np.ndarray, b: np.ndarray) -> None:
+    """Identical segmentations: equal after relabelling (a one-to-one map between the label values)."""
+    assert a.shape == b.shape
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]).astype(np.int64), axis=1)
+    assert len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1])), "labels differ"
+
+
+def f1_score(pred: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> float:
+    from cyclepose_deploy.metrics import match_instances
+
+    return match_instances(pred, truth, [threshold]).scores[0].f1
+
+
+@pytest.fixture(scope="session")
+def invoke() -> Callable[..., tuple[int, str]]:
+    return invoke_cli
+
+
+@pytest.fixture(scope="session")
+def error_line() -> Callable[[int, str], str]:
+    return one_error_line
+
+
+@pytest.fixture(scope="session")
+def same_labels() -> Callable[[np.ndarray, np.ndarray], None]:
+    return assert_same_labels
+
+
+@pytest.fixture(scope="session")
+def f1() -> Callable[..., float]:
+    return f1_score

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -16,7 +18,7 @@ from cyclepose_deploy.runtime.dynamics import (
     owned_ids,
     segment_chunk,
 )
-from cyclepose_deploy.runtime.run.chunks import Settings, halo_for
+from cyclepose_deploy.runtime.model.artifacts import Model
 from cyclepose_deploy.synth.shapes import ShapePrior, pack_instances
 from cyclepose_deploy.synth.slide import make_slide
 
@@ -97,7 +99,7 @@ def test_chunked_equals_whole_on_noisy_flows() -> None:
 def test_chunked_equals_whole_with_elongated_nuclei_across_chunk_borders() -> None:
     """Nuclei up to 6:1 long, on chunks of 128 px: many lie across borders and are far longer than
     their mean diameter. The halo comes from the prior's longest extent (what export writes into the
-    manifest as max_extent and Settings carries to halo_for), not from the mean diameter."""
+    manifest as max_extent and the Model carries to the chunk job's halo), not from the mean diameter."""
     prior = ShapePrior(diameter_min=24, diameter_max=30, max_aspect=6.0, coverage=0.35)
     labels = pack_instances(np.random.default_rng(0), (512, 512), prior)
     flows, logits = labels_to_flows(labels), _logits(labels)
@@ -108,21 +110,21 @@ def test_chunked_equals_whole_with_elongated_nuclei_across_chunk_borders() -> No
     )
     assert max(lengths) > 1.8 * prior.diameter_max and crossing > 50
     assert max(lengths) <= prior.max_extent()
-    settings = Settings(chunk=128, max_diameter=prior.diameter_max, max_extent=prior.max_extent())
-    halo = halo_for(settings)
+    model = Model(Path("m.onnx"), "onnx", "fp32", diameter=(24.0, 30.0), max_extent=prior.max_extent())
+    halo = chunk_halo(model.extent)
     assert halo == chunk_halo(prior.max_extent()) > chunk_halo(prior.diameter_max)
     whole = flows_to_labels(flows, logits)
     assert whole.max() > 100
-    np.testing.assert_array_equal(_chunked(flows, logits, settings.chunk, settings.dynamics(), halo), whole)
+    np.testing.assert_array_equal(_chunked(flows, logits, 128, DynamicsSettings(), halo), whole)
 
 
 def test_halo_without_a_recorded_extent_is_conservative() -> None:
     """Old manifests have no max_extent: the halo assumes 2 x the largest mean diameter, more than the
     default prior's bound (1.72 x)."""
-    old = Settings(max_diameter=30.0)
+    old = Model(Path("m.onnx"), "onnx", "fp32", diameter=(10.0, 30.0))
     assert old.extent == 60.0 > ShapePrior(diameter_max=30.0).max_extent()
-    assert halo_for(old) == chunk_halo(60.0)
-    assert halo_for(Settings(max_diameter=30.0, max_extent=51.6)) == chunk_halo(51.6)
+    new = Model(Path("m.onnx"), "onnx", "fp32", diameter=(10.0, 30.0), max_extent=51.6)
+    assert chunk_halo(new.extent) == chunk_halo(51.6) < chunk_halo(old.extent)
 
 
 def test_chunk_ids_are_global_seed_positions() -> None:
@@ -209,8 +211,10 @@ def test_bad_inputs_are_user_errors() -> None:
         flows_to_labels(np.zeros((3, 8, 8), np.float32), np.zeros((8, 8), np.float32))
     with pytest.raises(UserError):
         flows_to_labels(np.zeros((2, 8, 8), np.float32), np.zeros((8, 9), np.float32))
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="niter -1 must be a whole number from 1"):
         flows_to_labels(np.zeros((2, 8, 8), np.float32), np.zeros((8, 8), np.float32), niter=-1)
+    with pytest.raises(UserError, match="unknown setting flow_treshold"):
+        flows_to_labels(np.zeros((2, 8, 8), np.float32), np.zeros((8, 8), np.float32), flow_treshold=0.1)
     with pytest.raises(UserError):
         chunk_halo(0)
     with pytest.raises(UserError):

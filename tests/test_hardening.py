@@ -142,12 +142,12 @@ def test_export_folder_artifacts_resolve_inside_the_folder_not_the_cwd(
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("--diameter", "nan", "--diameter nan must be a positive number"),
-        ("--diameter", "0.5", r"rescale the slide by .*accepts"),
-        ("--diameter-um", "inf", "--diameter-um inf must be a positive number"),
-        ("--cellprob-threshold", "nan", "--cellprob-threshold nan must be a finite number"),
-        ("--flow-threshold", "-1", "--flow-threshold -1.0 must be >= 0"),
-        ("--series", "-1", "--series -1 must be 0 or more"),
+        ("--diameter", "nan", "--diameter nan must be a number from 1 to 2000 px"),
+        ("--diameter", "1.5", r"rescale the image by .*accepts"),
+        ("--diameter-um", "inf", "--diameter-um inf must be a number from 0.05 to 1000 µm"),
+        ("--cellprob-threshold", "nan", "--cellprob-threshold nan must be a number from -12 to 12"),
+        ("--flow-threshold", "-1", "--flow-threshold -1.0 must be a number from 0 to 10"),
+        ("--series", "-1", "--series -1 must be a whole number from 0"),
         ("--pixel-size", "0,1", "--pixel-size"),
     ],
 )

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from cyclepose_deploy.cli import app
 from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.runtime.backends.base import Runner
 from cyclepose_deploy.synth.slide import make_slide
 
 pytest.importorskip("onnxruntime")
@@ -114,9 +115,12 @@ def test_api_equals_cli_bit_for_bit(net: Path, tmp_path: Path) -> None:
     assert code == 0, text
     cli = tifffile.imread(tmp_path / "l.tif")
     with Segmenter(net) as seg:
-        labels = seg.segment(image)
-        again = seg.segment(image.astype(np.float32))
+        result = seg.segment(image)
+        again = seg.segment(image.astype(np.float32)).labels
         summary = seg.segment_file(tmp_path / "s.tif", tmp_path / "api.tif")
+    labels = result.labels
+    assert result.objects == labels.max() and result.diameter is not None and result.flows is None
+    assert set(result.to_dict()) >= {"objects", "shape", "diameter", "stage_seconds"}
     assert labels.dtype == np.uint32 and labels.shape == image.shape
     np.testing.assert_array_equal(labels, cli)
     np.testing.assert_array_equal(again, cli)
@@ -135,14 +139,14 @@ def test_api_reads_zarr_and_dask_arrays_in_windows(net: Path, tmp_path: Path) ->
     )
     z[:] = image
     with Segmenter(net, chunk=256) as seg:
-        reference = seg.segment(image)
-        np.testing.assert_array_equal(seg.segment(z), reference)
+        reference = seg.segment(image).labels
+        np.testing.assert_array_equal(seg.segment(z).labels, reference)
         with pytest.raises(UserError, match="2-D"):
             seg.segment(np.zeros((2, 64, 64), np.uint16))
         with pytest.raises(UserError, match="pixel_size"):
             seg.segment(image, diameter_um=6.0)
         da = pytest.importorskip("dask.array")  # last: skips only the dask case where dask is absent
-        np.testing.assert_array_equal(seg.segment(da.from_array(image, chunks=64)), reference)
+        np.testing.assert_array_equal(seg.segment(da.from_array(image, chunks=64)).labels, reference)
 
 
 def test_labels_are_a_nearest_neighbour_ome_tiff_pyramid(
@@ -326,15 +330,14 @@ def test_batch_survives_a_damaged_multichannel_file_and_refuses_single_image_opt
     assert code == 2 and "--geojson" in text and not (tmp_path / "o2").exists()
 
 
-class _RecordingRunner:
+class _RecordingRunner(Runner):
     """Returns each tile's own values (so rows can be traced back) and records batch sizes."""
 
-    channels, shape_limits = 1, None
-
     def __init__(self) -> None:
+        super().__init__("recording", channels=1)
         self.sizes: list[int] = []
 
-    def infer(self, images: np.ndarray) -> np.ndarray:
+    def infer_impl(self, images: np.ndarray) -> np.ndarray:
         import time
 
         self.sizes.append(len(images))
@@ -350,7 +353,11 @@ def test_shared_batcher_concatenates_callers_and_returns_their_own_rows() -> Non
     from cyclepose_deploy.runtime.backends.batching import SharedBatcher
 
     inner = _RecordingRunner()
+    inner.activate()
     batcher = SharedBatcher(inner, max_batch=8)
+    batcher.activate()
+    assert batcher.input_metadata() == inner.input_metadata() and batcher.device == "cpu"
+    inner.sizes.clear()
     tiles = [np.full((k % 3 + 1, 1, 32, 32), float(k), np.float32) for k in range(24)]
     with ThreadPoolExecutor(6) as pool:
         outs = list(pool.map(batcher.infer, tiles))
@@ -362,7 +369,9 @@ def test_shared_batcher_concatenates_callers_and_returns_their_own_rows() -> Non
     with pytest.raises(ValueError, match="bad tile"):
         batcher.infer(np.full((1, 1, 32, 32), -1.0, np.float32))
     assert (batcher.infer(np.ones((1, 1, 32, 32), np.float32)) == 1).all()
-    batcher.close()
+    batcher.deactivate()
+    with pytest.raises(RuntimeError, match="activated"):
+        batcher.infer(np.ones((1, 1, 32, 32), np.float32))
 
 
 def test_batch_of_small_fields_equals_fields_run_alone(net: Path, tmp_path: Path) -> None:
@@ -389,5 +398,5 @@ def test_batch_of_small_fields_equals_fields_run_alone(net: Path, tmp_path: Path
             arrays = [tifffile.imread(src / f"f{i}.tif") for i in range(6)]
             together = list(pool.map(seg.segment, arrays))
         assert batcher.calls < batcher.tiles
-        for i, labels in enumerate(together):
-            assert np.array_equal(labels, tifffile.imread(tmp_path / f"alone{i}.tif"))
+        for i, result in enumerate(together):
+            assert np.array_equal(result.labels, tifffile.imread(tmp_path / f"alone{i}.tif"))

@@ -216,21 +216,12 @@ def test_diameter_estimate_within_15_percent_with_the_shipped_model(
 ) -> None:
     """Issue 13: synthetic slides rendered at 10, 20 and 40 px; the estimate (blob guess refined by
     the network) lies within 15 % of the true median diameter."""
-    from dataclasses import replace
-
-    from cyclepose_deploy.runtime.model.artifacts import resolve_model
-    from cyclepose_deploy.runtime.run.chunks import Settings
-    from cyclepose_deploy.runtime.run.diameter import ArraySource, estimate_diameter
-    from cyclepose_deploy.runtime.source.slide import sample_normalization
+    from cyclepose_deploy import Segmenter
 
     side = int(max(384, diameter * 16))
     image, labels = make_slide(side, side, 1, ShapePrior(0.85 * diameter, 1.15 * diameter))
-    model = resolve_model(synth_export)
-    source = ArraySource(image.astype(np.float32))
-    norm = sample_normalization(source, model.lower, model.upper)
-    settings = replace(Settings(), flow_scale=model.flow_scale, max_diameter=model.diameter[1])
-    with model.runner() as runner:
-        estimate = estimate_diameter(source, norm, runner, settings, model.train_diameter)
+    with Segmenter(synth_export) as seg:
+        estimate = seg.segment(image.astype(np.float32)).diameter
     truth, _ = mask_diameter(labels)
     assert estimate is not None and estimate.diameter == pytest.approx(truth, rel=0.15)
 

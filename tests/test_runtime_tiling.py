@@ -7,17 +7,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime.run.chunks import chunk_windows
+from cyclepose_deploy.errors import OptionError
 from cyclepose_deploy.runtime.source.normalize import Normalization
+from cyclepose_deploy.runtime.tiling.chunks import chunk_windows
 from cyclepose_deploy.runtime.tiling.grid import TileGrid, taper
 from cyclepose_deploy.runtime.tiling.merger import Merger
+from cyclepose_deploy.runtime.tiling.options import Tiling
 from cyclepose_deploy.runtime.tiling.splitter import split
 
 IDENTITY = Normalization(0.0, 1.0)
 
 
-class ArraySource:
+class BoundedSource:
+    """An in-memory source that fails any read outside the image (the splitter must never ask)."""
+
     def __init__(self, image: np.ndarray) -> None:
         self.image = image.astype(np.float32)
         self.shape = image.shape
@@ -32,7 +35,7 @@ def fake_net(images: np.ndarray) -> np.ndarray:
     return np.concatenate([images, 2 * images, -images], axis=1)
 
 
-def split_merge(source: ArraySource, grid: TileGrid, window: tuple[int, int, int, int]) -> np.ndarray:
+def split_merge(source: BoundedSource, grid: TileGrid, window: tuple[int, int, int, int]) -> np.ndarray:
     merger = Merger(grid, window)
     for batch in split(source, IDENTITY, grid, window, batch=5):
         merger.add_batch(fake_net(batch.images), batch.origins)
@@ -49,11 +52,17 @@ def test_grid_covers_image_and_window_tiles_touch_it() -> None:
     assert len(grid.tiles((0, 1000, 0, 700))) == grid.total
 
 
-def test_bad_tile_and_overlap_raise_user_errors() -> None:
-    with pytest.raises(UserError, match="multiple of 16"):
-        TileGrid((10, 10), 100, 8)
-    with pytest.raises(UserError, match="--overlap"):
-        TileGrid((10, 10), 64, 48)
+def test_bad_tile_and_overlap_raise_errors_naming_the_setting() -> None:
+    with pytest.raises(
+        OptionError, match="tile 100 must be a whole number from 16 to 2048 px, a multiple of 16"
+    ):
+        Tiling(tile=100, overlap=8)
+    with pytest.raises(OptionError, match="overlap 48 must be at most half the tile") as caught:
+        Tiling(tile=64, overlap=48)
+    assert caught.value.option == "overlap"
+    assert caught.value.render(lambda name: f"--{name}").startswith(
+        "--overlap 48 must be at most half the --tile"
+    )
 
 
 def test_taper_is_positive_and_flat_inside() -> None:
@@ -64,7 +73,7 @@ def test_taper_is_positive_and_flat_inside() -> None:
 @pytest.mark.parametrize("shape", [(300, 517), (40, 33)])
 def test_identity_network_split_merge_reproduces_input(shape: tuple[int, int]) -> None:
     image = np.random.default_rng(1).random(shape, dtype=np.float32)
-    out = split_merge(ArraySource(image), TileGrid(shape, 64, 16), (0, shape[0], 0, shape[1]))
+    out = split_merge(BoundedSource(image), TileGrid(shape, 64, 16), (0, shape[0], 0, shape[1]))
     np.testing.assert_allclose(out[0], image, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(out[1], 2 * image, rtol=1e-6, atol=1e-6)
 
@@ -72,7 +81,7 @@ def test_identity_network_split_merge_reproduces_input(shape: tuple[int, int]) -
 def test_blend_does_not_depend_on_the_window() -> None:
     """A pixel's blended value comes from the same tiles in the same order whatever the chunk."""
     image = np.random.default_rng(2).random((260, 300), dtype=np.float32)
-    source, grid = ArraySource(image), TileGrid(image.shape, 64, 16)
+    source, grid = BoundedSource(image), TileGrid(image.shape, 64, 16)
 
     def nonlinear(window: tuple[int, int, int, int]) -> np.ndarray:
         merger = Merger(grid, window)
@@ -116,11 +125,13 @@ def test_tile_plan_runs_every_tile_once_and_cache_empties(tmp_path: Path) -> Non
 
 
 def test_pipeline_stops_all_stages_when_the_network_fails(tmp_path: Path) -> None:
-    from cyclepose_deploy.runtime.run.chunks import Settings
-    from cyclepose_deploy.runtime.run.stages import Pipeline
+    from cyclepose_deploy.runtime.dynamics import DynamicsSettings
+    from cyclepose_deploy.runtime.model.artifacts import Model
+    from cyclepose_deploy.runtime.run.pipeline import Pipeline
+    from cyclepose_deploy.runtime.run.worker import ChunkJob, ChunkWorker
 
     class Broken:
-        channels, calls = 1, 0
+        calls = 0
 
         def infer(self, images: np.ndarray) -> np.ndarray:
             self.calls += 1
@@ -128,12 +139,13 @@ def test_pipeline_stops_all_stages_when_the_network_fails(tmp_path: Path) -> Non
                 raise RuntimeError("device lost")
             return fake_net(images)
 
-    source = ArraySource(np.zeros((2048, 2048), np.float32))
+    source = BoundedSource(np.zeros((2048, 2048), np.float32))
     reads: list[int] = []
     original = source.read
     source.read = lambda *w: reads.append(1) or original(*w)  # type: ignore[method-assign]
-    settings = Settings(tile=64, overlap=16, batch=2, chunk=256)
+    tiling = Tiling(tile=64, overlap=16, batch=2, chunk=256)
+    job = ChunkJob(tiling, DynamicsSettings(), Model(Path("m.onnx"), "onnx", "fp32"), IDENTITY, source.shape)
     chunks = chunk_windows(source.shape, 256, 16)
     with pytest.raises(RuntimeError, match="device lost"):
-        list(Pipeline(source, IDENTITY, chunks, Broken(), settings, tmp_path).results())
+        list(Pipeline(ChunkWorker(job, source, Broken()), chunks, tmp_path).results())  # type: ignore[arg-type]
     assert len(reads) < len(chunks) // 4  # the reader stopped instead of reading the whole slide

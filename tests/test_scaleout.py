@@ -200,7 +200,7 @@ def test_resume_with_other_settings_is_refused(data: dict[str, Path], tmp_path: 
     assert (tmp_path / "l.tif.run" / "done").is_dir()
     code, text = run_cli(data, out, "--chunk", 128, "--flow-threshold", "0.6", "--resume")
     assert code == 2
-    assert "settings differ" in text.replace("\n", " ")
+    assert "options differ" in text.replace("\n", " ")
 
 
 def test_empty_chunks_skip_the_network_and_change_nothing(data: dict[str, Path], tmp_path: Path) -> None:
@@ -232,8 +232,8 @@ def test_noise_only_slide_runs_no_network(data: dict[str, Path], tmp_path: Path)
 
 
 def test_chunks_to_run_follow_tissue_blocks_into_neighbour_halos() -> None:
-    from cyclepose_deploy.runtime.run.chunks import chunk_windows
     from cyclepose_deploy.runtime.run.tissue import chunks_to_run
+    from cyclepose_deploy.runtime.tiling.chunks import chunk_windows
 
     chunks = chunk_windows((400, 400), 100, 20)  # 4 x 4 cores of 100 px, halo 20
     blocks = [np.zeros((0, 4), np.int64) for _ in chunks]
@@ -244,10 +244,10 @@ def test_chunks_to_run_follow_tissue_blocks_into_neighbour_halos() -> None:
 
 
 def test_tissue_blocks_find_one_nucleus_and_not_noise() -> None:
-    from cyclepose_deploy.runtime.run.chunks import Chunk
-    from cyclepose_deploy.runtime.run.diameter import ArraySource
     from cyclepose_deploy.runtime.run.tissue import tissue_blocks
+    from cyclepose_deploy.runtime.source.array import ArraySource
     from cyclepose_deploy.runtime.source.normalize import Normalization
+    from cyclepose_deploy.runtime.tiling.chunks import Chunk
 
     rng = np.random.default_rng(0)
     image = rng.normal(200, 5, (600, 600)).astype(np.float32)
@@ -262,7 +262,11 @@ def test_tissue_blocks_find_one_nucleus_and_not_noise() -> None:
 
 @pytest.mark.parametrize(
     ("value", "message"),
-    [("local:0", "positive integer"), ("local:x", "positive integer"), ("cluster", "scheduler address")],
+    [
+        ("local:0", "a whole number from 1"),
+        ("local:x", "a whole number from 1"),
+        ("cluster", "scheduler address"),
+    ],
 )
 def test_bad_scheduler_is_one_line(data: dict[str, Path], tmp_path: Path, value: str, message: str) -> None:
     code, text = invoke(data["slide"], "--model", data["net"], "-o", tmp_path / "l.tif", "--scheduler", value)
@@ -290,35 +294,34 @@ def test_run_folder_of_a_live_run_is_not_touched(data: dict[str, Path], tmp_path
 
 
 def test_a_task_of_a_gone_driver_writes_nothing(data: dict[str, Path], tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from cyclepose_deploy.runtime.dynamics import DynamicsSettings
     from cyclepose_deploy.runtime.model.artifacts import resolve_model
-    from cyclepose_deploy.runtime.run.chunks import Settings, chunk_windows
-    from cyclepose_deploy.runtime.run.distributed import ChunkJob, chunk_task
+    from cyclepose_deploy.runtime.run.distributed import chunk_task
     from cyclepose_deploy.runtime.run.scratch import ScratchStore
+    from cyclepose_deploy.runtime.run.worker import ChunkJob, SlideRef
     from cyclepose_deploy.runtime.source.normalize import Normalization
     from cyclepose_deploy.runtime.source.slide import SlideOptions
+    from cyclepose_deploy.runtime.tiling.chunks import chunk_windows
+    from cyclepose_deploy.runtime.tiling.options import Tiling
 
     shape = (640, 576)
     store = ScratchStore(tmp_path, shape, False, 256)
     (tmp_path / "owner.json").write_text(json.dumps({"token": "new-driver", "owner": "1@x"}))
-    settings = Settings(tile=128, chunk=256)
     chunk = chunk_windows(shape, 256, 64)[0]
     job = ChunkJob(
-        str(data["slide"]),
-        None,
-        SlideOptions(),
+        Tiling(tile=128, chunk=256),
+        DynamicsSettings(),
         resolve_model(data["net"]),
-        1,
-        1.0,
         Normalization(100.0, 2000.0),
-        settings,
-        str(tmp_path),
         shape,
-        False,
-        256,
-        "old-driver",
+        slide=SlideRef(str(data["slide"]), SlideOptions()),
+        folder=str(tmp_path),
+        token="old-driver",
+        threads=1,
     )
     assert chunk_task(job, chunk)[0] == 0
     assert store.done() == set()  # the old driver's task computed, but did not write
-    job = ChunkJob(*[getattr(job, f) for f in job.__dataclass_fields__][:-1], "new-driver")
-    chunk_task(job, chunk)
+    chunk_task(replace(job, token="new-driver"), chunk)
     assert store.done() == {0}

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cyclepose_deploy.defaults import CHUNK
-from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.errors import OptionError, UserError
 
 # Images up to one default chunk run CONCURRENT at a time, and their tiles share network batches
 # (runtime.backends.batching); a larger image runs alone, so memory stays that of one chunk per image.
@@ -110,16 +110,9 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-def run_batch(
-    seg: Any,
-    images: Sequence[Path],
-    out_dir: Path,
-    shared: dict[str, Any],
-    overwrite: bool,
-    say: Callable[[str], None],
-) -> int:
-    """Segment each image with the loaded Segmenter (`shared`: the keyword arguments of
-    Segmenter.segment_file that every image gets); write the summary; return the exit code."""
+def run_batch(seg: Any, images: Sequence[Path], out_dir: Path, say: Callable[[str], None]) -> int:
+    """Segment each image with the loaded Segmenter (its options: what every image gets); write the
+    summary; return the exit code."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from cyclepose_deploy.atomic import write_atomic
@@ -139,12 +132,14 @@ def run_batch(
         running: list[Future] = []
 
         def one(k: int) -> None:
-            rows[k] = _one(seg, images[k], out_dir, names[k], shared, overwrite, say)
+            rows[k] = _one(seg, images[k], out_dir / names[k], say)
             bar.advance(task)
 
         try:
             for k, image in enumerate(images):
-                if _pixels(image, shared) > SMALL_PIXELS:  # a large slide runs alone: bounded memory
+                if (
+                    _pixels(image, seg.options.image) > SMALL_PIXELS
+                ):  # a large slide runs alone: bounded memory
                     wait(running)
                     running.clear()
                     one(k)
@@ -169,12 +164,12 @@ def run_batch(
     return 2 if failed == len(rows) else 1
 
 
-def _pixels(image: Path, shared: dict[str, Any]) -> int:
+def _pixels(image: Path, options: Any) -> int:
     """The image's pixel count from its header (0 when it cannot be opened: its own run reports why)."""
     from cyclepose_deploy.runtime.source.slide import Slide
 
     try:
-        slide = Slide(image, None, shared.get("options"))
+        slide = Slide(image, None, options)
     except Exception:
         return 0
     try:
@@ -183,18 +178,11 @@ def _pixels(image: Path, shared: dict[str, Any]) -> int:
         slide.close()
 
 
-def _one(
-    seg: Any,
-    image: Path,
-    out_dir: Path,
-    name: str,
-    shared: dict[str, Any],
-    overwrite: bool,
-    say: Callable[[str], None],
-) -> dict[str, Any]:
-    labels, objects = out_dir / f"{name}{LABELS_SUFFIX}", out_dir / f"{name}{OBJECTS_SUFFIX}"
+def _one(seg: Any, image: Path, stem: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    """One image's row of the summary; `stem`: OUT/NAME, its outputs' common start."""
+    labels, objects = stem.with_name(stem.name + LABELS_SUFFIX), stem.with_name(stem.name + OBJECTS_SUFFIX)
     row: dict[str, Any] = {"image": str(image), "labels": str(labels)}
-    if not overwrite and labels.is_file() and objects.is_file():
+    if not seg.options.run.overwrite and labels.is_file() and objects.is_file():
         return {**row, "status": "skipped"}
     start = time.perf_counter()
     try:
@@ -205,11 +193,13 @@ def _one(
             overwrite=True,
             resume=True,  # an image interrupted last time keeps its finished chunks (same settings)
             warn=lambda text: say(f"{image.name}: {text}") if text.startswith("warning") else None,
-            **shared,
         )
     except UserError as exc:
-        say(f"warning: {image}: {exc}")
-        return {**row, "status": "failed", "error": str(exc), "seconds": f"{time.perf_counter() - start:.2f}"}
+        from cyclepose_deploy.cli.common import flag
+
+        text = exc.render(flag) if isinstance(exc, OptionError) else str(exc)
+        say(f"warning: {image}: {text}")
+        return {**row, "status": "failed", "error": text, "seconds": f"{time.perf_counter() - start:.2f}"}
     except Exception as exc:  # a damaged file must not end the batch: fail its row, name the cause
         text = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
         say(f"warning: {image}: unexpected failure ({text})")

@@ -10,11 +10,23 @@ from typing import Any, TypeVar
 import typer
 
 from cyclepose_deploy.console import console
-from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.errors import OptionError, UserError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-__all__ = ["console", "parse_int_list", "user_errors"]
+__all__ = ["console", "flag", "parse_int_list", "user_errors"]
+
+FLAGS = {"labels": "-o"}  # settings whose flag is not --NAME
+
+
+def flag(setting: str) -> str:
+    """How the CLI names a setting in a message: tile -> --tile, skip_empty=False -> --no-skip-empty,
+    channel=2 -> --channel 2 (errors.OptionError templates write settings as {name} or {name=value})."""
+    name, _, value = setting.partition("=")
+    option = FLAGS.get(name, "--" + name.replace("_", "-"))
+    if value == "False":
+        return "--no-" + name.replace("_", "-")
+    return option if value in ("", "True") else f"{option} {value}"
 
 
 def user_errors(func: F) -> F:
@@ -24,6 +36,9 @@ def user_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except OptionError as exc:
+            print(f"error: {exc.render(flag)}", file=sys.stderr)
+            raise typer.Exit(2) from None
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
             raise typer.Exit(2) from None

@@ -10,7 +10,7 @@ import typer
 
 from cyclepose_deploy import defaults
 from cyclepose_deploy.cli.common import console, user_errors
-from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.errors import OptionError, UserError
 
 
 def register(app: typer.Typer) -> None:
@@ -124,100 +124,78 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Segment nuclei on a slide of any size in bounded memory."""
-        from cyclepose_deploy.atomic import check_writable, write_json_atomic
         from cyclepose_deploy.cli import batch
+        from cyclepose_deploy.cli.common import flag
         from cyclepose_deploy.runtime.api import Segmenter
-        from cyclepose_deploy.runtime.source.slide import SlideOptions
+        from cyclepose_deploy.runtime.run.options import InferOptions
         from cyclepose_deploy.runtime.source.units import parse_pixel_size
 
-        for value, option in (
-            (series, "--series"),
-            (level, "--level"),
-            (z, "--z"),
-            (t, "--t"),
-            (plane, "--plane"),
-        ):
-            if value is not None and value < 0:
-                raise UserError(f"{option} {value} must be 0 or more (indices are 0-based)")
-        options = SlideOptions(
-            channel, series, level, z, t, plane, parse_pixel_size(pixel_size) if pixel_size else None
-        )
-
-        if summary_json is not None:
-            check_writable(summary_json)
-        norms = (
-            _pair(norm_percentiles, "--norm-percentiles", "1,99.8"),
-            _pair(norm_range, "--norm-range", "100,4000"),
-        )
-        images, batch_mode = batch.expand_inputs(slides, recursive, out, out_dir)
-        if batch_mode:
-            single_only = {
-                "--objects": objects,
-                "--preview": preview,
-                "--prob": prob,
-                "--geojson": geojson,
-                "--rois": rois,
-                "--zarr": zarr_out,
-                "--summary-json": summary_json,
-            }
-            given = [name for name, value in single_only.items() if value is not None]
-            if given:
-                raise UserError(
-                    f"{', '.join(given)} name one image's outputs; with --out-dir each image gets "
-                    "NAME.labels.ome.tif and NAME.objects.csv and the run OUT/summary.csv: drop them"
-                )
-        if threads is not None and threads < 1:
-            raise UserError(f"--threads {threads} must be at least 1")
-        if batch_mode and (scheduler or resume):
-            raise UserError(
-                "--scheduler and --resume work on one slide (-o); a batch re-run skips finished images "
-                "and resumes interrupted ones by itself"
-            )
-        seg = Segmenter(
-            engine,
-            threads=threads,
+        options = InferOptions.of(
             tile=tile,
             overlap=overlap,
             batch=batch_size,
             chunk=chunk,
             cellprob_threshold=cellprob_threshold,
             flow_threshold=flow_threshold,
+            diameter=diameter,
+            diameter_um=diameter_um,
+            norm_percentiles=_pair(norm_percentiles, "norm_percentiles", "1,99.8"),
+            norm_range=_pair(norm_range, "norm_range", "100,4000"),
+            channel=channel,
+            series=series,
+            level=level,
+            z=z,
+            t=t,
+            plane=plane,
+            pixel_size=parse_pixel_size(pixel_size) if pixel_size else None,
+            scheduler=scheduler,
+            resume=resume,
+            skip_empty=skip_empty,
+            threads=threads,
+            overwrite=overwrite,
         )
-        console.print(f"model: {seg.describe()}")
-        shared = {  # what every image gets, in batch mode and for one image
-            "options": options,
-            "skip_empty": skip_empty,
-            "diameter": diameter,
-            "diameter_um": diameter_um,
-            "norm_percentiles": norms[0],
-            "norm_range": norms[1],
+        outputs = {
+            "objects": objects,
+            "preview": preview,
+            "prob": prob,
+            "geojson": geojson,
+            "rois": rois,
+            "zarr": zarr_out,
         }
+        if summary_json is not None:
+            from cyclepose_deploy.atomic import check_writable
+
+            check_writable(summary_json)
+        images, batch_mode = batch.expand_inputs(slides, recursive, out, out_dir)
+        if batch_mode:
+            given = [f"--{name}" for name, value in outputs.items() if value is not None]
+            if summary_json is not None:
+                given.append("--summary-json")
+            if given:
+                raise UserError(
+                    f"{', '.join(given)} name one image's outputs; with --out-dir each image gets "
+                    "NAME.labels.ome.tif and NAME.objects.csv and the run OUT/summary.csv: drop them"
+                )
+            if scheduler or resume:
+                raise UserError(
+                    "--scheduler and --resume work on one slide (-o); a batch re-run skips finished "
+                    "images and resumes interrupted ones by itself"
+                )
+        seg = Segmenter(engine, options)
+        seg.names = flag
+        console.print(f"model: {seg.describe()}")
         with seg:
             if batch_mode:
                 assert out_dir is not None
-                raise typer.Exit(batch.run_batch(seg, images, out_dir, shared, overwrite, _say))
+                raise typer.Exit(batch.run_batch(seg, images, out_dir, _say))
             assert out is not None
             with _progress() as report:
-                summary = seg.segment_file(
-                    images[0],
-                    out,
-                    objects=objects,
-                    preview=preview,
-                    prob=prob,
-                    geojson=geojson,
-                    rois=rois,
-                    zarr=zarr_out,
-                    overwrite=overwrite,
-                    warn=_say,
-                    progress=report,
-                    scheduler=scheduler,
-                    resume=resume,
-                    **shared,
-                )
-        outputs = [p for p in (out, objects, preview, prob, geojson, rois, zarr_out) if p is not None]
-        _print_summary(summary, outputs)
+                result = seg.segment_file(images[0], out, warn=_say, progress=report, **outputs)
+        _print_summary(result)
         if summary_json is not None:
-            write_json_atomic(summary_json, _summary_dict(summary, outputs, seg.describe()))
+            from cyclepose_deploy.atomic import write_json_atomic
+
+            write_json_atomic(summary_json, result.to_dict())
 
 
 def _say(text: str) -> None:
@@ -232,7 +210,9 @@ def _pair(text: str | None, option: str, example: str) -> tuple[float, float] | 
     try:
         low, high = (float(v) for v in text.split(","))
     except ValueError:
-        raise UserError(f"{option} must be two numbers LO,HI, e.g. {example}; got {text!r}") from None
+        raise OptionError(
+            option, f"{{{option}}} must be two numbers LO,HI, e.g. {example}; got {text!r}"
+        ) from None
     return low, high
 
 
@@ -264,61 +244,31 @@ class _progress:
         self.bar.__exit__(None, None, None)
 
 
-def _print_summary(summary: Any, outputs: Any) -> None:
-    stages = ", ".join(f"{k} {v:.1f}s" for k, v in summary.times.items())
+def _print_summary(result: Any) -> None:
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.times.items())
     console.print(
-        f"[bold]{summary.objects}[/bold] objects in {summary.shape[0]}x{summary.shape[1]} px, "
-        f"{summary.seconds:.1f} s ({summary.mpix_per_s:.2f} MPix/s), {summary.chunks} chunk(s), "
-        f"network tiles {summary.tiles_run} for a grid of {summary.tiles_grid} "
-        f"(+{100 * summary.tile_overhead:.0f}% for halos)"
+        f"[bold]{result.objects}[/bold] objects in {result.shape[0]}x{result.shape[1]} px, "
+        f"{result.seconds:.1f} s ({result.mpix_per_s:.2f} MPix/s), {result.chunks} chunk(s), "
+        f"network tiles {result.tiles_run} for a grid of {result.tiles_grid} "
+        f"(+{100 * result.tile_overhead:.0f}% for halos)"
     )
     extra = []
-    if summary.skipped:
-        extra.append(f"{summary.skipped} chunk(s) without tissue skipped")
-    if summary.resumed:
-        extra.append(f"{summary.resumed} chunk(s) kept from the interrupted run")
-    if summary.workers:
-        extra.append(f"{summary.workers} Dask worker(s)")
+    if result.skipped:
+        extra.append(f"{result.skipped} chunk(s) without tissue skipped")
+    if result.resumed:
+        extra.append(f"{result.resumed} chunk(s) kept from the interrupted run")
+    if result.workers:
+        extra.append(f"{result.workers} Dask worker(s)")
     if extra:
         console.print("; ".join(extra))
-    console.print(_diameter_line(summary))
+    console.print(_diameter_line(result))
     console.print(f"time per stage (threads overlap): {stages}")
-    console.print("wrote " + ", ".join(str(p) for p in outputs))
+    console.print("wrote " + ", ".join(str(p) for p in result.outputs))
 
 
-def _summary_dict(summary: Any, outputs: Any, model: str) -> dict[str, Any]:
-    return {
-        "model": model,
-        "objects": summary.objects,
-        "shape": list(summary.shape),
-        "seconds": summary.seconds,
-        "mpix_per_s": summary.mpix_per_s,
-        "chunks": summary.chunks,
-        "chunks_skipped_empty": summary.skipped,
-        "chunks_resumed": summary.resumed,
-        "chunks_run": summary.ran,
-        "workers": summary.workers,
-        "tiles_run": summary.tiles_run,
-        "tiles_grid": summary.tiles_grid,
-        "stage_seconds": summary.times,
-        "outputs": [str(p) for p in outputs],
-        "diameter": _diameter_dict(summary),
-        "scale": summary.scale,
-        "image": summary.image,
-        "pixel_size_um": list(summary.pixel_size) if summary.pixel_size else None,
-    }
-
-
-def _diameter_dict(summary: Any) -> dict[str, Any] | None:
-    est = summary.diameter
-    if est is None:
-        return None
-    return {"px": est.diameter, "method": est.method, "blob_px": est.blob, "objects_measured": est.objects}
-
-
-def _diameter_line(summary: Any) -> str:
-    est = summary.diameter
+def _diameter_line(result: Any) -> str:
+    est = result.diameter
     if est is None:
         return "diameter: no nucleus-like structure found for an estimate; ran at the model's scale"
     how = {"given": "given", "network": "estimated (network)", "blob": "estimated (blob filter)"}[est.method]
-    return f"diameter {est.diameter:.1f} px ({how}); slide rescaled by {summary.scale:.3f}"
+    return f"diameter {est.diameter:.1f} px ({how}); slide rescaled by {result.scale:.3f}"

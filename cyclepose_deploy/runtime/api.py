@@ -1,113 +1,58 @@
-"""The Python entry point (segment-anything's predictor idea: a small numpy-facing class over the
-runtime): load a model once, then segment arrays or files. The CLI is built on it.
+"""The Python entry point (segment-anything's predictor idea: one typed class over the runtime): load a
+model once, then segment arrays or files. The CLI is built on it.
 
     from cyclepose_deploy import Segmenter
-    with Segmenter("export/") as seg:                 # an export folder, .onnx or TensorRT engine
-        labels = seg.segment(image)                  # (H, W) array -> (H, W) uint32 labels, 0 = background
-        summary = seg.segment_file("slide.ome.tif", "labels.ome.tif", objects="objects.csv")
+    with Segmenter("export/", tile=256) as seg:          # an export folder, .onnx or TensorRT engine
+        result = seg.segment(image)                      # (H, W) array -> SegmentResult
+        result.labels                                    # (H, W) uint32, 0 = background
+        result = seg.segment_file("slide.ome.tif", "labels.ome.tif", objects="objects.csv")
 
-No torch is needed. Arrays are read window by window (numpy, zarr, or dask arrays: a dask array is
-computed one window at a time), so memory is bounded by the chunk for the work, plus the returned
-labels (4 bytes per pixel); for slides larger than memory use `segment_file`, which streams the labels
-to a tiled OME-TIFF.
+Options are InferOptions' flat names (tile, diameter, cellprob_threshold, channel, ...), given to the
+Segmenter (defaults for every call) or to one call; a misspelt one is an error. No torch is needed.
+Arrays are read window by window (numpy, zarr, or dask arrays: a dask array is computed one window at a
+time), so memory is bounded by the chunk for the work plus what is returned (labels: 4 bytes per
+pixel); for slides larger than memory use `segment_file`, which streams the labels to a tiled OME-TIFF.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from cyclepose_deploy.errors import OptionError
+from cyclepose_deploy.runtime.backends.base import Runner
+from cyclepose_deploy.runtime.run.context import Outputs, Progress, RunContext, quiet
+from cyclepose_deploy.runtime.run.options import InferOptions
+from cyclepose_deploy.runtime.run.result import SegmentResult
 
-from cyclepose_deploy import defaults
-from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime.run.chunks import Settings
-from cyclepose_deploy.runtime.source.normalize import fill_missing
-from cyclepose_deploy.runtime.source.slide import SlideOptions
-from cyclepose_deploy.runtime.source.units import check_pixel_size
-from cyclepose_deploy.runtime.tiling.grid import TileGrid
-
-
-@dataclass
-class ArrayImage:
-    """A 2-D array-like (numpy, zarr, dask) as a runtime source: float32 windows, missing data filled
-    like a slide's. pixel_size: (y, x) µm or None."""
-
-    array: Any
-    pixel_size: tuple[float, float] | None = None
-    description: str = "array"
-    notes: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        shape = tuple(int(n) for n in getattr(self.array, "shape", ()))
-        dtype = np.dtype(getattr(self.array, "dtype", np.float32))
-        if len(shape) != 2:
-            raise UserError(f"segment() takes a 2-D (H, W) image, got shape {shape}: pick one plane/channel")
-        if dtype.kind not in "uif":
-            raise UserError(f"segment() takes integer or float pixels, got {dtype}: convert the image")
-        if min(shape) < 1:
-            raise UserError(f"segment() got an empty image of shape {shape}")
-        self.shape = (shape[0], shape[1])
-        if self.pixel_size is not None:
-            self.pixel_size = check_pixel_size(self.pixel_size)
-        self.file_pixel_size = self.pixel_size
-        self.level_scale = (1.0, 1.0)
-        self.float_pixels = dtype.kind == "f"
-        self.description = f"{self.description} ({shape[0]}x{shape[1]} px, {dtype})"
-
-    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        window = np.asarray(self.array[y0:y1, x0:x1], dtype=np.float32)
-        return fill_missing(window) if self.float_pixels else window
-
-    def close(self) -> None:
-        """Nothing to release (the caller owns the array)."""
+OUTPUT_NAMES = ("objects", "preview", "prob", "geojson", "rois", "zarr")
 
 
 class Segmenter:
-    """A loaded model and the tiling / dynamics settings, reused for every image.
+    """A loaded model and the options every call starts from.
 
-    model: an export folder (the best verified artifact for this machine), an .onnx file or a TensorRT
-    engine; threads: ONNX Runtime CPU threads (None: all cores); tile, overlap (px), batch (tiles per
-    network call), chunk (px, bounds the memory), cellprob_threshold (logit), flow_threshold: as
-    `cyclepose infer`. Raises UserError for a missing or invalid model or setting."""
+    model: an export folder (its best verified artifact for this machine), an .onnx file or a TensorRT
+    engine; options: an InferOptions, and/or its options by flat name (tile=512, diameter=17, ...).
+    Raises UserError for a missing or invalid model, OptionError for a bad or unknown option.
+    names: how notes passed to `warn` name settings (the CLI writes its flags)."""
+
+    names: Callable[[str], str] = str
 
     def __init__(
-        self,
-        model: str | Path = "export",
-        *,
-        threads: int | None = None,
-        tile: int = defaults.TILE,
-        overlap: int = defaults.OVERLAP,
-        batch: int = defaults.BATCH,
-        chunk: int = defaults.CHUNK,
-        cellprob_threshold: float = defaults.CELLPROB_THRESHOLD,
-        flow_threshold: float = defaults.FLOW_THRESHOLD,
+        self, model: str | Path = "export", options: InferOptions | None = None, **settings: Any
     ) -> None:
         from cyclepose_deploy.runtime.model.artifacts import resolve_model
 
-        TileGrid((1, 1), tile, overlap)  # validates tile and overlap
-        if batch < 1 or chunk < tile:
-            raise UserError(f"batch {batch} must be >= 1 and chunk {chunk} at least the tile {tile}")
+        self.options = (options or InferOptions()).updated(**settings)
         self.model = resolve_model(model)
-        self.settings = Settings(
-            tile=tile,
-            overlap=overlap,
-            batch=batch,
-            chunk=chunk,
-            cellprob_threshold=cellprob_threshold,
-            flow_threshold=flow_threshold,
-        )
-        self.threads = threads
-        self._runner: Any = None
+        self._runner: Runner | None = None
 
     # lifecycle: the runner (ONNX Runtime session / TensorRT engine) is created once, on first use
-    def runner(self) -> Any:
+    def runner(self) -> Runner:
         if self._runner is None:
-            runner = self.model.runner(threads=self.threads)
+            runner = self.model.runner(threads=self.options.run.threads)
             runner.activate()
             self._runner = runner
         return self._runner
@@ -120,12 +65,13 @@ class Segmenter:
         from cyclepose_deploy.runtime.backends.batching import SharedBatcher
 
         inner = self.runner()
-        batcher = SharedBatcher(inner, self.settings.batch)
+        batcher = SharedBatcher(inner, self.options.tiling.batch)
+        batcher.activate()
         self._runner = batcher
         try:
             yield batcher
         finally:
-            batcher.close()
+            batcher.deactivate()
             self._runner = inner
 
     def close(self) -> None:
@@ -148,119 +94,59 @@ class Segmenter:
         self,
         image: Any,
         *,
-        diameter: float | None = None,
-        diameter_um: float | None = None,
-        pixel_size: tuple[float, float] | None = None,
-        norm_percentiles: tuple[float, float] | None = None,
-        norm_range: tuple[float, float] | None = None,
+        return_flows: bool = False,
         warn: Callable[[str], None] | None = None,
-    ) -> np.ndarray:
-        """Instance labels of a 2-D image: (H, W) numpy / zarr / dask array of uint8, uint16 or float
-        pixels (NaN/Inf: missing) -> (H, W) uint32, 0 = background, 1..N nuclei (the same numbering as
-        `cyclepose infer` gives for the same pixels). diameter: median nucleus diameter in px (None:
-        estimated, see runtime.diameter); diameter_um with pixel_size (y, x) µm instead."""
-        return self.segment_array(
-            image,
-            diameter=diameter,
-            diameter_um=diameter_um,
-            pixel_size=pixel_size,
-            norm_percentiles=norm_percentiles,
-            norm_range=norm_range,
-            warn=warn,
-        ).labels  # type: ignore[return-value]
+        **options: Any,
+    ) -> SegmentResult:
+        """Segment a 2-D image: (H, W) numpy / zarr / dask array of integer or float pixels (NaN/Inf:
+        missing) -> SegmentResult with `labels` (H, W) uint32, 0 = background, 1..N nuclei (the same
+        numbering as `cyclepose infer` gives for the same pixels), the diameter used and the timings;
+        with return_flows, also `flows` (2, H, W) float32 and `prob` (H, W) float32. options: any
+        InferOptions by name for this call, e.g. diameter=17, or diameter_um=6.5 with
+        pixel_size=(0.325, 0.325) (y, x µm). warn: receives each note (chosen scale, warnings)."""
+        from cyclepose_deploy.runtime.run.infer import run
+        from cyclepose_deploy.runtime.source.array import ArraySource
 
-    def segment_array(self, image: Any, **kwargs: Any) -> Any:
-        """As `segment`, returning the run's Summary (labels in `.labels`, the diameter used, times)."""
-        from cyclepose_deploy.runtime.run.pipeline import Outputs, check_settings, diameter_px, run_source
-
-        say = kwargs.get("warn") or (lambda text: None)
-        model, fixed = check_settings(
-            self.model,
-            self.settings,
-            kwargs.get("diameter"),
-            kwargs.get("diameter_um"),
-            kwargs.get("norm_percentiles"),
-            kwargs.get("norm_range"),
-            say,
-        )
-        source = ArrayImage(image, kwargs.get("pixel_size"))
-        missing = "diameter_um needs pixel_size=(y, x) in µm, or give diameter in px"
-        diameter = diameter_px(
-            kwargs.get("diameter"), kwargs.get("diameter_um"), source.pixel_size, model, missing
-        )
-        return run_source(
-            source,
-            model,
-            Outputs(None),
-            self.settings,
-            diameter,
-            lambda *a: None,
-            time.perf_counter(),
-            fixed,
-            self.runner(),
-        )
+        settings = self.options.updated(**options)
+        source = ArraySource(image, settings.image.pixel_size)
+        ctx = RunContext(settings, self.model, Outputs(None, flows=return_flows), source=source)
+        ctx.runner = self.runner()
+        return run(self._attach(ctx, warn, None))
 
     def segment_file(
         self,
         path: str | Path,
         labels: str | Path,
         *,
-        objects: str | Path | None = None,
-        preview: str | Path | None = None,
-        prob: str | Path | None = None,
-        geojson: str | Path | None = None,
-        rois: str | Path | None = None,
-        zarr: str | Path | None = None,
-        options: SlideOptions | None = None,
-        diameter: float | None = None,
-        diameter_um: float | None = None,
-        norm_percentiles: tuple[float, float] | None = None,
-        norm_range: tuple[float, float] | None = None,
-        overwrite: bool = False,
         warn: Callable[[str], None] | None = None,
-        progress: Callable[[str, int, int], None] | None = None,
-        scheduler: str | None = None,
-        resume: bool = False,
-        skip_empty: bool = True,
-    ) -> Any:
-        """Segment an image file of any size (TIFF / OME-TIFF / OME-Zarr / PNG / ...; `options` picks
-        the series, level, plane and channel) into a tiled OME-TIFF pyramid of uint32 labels and the
-        optional object table (CSV), preview (PNG), probability map, QuPath GeoJSON outlines,
-        ImageJ ROI set (.zip) and OME-Zarr labels (a folder); returns the run's Summary. Outputs
-        that exist are replaced only with overwrite=True. scheduler: 'local', 'local:N' or a Dask
-        scheduler address runs the chunks on a dask.distributed cluster (runtime.distributed);
-        resume: finish an interrupted run from LABELS.run (runtime.runfolder); skip_empty: chunks
-        without tissue skip the network (runtime.tissue)."""
-        from cyclepose_deploy.runtime.run.passone import RunOptions
-        from cyclepose_deploy.runtime.run.pipeline import Outputs, run_infer
+        progress: Progress | None = None,
+        **options: Any,
+    ) -> SegmentResult:
+        """Segment an image file of any size (TIFF / OME-TIFF / OME-Zarr / PNG / ...; the options
+        channel, series, level, z, t, plane pick the image) into a tiled OME-TIFF pyramid of uint32
+        labels at `labels`, plus the outputs named among the options: objects (CSV), preview (PNG),
+        prob (probability TIFF), geojson (QuPath), rois (ImageJ .zip), zarr (OME-Zarr folder).
+        Outputs that exist are replaced only with overwrite=True; scheduler='local', 'local:N' or a
+        Dask address runs the chunks on a cluster (in a script, call it under `if __name__ ==
+        "__main__":`), resume=True finishes an interrupted run. progress: (task, advance, total)."""
+        from cyclepose_deploy.runtime.run.infer import run
 
-        outputs = Outputs(
-            Path(labels),
-            Path(objects) if objects else None,
-            Path(preview) if preview else None,
-            Path(prob) if prob else None,
-            Path(geojson) if geojson else None,
-            Path(rois) if rois else None,
-            Path(zarr) if zarr else None,
-        )
-        if rois:
-            from cyclepose_deploy.runtime.outputs.vectors import check_rois_available
+        files = {k: Path(options.pop(k)) for k in OUTPUT_NAMES if options.get(k) is not None}
+        for name in OUTPUT_NAMES:
+            options.pop(name, None)
+        if not isinstance(labels, (str, Path)):
+            raise OptionError("labels", "{labels} must be a file path, e.g. labels.ome.tif")
+        settings = self.options.updated(**options)
+        outputs = Outputs(Path(labels), **files)
+        ctx = RunContext(settings, self.model, outputs, path=Path(path))
+        ctx.runner = None if settings.run.scheduler else self.runner()  # Dask: the run opens its own
+        return run(self._attach(ctx, warn, progress))
 
-            check_rois_available()
-        return run_infer(
-            path,
-            self.model,
-            outputs,
-            self.settings,
-            None,
-            diameter,
-            progress,
-            norm_percentiles,
-            norm_range,
-            options=options,
-            diameter_um=diameter_um,
-            overwrite=overwrite,
-            warn=warn,
-            runner=None if scheduler else self.runner(),
-            run=RunOptions(scheduler, resume, skip_empty, self.threads),
-        )
+    def _attach(
+        self, ctx: RunContext, warn: Callable[[str], None] | None, progress: Progress | None
+    ) -> RunContext:
+        ctx.notes = warn or quiet
+        ctx.name = self.names
+        if progress is not None:
+            ctx.progress = progress
+        return ctx

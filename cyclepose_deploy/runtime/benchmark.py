@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.errors import OptionError
 from cyclepose_deploy.runtime.backends.base import Runner
 
 SCHEMA = "cyclepose-bench/1"
@@ -154,7 +154,7 @@ def bench_runner(
     """Measure an activated runner at each batch size on `make_tiles(batch, channels, tile)`; a tile off
     the size multiple or a batch outside the engine profile raises UserError before any timing."""
     if iters < 1 or warmup < 0:
-        raise UserError(f"--iters must be >= 1 and --warmup >= 0; got {iters} and {warmup}")
+        raise OptionError("iters", f"{{iters}} must be >= 1 and {{warmup}} >= 0; got {iters} and {warmup}")
     meta = runner.input_metadata()
     channels = meta.channels or 1
     results = []
@@ -197,7 +197,9 @@ def check_shape(runner: Runner, batch: int, tile: int) -> None:
     multiple = meta.size_multiple
     if tile < multiple or tile % multiple:
         fix = max(multiple, round(tile / multiple) * multiple)
-        raise UserError(f"--tile must be a positive multiple of {multiple}, got {tile}; try {fix}")
+        raise OptionError(
+            "tile", f"{{tile}} must be a positive multiple of {multiple}, got {tile}; try {fix}"
+        )
     meta.check(batch, tile, tile)
 
 

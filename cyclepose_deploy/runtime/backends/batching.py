@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from cyclepose_deploy.runtime.backends.base import Runner
+
 LINGER_S = 0.002  # how long the first request of a batch waits for others to join it
 
 
@@ -28,17 +30,24 @@ class _Request:
     error: BaseException | None = None
 
 
-class SharedBatcher:
-    """Wraps an active runner (runtime.backends.base.Runner) for concurrent callers; `infer` has the
-    runner's contract (float32 (N, C, H, W) -> float32 (N, 3, H, W)) and blocks until its rows are back.
-    Requests of another tile size never share a batch. `calls` and `tiles` count network calls and
-    tiles (mean batch = tiles / calls)."""
+class SharedBatcher(Runner):
+    """A runner over an active runner, for concurrent callers: `infer` has the runner contract
+    (float32 (N, C, H, W) -> float32 (N, 3, H, W)) and blocks until its rows are back; its metadata
+    (channels, shape limits, device, precision) are the inner runner's. Requests of another tile size
+    never share a batch. `calls` and `tiles` count network calls and tiles (mean batch = tiles / calls).
+    activate() starts the batching thread; deactivate() serves what is queued, then stops it (later
+    calls raise)."""
 
-    def __init__(self, runner: Any, max_batch: int, linger: float = LINGER_S) -> None:
+    def __init__(self, runner: Runner, max_batch: int, linger: float = LINGER_S) -> None:
+        super().__init__(
+            f"shared:{runner.name}",
+            device=runner.device,
+            precision=runner.precision,
+            channels=runner.channels,
+            size_multiple=runner.size_multiple,
+            shape_limits=runner.shape_limits,
+        )
         self.runner, self.max_batch, self.linger = runner, max(1, max_batch), linger
-        self.channels = runner.channels
-        self.shape_limits = runner.shape_limits
-        self.device = getattr(runner, "device", "cpu")
         if self.shape_limits is not None:
             self.max_batch = min(self.max_batch, self.shape_limits.max_batch)
         self.calls = 0
@@ -48,10 +57,19 @@ class SharedBatcher:
         self._closing = threading.Lock()
         self._closed = False
         self._thread = threading.Thread(target=self._serve, name="shared-batches", daemon=True)
+
+    def info(self) -> dict[str, Any]:
+        return {**self.runner.info(), "shared_batch": self.max_batch}
+
+    def activate_impl(self) -> None:
+        self.runner.activate()
         self._thread.start()
 
-    def infer(self, images: np.ndarray) -> np.ndarray:
-        request = _Request(images)
+    def _probe(self) -> None:
+        """The inner runner was probed when it was activated."""
+
+    def infer_impl(self, batch: np.ndarray) -> np.ndarray:
+        request = _Request(batch)
         with self._closing:
             if self._closed:
                 raise RuntimeError("the shared batcher is closed")
@@ -62,7 +80,7 @@ class SharedBatcher:
         assert request.output is not None
         return request.output
 
-    def close(self) -> None:
+    def deactivate_impl(self) -> None:
         """Serve what is queued, then stop; later `infer` calls raise instead of waiting."""
         with self._closing:
             if self._closed:

@@ -54,18 +54,20 @@ def segment_chunk(
     image_shape: tuple[int, int],
     settings: DynamicsSettings = DynamicsSettings(),
     image: np.ndarray | None = None,
+    noise: float = 0.0,
 ) -> np.ndarray:
     """uint64 ids (1 + global linear index of the object's seed; 0 = background) for the core.
 
     flows (2, h, w) UNIT-scale and cellprob (h, w) cover the core plus its halo; `core` selects the
     core inside them, `origin` is the global (y, x) of their top-left pixel and `image_shape` the
     slide's (H, W). settings: the same knobs as flows_to_labels; the halo must be
-    chunk_halo(max_extent, settings.niter). image: the normalised (h, w) window for the contrast check.
+    chunk_halo(max_extent, settings.niter). image: the normalised (h, w) window for the contrast check;
+    noise: the slide's noise sigma in normalised units (0.0: unknown).
     """
     flows, cellprob = check_inputs(flows, cellprob)
     height, width = (int(v) for v in image_shape)
     _check_placement(cellprob.shape, core, origin, (height, width))
-    labels, seeds = segment(flows, cellprob, settings, image_area=height * width, image=image)
+    labels, seeds = segment(flows, cellprob, settings, height * width, image, noise)
     seed_y, seed_x = np.divmod(seeds, cellprob.shape[1])
     ids = np.zeros(seeds.size + 1, np.uint64)
     global_y, global_x = (seed_y + origin[0]).astype(np.uint64), (seed_x + origin[1]).astype(np.uint64)

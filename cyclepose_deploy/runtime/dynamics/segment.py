@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
+from cyclepose_deploy import limits
 from cyclepose_deploy.defaults import (
     CELLPROB_THRESHOLD,
     CONTRAST_RING,
@@ -19,7 +21,7 @@ from cyclepose_deploy.defaults import (
     OUTLINE_LEVEL,
     OUTLINE_SHELL,
 )
-from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.errors import OptionError, UserError
 from cyclepose_deploy.runtime.dynamics.follow import follow_and_count
 from cyclepose_deploy.runtime.dynamics.masks import (
     clean_masks,
@@ -34,48 +36,44 @@ from cyclepose_deploy.runtime.dynamics.masks import (
 
 @dataclass(frozen=True)
 class DynamicsSettings:
-    """The knobs of flows -> labels, with Cellpose 3's defaults (defaults.py).
+    """The knobs of flows -> labels, with Cellpose 3's defaults (cyclepose_deploy/defaults.py), checked
+    against cyclepose_deploy.limits (OptionError naming the setting).
 
     cellprob_threshold: pixels whose logit exceeds it are foreground.
-    flow_threshold: drop masks whose flow error exceeds it; 0 or None disables the check.
+    flow_threshold: drop masks whose flow error exceeds it; 0 (or None) disables the check.
     niter: steps of flow following. min_size: smaller masks are removed (pixels).
     max_size_fraction: drop masks larger than this fraction of the whole image (Cellpose 3.1).
     min_contrast: with the normalised image given, drop masks not at least this much brighter than
     the CONTRAST_RING px around them (0 disables; not in Cellpose).
-    noise, contrast_sigmas: with the image and the slide's noise sigma (normalised units) given, also
-    drop masks whose contrast is below contrast_sigmas standard errors (noise blobs; not in Cellpose).
+    contrast_sigmas: with the image and the slide's noise sigma given (`segment(noise=...)`), also drop
+    masks whose contrast is below this many standard errors (noise blobs; not in Cellpose).
     outline_shell: with the image given, move outlines by up to this many px to the half-maximum
     of the local intensity edge (masks.refine_outlines; 0 disables; not in Cellpose).
     """
 
     cellprob_threshold: float = CELLPROB_THRESHOLD
-    flow_threshold: float | None = FLOW_THRESHOLD
+    flow_threshold: float = FLOW_THRESHOLD
     niter: int = NITER
     min_size: int = MIN_SIZE
     max_size_fraction: float = MAX_SIZE_FRACTION
     min_contrast: float = MIN_CONTRAST
     outline_shell: int = OUTLINE_SHELL
-    noise: float = 0.0  # the slide's noise sigma in normalised units (runtime.normalize); 0: unknown
     contrast_sigmas: float = CONTRAST_SIGMAS
 
     def __post_init__(self) -> None:
-        if self.niter < 0:
-            raise UserError(f"niter must be >= 0, got {self.niter}: use e.g. 200")
-        if self.flow_threshold is not None and self.flow_threshold < 0:
-            raise UserError(f"flow_threshold must be >= 0 (0 disables it), got {self.flow_threshold}")
+        if self.flow_threshold is None:  # Cellpose's way of saying "no flow check"
+            object.__setattr__(self, "flow_threshold", 0.0)
+        for name in ("cellprob_threshold", "flow_threshold", "niter", "min_size"):
+            object.__setattr__(self, name, limits.INFER[name].check(name, getattr(self, name)))
 
 
 def flows_to_labels(
     flows: np.ndarray,
     cellprob: np.ndarray,
     *,
-    cellprob_threshold: float = CELLPROB_THRESHOLD,
-    flow_threshold: float | None = FLOW_THRESHOLD,
-    niter: int = NITER,
-    min_size: int = MIN_SIZE,
-    max_size_fraction: float = MAX_SIZE_FRACTION,
     image: np.ndarray | None = None,
-    min_contrast: float = MIN_CONTRAST,
+    noise: float = 0.0,
+    **settings: Any,
 ) -> np.ndarray:
     """Instance labels (uint32, 1..N in row-major order of the objects' seeds, 0 = background).
 
@@ -83,13 +81,21 @@ def flows_to_labels(
     5 x the unit flows; divide by the manifest's flow_scale (defaults.FLOW_SCALE) before calling this.
     cellprob: float32 (H, W) logits; pixels above cellprob_threshold are foreground.
     NaN in flows or cellprob marks a pixel background.
-    image: optional float32 (H, W) normalised image (runtime.normalize) for the min_contrast check.
+    image: optional float32 (H, W) normalised image (runtime.source.normalize) for the contrast
+    checks and outline refinement; noise: its noise sigma (normalised units, 0.0: unknown).
+    settings: DynamicsSettings by name (cellprob_threshold=0.0, flow_threshold=0.4, niter=200,
+    min_size=15, ...); OptionError for an unknown name or a value out of range.
     """
-    settings = DynamicsSettings(
-        cellprob_threshold, flow_threshold, niter, min_size, max_size_fraction, min_contrast
-    )
+    try:
+        dynamics = DynamicsSettings(**settings)
+    except TypeError:
+        known = ", ".join(f.name for f in fields(DynamicsSettings))
+        unknown = sorted(set(settings) - {f.name for f in fields(DynamicsSettings)})
+        raise OptionError(
+            unknown[0], f"unknown setting {{{unknown[0]}}}; the settings are: {known}"
+        ) from None
     flows, cellprob = check_inputs(flows, cellprob)
-    labels, _ = segment(flows, cellprob, settings, image_area=cellprob.size, image=image)
+    labels, _ = segment(flows, cellprob, dynamics, cellprob.size, image, noise)
     return renumber(labels)
 
 
@@ -115,11 +121,14 @@ def segment(
     settings: DynamicsSettings,
     image_area: int,
     image: np.ndarray | None = None,
+    noise: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Masks labelled by seed rank 1..n (int32) and the seeds' row-major linear indices.
 
     image_area: pixels in the whole image, for max_size_fraction (chunks pass the slide's area).
     image: the normalised image under the flows, for settings.min_contrast (None: no check).
+    noise: the slide's noise sigma in normalised units (runtime.source.normalize; 0.0: unknown), for
+    settings.contrast_sigmas.
     """
     foreground = cellprob > settings.cellprob_threshold
     if not foreground.any():
@@ -137,8 +146,8 @@ def segment(
     clean_masks(labels, count, settings.min_size)
     if image is not None and settings.min_contrast > 0:
         remove_masks(labels, contrasts(labels, count, image, CONTRAST_RING) < settings.min_contrast)
-    if image is not None and settings.noise > 0 and settings.contrast_sigmas > 0:
-        weak = contrast_sigmas(labels, count, image, CONTRAST_RING, settings.noise) < settings.contrast_sigmas
+    if image is not None and noise > 0 and settings.contrast_sigmas > 0:
+        weak = contrast_sigmas(labels, count, image, CONTRAST_RING, noise) < settings.contrast_sigmas
         remove_masks(labels, weak)
     if image is not None and settings.outline_shell > 0:
         refine_outlines(labels, count, image, settings.outline_shell, OUTLINE_LEVEL, OUTLINE_GAP)

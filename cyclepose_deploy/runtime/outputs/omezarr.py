@@ -10,19 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.errors import OptionError
 
 LABEL_NAME = "nuclei"
 ZARR_CHUNK = 512
 
 
 def check_available() -> None:
-    """Fail before any work when --zarr is asked for and its writer is missing."""
+    """Fail before any work when the OME-Zarr output is asked for and its writer is missing."""
     try:
         import dask.array  # noqa: F401
         import ome_zarr.writer  # noqa: F401
     except ImportError:
-        raise UserError("--zarr needs ome-zarr-py and dask: pip install ome-zarr") from None
+        raise OptionError("zarr", "{zarr} needs ome-zarr-py and dask: pip install ome-zarr") from None
 
 
 def write_labels_zarr(labels_tiff: Path, dest: Path, pixel_size: tuple[float, float] | None) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.errors import OptionError
 from cyclepose_deploy.runtime.outputs.polygons import outline
 
 BAND = 512  # rows of labels read at once (plus the tallest nucleus that starts in the band)
@@ -127,8 +127,8 @@ def _add_roi(archive: zipfile.ZipFile, label: int, ring: np.ndarray) -> None:
 
 
 def check_rois_available() -> None:
-    """Fail before any work when --rois is asked for and roifile is missing."""
+    """Fail before any work when the ROI set is asked for and roifile is missing."""
     try:
         import roifile  # noqa: F401
     except ImportError:
-        raise UserError("--rois needs the roifile package: pip install roifile") from None
+        raise OptionError("rois", "{rois} needs the roifile package: pip install roifile") from None

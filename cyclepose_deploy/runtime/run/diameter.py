@@ -5,12 +5,13 @@ Two stages, both functions of the slide alone (never of a chunk), so chunked == 
    of diameter d answers most strongly at sigma = d / (2 sqrt 2). The median over the strongest blobs
    is a first estimate that does not depend on the network's own trained range (a network shown
    nuclei twice its trained size splits them, and would then measure its fragments).
-2. `refine_diameter`: the network segments the estimation sample rescaled so that a guessed diameter
-   becomes its trained one, and the median mask diameter of that segmentation (the equivalent-circle
+2. refinement (runtime.run.scale): the network segments the estimation sample rescaled so that
+   a guessed diameter becomes its trained one, and the median mask diameter of that segmentation (the
+equivalent-circle
    diameter sqrt(area) / (sqrt(pi) / 2) of Cellpose's `utils.diameters`, with the median weighted by
    area: `area_weighted_diameter`) is mapped back to slide pixels, as Cellpose refines its size
    model's guess with a first segmentation.
-   `estimate_diameter` looks for the network's fixed point: the diameter d at which the network,
+   `runtime.run.scale.estimate` looks for the network's fixed point: the diameter d at which the network,
    shown the sample rescaled so that d becomes its trained size, measures d again. It measures at
    the blob guess times 1, sqrt 2, 2, 2 sqrt 2 and 4, and interpolates (in log space) where the
    measured/guessed ratio falls through 1; where it does so more than once, the largest crossing
@@ -25,12 +26,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from scipy import ndimage
-
-from cyclepose_deploy.runtime.source.normalize import Normalization, noise_sigma
 
 LOG_SIGMAS = np.geomspace(1.25, 48.0, 22)  # diameters ~3.5-136 px
 BLOB_THRESHOLD = 0.12  # normalised LoG response (image 0..1): weaker blobs are noise or texture
@@ -139,70 +137,6 @@ def sample_window(shape: tuple[int, int], side: int = SAMPLE_SIDE) -> tuple[int,
     sh, sw = min(h, side), min(w, side)
     y0, x0 = (h - sh) // 2, (w - sw) // 2
     return y0, y0 + sh, x0, x0 + sw
-
-
-class ArraySource:
-    """An in-memory 2-D image as a runtime Source."""
-
-    def __init__(self, image: np.ndarray) -> None:
-        self.image = np.asarray(image, np.float32)
-        self.shape = (int(self.image.shape[0]), int(self.image.shape[1]))
-
-    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        return self.image[y0:y1, x0:x1]
-
-
-def refine_diameter(
-    raw: np.ndarray, norm: Normalization, runner: Any, settings: Any, model_diameter: float, first: float
-) -> tuple[float, int]:
-    """(diameter in px, objects) measured on the network's segmentation of `raw` (a raw-intensity
-    sample) rescaled by model_diameter / first; (nan, n) with fewer than MIN_OBJECTS objects."""
-    from cyclepose_deploy.runtime.run.chunks import Chunk, process_chunk
-    from cyclepose_deploy.runtime.source.slide import ScaledSource
-
-    scale = float(np.clip(model_diameter / first, MIN_SCALE, MAX_SCALE))
-    source = ScaledSource(ArraySource(raw), scale)
-    h, w = source.shape
-    result = process_chunk(source, norm, Chunk(0, (0, h, 0, w), (0, h, 0, w)), runner, settings)
-    diameter, count = area_weighted_diameter(result.ids)
-    if count < MIN_OBJECTS:
-        return float("nan"), count
-    return diameter / scale, count
-
-
-def estimate_diameter(
-    source: Any, norm: Normalization, runner: Any, settings: Any, model_diameter: float
-) -> DiameterEstimate | None:
-    """The slide's median nucleus diameter in px from its central sample (see module docstring),
-    or None when the sample holds no nucleus-like blob (an empty field: keep the model's scale).
-    Without a crossing: the measurement at the blob guess when the network measures less than it
-    there (kept within AGREEMENT of the blob estimate), the measurement at the largest guess when it
-    measures more than every guess, else the blob estimate."""
-    y0, y1, x0, x1 = sample_window(source.shape)
-    raw = np.asarray(source.read(y0, y1, x0, x1), np.float32)
-    noise = noise_sigma([raw]) / (norm.high - norm.low)
-    first, blobs = blob_diameter(norm.apply(raw), noise=noise)
-    if blobs == 0 or not math.isfinite(first):
-        return None
-    points: list[tuple[float, float, int]] = []  # (guess, measured, objects), finite measurements
-    for factor in GUESS_FACTORS:
-        guess = first * factor
-        if model_diameter / guess < MIN_SCALE:
-            break
-        measured, objects = refine_diameter(raw, norm, runner, settings, model_diameter, guess)
-        if math.isfinite(measured):
-            points.append((guess, measured, objects))
-    crossing = fixed_point([(g, m) for g, m, _ in points])
-    if crossing is not None:
-        nearest = min(points, key=lambda p: abs(math.log(p[0] / crossing)))
-        return DiameterEstimate(crossing, "network", first, nearest[2])
-    if points and points[0][0] == first and points[0][1] < first:
-        measured, objects = points[0][1], points[0][2]
-        if measured / first >= 1 / AGREEMENT:
-            return DiameterEstimate(measured, "network", first, objects)
-    elif points and all(m > g for g, m, _ in points):
-        return DiameterEstimate(points[-1][1], "network", first, points[-1][2])
-    return DiameterEstimate(first, "blob", first, blobs)
 
 
 def fixed_point(points: list[tuple[float, float]]) -> float | None:

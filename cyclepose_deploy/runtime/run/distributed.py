@@ -1,8 +1,9 @@
 """Pass 1 on a Dask cluster (`cyclepose infer --scheduler local[:N] | tcp://HOST:PORT`).
 
 Each chunk is one `dask.distributed` task of the same pure worker the single-process run uses
-(`chunks.process_chunk`). A task carries only a small `ChunkJob` (paths and settings, a few hundred
-bytes): the worker opens the slide and the model itself, once per worker process, and writes its
+(`runtime.run.worker.ChunkWorker.process`). A task carries only a small `ChunkJob` (paths and
+settings, a few hundred bytes): the worker opens the slide and the model itself, once per worker
+process, and writes its
 core into the run folder's zarr store (runtime.scratch), whose zarr chunks tile the chunk cores, so
 writers never share a file. The driver only schedules, counts and, after pass 1, numbers the labels
 exactly as the single-process run does. A task whose worker dies is re-run elsewhere by Dask (its
@@ -17,55 +18,33 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime.model.artifacts import Model
-from cyclepose_deploy.runtime.run.chunks import Chunk, Settings, process_chunk
-from cyclepose_deploy.runtime.source.normalize import Normalization
-from cyclepose_deploy.runtime.source.slide import SlideOptions
+from cyclepose_deploy import limits
+from cyclepose_deploy.errors import OptionError, UserError, literal
+from cyclepose_deploy.runtime.run.worker import ChunkJob, ChunkWorker
+from cyclepose_deploy.runtime.tiling.chunks import Chunk
 
 INSTALL = "pip install 'cyclepose-deploy[distributed]' (dask.distributed) on the driver and every worker"
 
 
-@dataclass(frozen=True)
-class ChunkJob:
-    """What a worker needs to run any chunk of one slide: small and picklable (no arrays, no sessions).
-
-    slide: the image file; channel/options: which plane and channel (runtime.slide.Slide); model: the
-    artifact (runtime.artifacts.Model, a path plus manifest values); threads: ONNX Runtime threads per
-    worker; scale: the working-grid rescale (train_diameter / diameter); folder: the run folder;
-    shape: (H, W) of the working grid; block: the work chunk size (px) the store is laid out for;
-    token: this driver session's id."""
-
-    slide: str
-    channel: int | None
-    options: SlideOptions | None
-    model: Model
-    threads: int | None
-    scale: float
-    norm: Normalization
-    settings: Settings
-    folder: str
-    shape: tuple[int, int]
-    keep_prob: bool
-    block: int
-    token: str  # the run folder owner's token (runtime.runfolder): a stale task does not write
-
-
 def parse_scheduler(text: str) -> tuple[str, int | None]:
-    """('local', N or None) or ('address', None) for --scheduler; UserError for anything else."""
+    """('local', N or None) or ('address', None) for the scheduler option; OptionError otherwise."""
     if text == "local" or text.startswith("local:"):
         count = text.partition(":")[2]
-        if count and not (count.isdigit() and int(count) >= 1):
-            raise UserError(f"--scheduler {text}: the worker count must be a positive integer, e.g. local:4")
+        if count and not (count.isdigit() and 1 <= int(count) <= limits.threads().high):
+            raise OptionError(
+                "scheduler",
+                f"{{scheduler}} {literal(text)}: the worker count must be a whole number from 1 to "
+                f"{limits.threads().high:g} ({limits.THREADS_PER_CORE} per core), e.g. local:2",
+            )
         return "local", int(count) if count else None
     if text.startswith(("tcp://", "tls://", "ucx://", "inproc://")):
         return "address", None
-    raise UserError(
-        f"--scheduler {text!r}: give local (one worker per core), local:N, or a Dask scheduler address "
-        "such as tcp://10.0.0.5:8786"
+    raise OptionError(
+        "scheduler",
+        f"{{scheduler}} {literal(repr(text))}: give local (one worker per core), local:N, or a Dask "
+        "scheduler address such as tcp://10.0.0.5:8786",
     )
 
 
@@ -73,7 +52,9 @@ def check_available() -> None:
     try:
         import distributed  # noqa: F401
     except ImportError:
-        raise UserError(f"--scheduler needs dask.distributed, which is not installed: {INSTALL}") from None
+        raise OptionError(
+            "scheduler", f"{{scheduler}} needs dask.distributed, which is not installed: {INSTALL}"
+        ) from None
 
 
 class Cluster:
@@ -167,33 +148,34 @@ def _task_error(exc: BaseException) -> str:
 
 
 # worker side -------------------------------------------------------------------------------------
-_opened: dict[int, tuple[str, Any, Any, Any]] = {}  # thread id -> (token, source, runner, store)
+_opened: dict[int, tuple[str, ChunkWorker, Any, Any]] = {}  # thread id -> (token, worker, store, slide)
 _lock = threading.Lock()
 
 
-def _open(job: ChunkJob) -> tuple[Any, Any, Any]:
-    """(source, runner, store) of this job's run in this worker thread, opened once per run (a new
-    run, even to the same output, has a new token and reopens everything)."""
+def _open(job: ChunkJob) -> tuple[ChunkWorker, Any]:
+    """(chunk worker, store) of this job's run in this worker thread, opened once per run (a new run,
+    even to the same output, has a new token and reopens everything)."""
     from cyclepose_deploy.runtime.run.scratch import ScratchStore
-    from cyclepose_deploy.runtime.source.slide import ScaledSource, Slide
+    from cyclepose_deploy.runtime.source.slide import Slide, at_scale
 
     thread = threading.get_ident()
     with _lock:
         cached = _opened.get(thread)
         if cached is not None and cached[0] == job.token:
-            return cached[1:]
+            return cached[1], cached[2]
         if cached is not None:  # one run per thread: release the last one
-            _, old_source, old_runner, _ = _opened.pop(thread)
-            getattr(getattr(old_source, "base", old_source), "close", lambda: None)()
-            old_runner.deactivate()
-    slide = Slide(job.slide, job.channel, job.options)
-    source = slide if abs(job.scale - 1.0) < 1e-3 else ScaledSource(slide, job.scale)
+            _, old_worker, _, old_slide = _opened.pop(thread)
+            old_slide.close()
+            old_worker.runner.deactivate()
+    assert job.slide is not None
+    slide = Slide(job.slide.path, None, job.slide.options)
     runner = job.model.runner(threads=job.threads)
     runner.activate()
-    store = ScratchStore(job.folder, job.shape, job.keep_prob, job.block, create=False)
+    worker = ChunkWorker(job, at_scale(slide, job.scale), runner)
+    store = ScratchStore(job.folder, job.shape, job.keep_prob, job.tiling.chunk, job.keep_flows, create=False)
     with _lock:
-        _opened[thread] = (job.token, source, runner, store)
-    return source, runner, store
+        _opened[thread] = (job.token, worker, store, slide)
+    return worker, store
 
 
 def chunk_task(job: ChunkJob, chunk: Chunk) -> tuple[int, int]:
@@ -201,17 +183,17 @@ def chunk_task(job: ChunkJob, chunk: Chunk) -> tuple[int, int]:
     folder has another owner by now (the driver that sent this task is gone)."""
     from cyclepose_deploy.runtime.run.runfolder import owner_token
 
-    source, runner, store = _open(job)
-    result = process_chunk(source, job.norm, chunk, runner, job.settings)
+    worker, store = _open(job)
+    result = worker.process(chunk)
     if owner_token(job.folder) == job.token:
         store.write(result)
     return chunk.index, result.tiles
 
 
 def tissue_task(job: ChunkJob, chunk: Chunk) -> tuple[int, list[list[int]]]:
-    """A chunk core's blocks with tissue (runtime.tissue.tissue_blocks), on a worker:
+    """A chunk core's blocks with tissue (runtime.run.tissue.tissue_blocks), on a worker:
     (chunk index, [[y0, y1, x0, x1], ...])."""
     from cyclepose_deploy.runtime.run.tissue import tissue_blocks
 
-    source, _, _ = _open(job)
-    return chunk.index, tissue_blocks(source, job.norm, chunk, job.model.lower).tolist()
+    worker, _ = _open(job)
+    return chunk.index, tissue_blocks(worker.source, job.norm, chunk, job.model.lower).tolist()

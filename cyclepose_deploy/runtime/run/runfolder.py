@@ -18,17 +18,20 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cyclepose_deploy.atomic import owner_tag, write_json_atomic
-from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.errors import OptionError, UserError, literal
 from cyclepose_deploy.runtime.run.scratch import finished_chunks
+
+if TYPE_CHECKING:
+    from cyclepose_deploy.runtime.run.context import RunContext
 
 SUFFIX = ".run"
 FINGERPRINT = "run.json"
 TISSUE = "tissue.json"
 OWNER = "owner.json"  # the session writing now: {"token": ..., "owner": "PID@HOST"}
-VERSION = 1
+VERSION = 2  # 2: fingerprints of InferOptions groups
 
 
 def run_folder(labels: Path) -> Path:
@@ -37,14 +40,15 @@ def run_folder(labels: Path) -> Path:
 
 
 def check_run_folder(folder: Path, resume: bool, overwrite: bool) -> None:
-    """Before any work: an interrupted run's folder is continued (--resume) or replaced (--overwrite),
+    """Before any work: an interrupted run's folder is continued (resume) or replaced (overwrite),
     never silently thrown away. UserError otherwise, and for a planted link or a file in its place."""
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
         raise UserError(f"{folder} is a link or a file, not a run folder: remove it")
     if folder.exists() and not (resume or overwrite):
-        raise UserError(
-            f"an interrupted run of this output is saved in {folder}: pass --resume to finish only its "
-            "missing chunks, or --overwrite to start over"
+        raise OptionError(
+            "resume",
+            f"an interrupted run of this output is saved in {literal(folder)}: pass {{resume=True}} to "
+            "finish only its missing chunks, or {overwrite=True} to start over",
         )
 
 
@@ -53,6 +57,30 @@ def file_identity(path: str | Path) -> dict[str, Any]:
     path = Path(path).resolve()
     stat = path.stat()
     return {"path": str(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def fingerprint(ctx: RunContext) -> dict[str, Any]:
+    """What the labels of a run depend on: a resume with anything different is refused."""
+    assert ctx.path is not None and ctx.working is not None and ctx.runner is not None
+    model, options = ctx.model, ctx.options
+    return {
+        "package": package_version(),
+        "slide": file_identity(ctx.path),
+        "image": ctx.source.description,
+        "model": {**file_identity(model.path), "format": model.format, "precision": model.precision},
+        "device": ctx.runner.device,
+        "options": {
+            "image": options.image,
+            "tiling": options.tiling,
+            "dynamics": options.dynamics,
+            "skip_empty": options.run.skip_empty,
+        },
+        "normalization": ctx.norm,
+        "scale": ctx.scale,
+        "shape": ctx.working.shape,
+        "chunks": len(ctx.chunks),
+        "prob": ctx.outputs.prob is not None,
+    }
 
 
 def package_version() -> str:
@@ -104,17 +132,18 @@ def open_run(
             if not differ:
                 resumed = True
             elif overwrite:
-                say(f"the interrupted run in {folder} had other {', '.join(differ)}: starting over")
+                say(f"the interrupted run in {literal(folder)} had other {', '.join(differ)}: starting over")
             else:
-                raise UserError(
-                    f"the interrupted run in {folder} was made with other inputs or settings "
+                raise OptionError(
+                    "resume",
+                    f"the interrupted run in {literal(folder)} was made with other inputs or settings "
                     f"({', '.join(differ)} differ): resume with the same slide, model and options, or "
-                    "pass --overwrite to start over"
+                    "pass {overwrite=True} to start over",
                 )
         if not resumed:
             shutil.rmtree(folder)
     elif resume:
-        say(f"nothing to resume in {folder}: starting a new run")
+        say(f"nothing to resume in {literal(folder)}: starting a new run")
     if not resumed:
         folder.mkdir(mode=0o700)
         write_json_atomic(folder / FINGERPRINT, wanted)
@@ -128,8 +157,8 @@ def open_run(
             with contextlib.suppress(OSError):
                 (folder / OWNER).unlink()  # stray tasks of this session stop writing
             say(
-                f"interrupted: {done} finished chunk(s) are kept in {folder}; run the same command with "
-                "--resume to finish only the others"
+                f"interrupted: {done} finished chunk(s) are kept in {literal(folder)}; run the same command "
+                "with {resume=True} to finish only the others"
             )
         else:
             shutil.rmtree(folder, ignore_errors=True)
@@ -162,12 +191,15 @@ def _load(folder: Path) -> dict[str, Any]:
     try:
         stored = json.loads((folder / FINGERPRINT).read_text())
     except (OSError, ValueError):
-        raise UserError(
-            f"{folder} has no readable {FINGERPRINT}: it is not a run folder of this version; "
-            "pass --overwrite to start over"
+        raise OptionError(
+            "overwrite",
+            f"{literal(folder)} has no readable {FINGERPRINT}: it is not a run folder of this version; "
+            "pass {overwrite=True} to start over",
         ) from None
     if not isinstance(stored, dict):
-        raise UserError(f"{folder / FINGERPRINT} is damaged: pass --overwrite to start over")
+        raise OptionError(
+            "overwrite", f"{literal(folder / FINGERPRINT)} is damaged: pass {{overwrite=True}} to start over"
+        )
     return stored
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from cyclepose_deploy.runtime.run.chunks import ChunkResult
+from cyclepose_deploy.runtime.run.worker import ChunkResult
 
 INNER = 512  # px: the zarr chunk that pass 2 decodes (a 256-row block of labels reads few of them)
 
@@ -38,29 +38,36 @@ def finished_chunks(folder: str | Path) -> set[int]:
 
 
 class ScratchStore:
-    """Seed ids (uint64) and optional probability (uint8) on the working (possibly rescaled) grid.
+    """Seed ids (uint64), optional probability (uint8) and unit flows (float32, 2 planes) on the
+    working (possibly rescaled) grid.
 
-    folder: where ids.zarr, prob.zarr and done/ live; shape: (H, W) px of the working grid; block: the
-    work chunk size in px (see inner_block); create: False opens an existing store (a worker, or
-    a resumed run)."""
+    folder: where ids.zarr, prob.zarr, flows.zarr and done/ live; shape: (H, W) px of the working grid;
+    block: the work chunk size in px (see inner_block); create: False opens an existing store (a
+    worker, or a resumed run)."""
 
     def __init__(
-        self, folder: str | Path, shape: tuple[int, int], keep_prob: bool, block: int, create: bool = True
+        self,
+        folder: str | Path,
+        shape: tuple[int, int],
+        keep_prob: bool,
+        block: int,
+        keep_flows: bool = False,
+        create: bool = True,
     ) -> None:
         import zarr
 
         self.shape, self.folder = shape, Path(folder)
         self.markers = self.folder / "done"
 
-        def array(name: str, dtype: str) -> Any:
+        def array(name: str, dtype: str, planes: tuple[int, ...] = ()) -> Any:
             path = str(self.folder / name)
             if not create:
                 return zarr.open_array(store=path, mode="r+")
             inner = inner_block(block)
             return zarr.create_array(
                 store=path,
-                shape=shape,
-                chunks=(inner, inner),
+                shape=(*planes, *shape),
+                chunks=(*planes, inner, inner),
                 dtype=dtype,
                 fill_value=0,
                 overwrite=True,
@@ -70,6 +77,7 @@ class ScratchStore:
             self.markers.mkdir(parents=True, exist_ok=True)
         self.ids = array("ids.zarr", "uint64")
         self.prob = array("prob.zarr", "uint8") if keep_prob else None
+        self.flows = array("flows.zarr", "float32", (2,)) if keep_flows else None
 
     def write(self, result: ChunkResult) -> int:
         """Store one chunk's core and mark it finished; returns its number of distinct seeds."""
@@ -77,6 +85,8 @@ class ScratchStore:
         self.ids[y0:y1, x0:x1] = result.ids
         if self.prob is not None:
             self.prob[y0:y1, x0:x1] = np.round(result.prob * 255).astype(np.uint8)
+        if self.flows is not None and result.flows is not None:
+            self.flows[:, y0:y1, x0:x1] = result.flows
         seeds = np.unique(result.ids)
         seeds = seeds[seeds != 0]
         marker = self.markers / f"{result.chunk.index:06d}.npy"

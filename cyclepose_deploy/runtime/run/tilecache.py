@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cyclepose_deploy.runtime.run.chunks import Chunk
+from cyclepose_deploy.runtime.tiling.chunks import Chunk
 from cyclepose_deploy.runtime.tiling.grid import TileGrid
 
 Origin = tuple[int, int]

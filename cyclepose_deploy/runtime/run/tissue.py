@@ -24,9 +24,9 @@ from statistics import NormalDist
 import numpy as np
 from scipy import ndimage
 
-from cyclepose_deploy.runtime.run.chunks import Chunk
 from cyclepose_deploy.runtime.source.normalize import Normalization
 from cyclepose_deploy.runtime.source.slide import Source
+from cyclepose_deploy.runtime.tiling.chunks import Chunk
 
 BOX = 8  # px at the working scale: the low-resolution view's pixel
 TISSUE_BLOCK = 256  # px: tissue is located to blocks this size, so a chunk runs only for tissue in reach

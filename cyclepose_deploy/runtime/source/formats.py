@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.errors import OptionError, UserError, literal
 from cyclepose_deploy.runtime.source import units
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
@@ -57,13 +57,18 @@ def open_image(path: Path, series: int | None = None, level: int | None = None) 
         if not path.exists():
             raise UserError(f"slide {path} not found: check the path")
         if series not in (None, 0):
-            raise UserError(f"--series {series}: {path} is a zarr store with one image; drop --series")
+            raise OptionError(
+                "series",
+                f"{{series}} {series}: {literal(path)} is a zarr store with one image; drop {{series}}",
+            )
         return _open_zarr(path, level)
     if not path.is_file():
         raise UserError(f"slide {path} not found: check the path")
     if path.suffix.lower() in FLAT_SUFFIXES:
         if series not in (None, 0) or level not in (None, 0):
-            raise UserError(f"{path} holds a single image: drop --series / --level")
+            raise OptionError(
+                "series", f"{literal(path)} holds a single image: drop {{series}} and {{level}}"
+            )
         return _open_flat(path)
     return _open_tiff(path, series, level)
 
@@ -101,17 +106,19 @@ def _choose_tiff(tif: Any, path: Path, series: int | None, level: int | None) ->
     elif 0 <= series < len(all_series):
         index = series
     else:
-        raise UserError(
-            f"--series {series} is out of range: {path} has {len(all_series)} series "
-            f"(0..{len(all_series) - 1})"
+        raise OptionError(
+            "series",
+            f"{{series}} {series} is out of range: {literal(path)} has {len(all_series)} series "
+            f"(0..{len(all_series) - 1})",
         )
     chosen = all_series[index]
     levels = chosen.levels
     lev = 0 if level is None else level
     if not 0 <= lev < len(levels):
-        raise UserError(
-            f"--level {level} is out of range: series {index} of {path} has {len(levels)} level(s) "
-            f"(0..{len(levels) - 1})"
+        raise OptionError(
+            "level",
+            f"{{level}} {level} is out of range: series {index} of {literal(path)} has {len(levels)} "
+            f"level(s) (0..{len(levels) - 1})",
         )
     data = levels[lev]
     array = zarr.open(chosen.aszarr(level=lev), mode="r")
@@ -123,8 +130,8 @@ def _choose_tiff(tif: Any, path: Path, series: int | None, level: int | None) ->
     if len(all_series) > 1 and series is None:
         others = ", ".join(f"{i}: {_yx_text(s)}" for i, s in enumerate(all_series) if i != index)
         notes.append(
-            f"{path.name} has {len(all_series)} series; segmenting series {index} (the largest; "
-            f"others {others}); pick another with --series"
+            f"{literal(path.name)} has {len(all_series)} series; segmenting series {index} (the largest; "
+            f"others {others}); pick another with {{series}}"
         )
     (fy, fx), (ly, lx) = _yx(chosen.axes, chosen.shape), _yx(data.axes, data.shape)
     return Found(array, data.axes, pixel_size, description, notes, _strip_rows(data), tif, (fy / ly, fx / lx))
@@ -237,7 +244,9 @@ def _open_zarr(path: Path, level: int | None) -> Found:
         ) from None
     if isinstance(node, zarr.Array):
         if level not in (None, 0):
-            raise UserError(f"--level {level}: {path} is a single zarr array; drop --level")
+            raise OptionError(
+                "level", f"{{level}} {level}: {literal(path)} is a single zarr array; drop {{level}}"
+            )
         axes = _guess_axes(node.shape, path)
         return Found(node, axes, None, f"zarr array ({'x'.join(map(str, node.shape))}, axes {axes})")
     attrs = dict(node.attrs)
@@ -251,9 +260,10 @@ def _open_zarr(path: Path, level: int | None) -> Found:
         datasets = list(meta.get("datasets", []))
         lev = 0 if level is None else level
         if not 0 <= lev < len(datasets):
-            raise UserError(
-                f"--level {level} is out of range: {path} has {len(datasets)} level(s) "
-                f"(0..{len(datasets) - 1})"
+            raise OptionError(
+                "level",
+                f"{{level}} {level} is out of range: {literal(path)} has {len(datasets)} level(s) "
+                f"(0..{len(datasets) - 1})",
             )
         array = node[datasets[lev]["path"]]
         axes_meta = meta.get("axes") or [{"name": n} for n in "tczyx"[-array.ndim :]]

@@ -49,7 +49,7 @@ def noise_sigma(patches: Sequence[np.ndarray]) -> float:
 @dataclass(frozen=True)
 class Normalization:
     """Maps intensity `low` to 0 and `high` to 1; NaN/Inf pixels map to 0 (background). `noise`: the
-    slide's noise sigma in normalised units (0.0 when unknown, e.g. a fixed --norm-range)."""
+    slide's noise sigma in normalised units (0.0 when unknown, e.g. a fixed norm_range)."""
 
     low: float
     high: float
@@ -83,11 +83,13 @@ class Normalization:
 
     @classmethod
     def fixed(cls, low: float, high: float) -> Normalization:
-        """A fixed intensity range (`--norm-range MIN,MAX`), for plates imaged with one setting."""
-        from cyclepose_deploy.errors import UserError
+        """A fixed intensity range (the `norm_range` option), for plates imaged with one setting."""
+        from cyclepose_deploy.errors import OptionError
 
         if not (np.isfinite(low) and np.isfinite(high) and high > low):
-            raise UserError(f"--norm-range {low:g},{high:g} needs finite MIN < MAX, e.g. 100,4000")
+            raise OptionError(
+                "norm_range", f"{{norm_range}} {low:g},{high:g} needs finite MIN < MAX, e.g. 100,4000"
+            )
         return cls(float(low), float(high))
 
     def apply(self, image: np.ndarray) -> np.ndarray:

@@ -10,12 +10,13 @@ from typing import Any, Protocol
 import numpy as np
 from scipy import ndimage
 
-from cyclepose_deploy.errors import UserError
+from cyclepose_deploy import limits
+from cyclepose_deploy.errors import OptionError, UserError, literal
 from cyclepose_deploy.runtime.source.normalize import Normalization, fill_missing
 from cyclepose_deploy.runtime.source.units import check_pixel_size
 
 CHANNEL_AXES = ("C", "S")
-PLANE_AXES = {"Z": "--z", "T": "--t"}  # any other stacked axis (I, Q, ...: pages) is picked by --plane
+PLANE_AXES = {"Z": "z", "T": "t"}  # any other stacked axis (I, Q, ...: pages) is picked by `plane`
 WHOLE_READ_PIXELS = 4096 * 4096  # slides up to this size are read whole (in windows) for the statistics
 SAMPLE_PATCHES = 24  # larger ones: a 24 x 24 grid of 96 px patches (5.3 M pixels)
 SAMPLE_PATCH = 96
@@ -39,6 +40,14 @@ class SlideOptions:
     t: int | None = None
     plane: int | None = None
     pixel_size: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("channel", "series", "level", "z", "t", "plane"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, limits.INFER["index"].check(name, value))
+        if self.pixel_size is not None:
+            object.__setattr__(self, "pixel_size", check_pixel_size(self.pixel_size))
 
 
 class Source(Protocol):
@@ -204,8 +213,10 @@ def _select(axes: str, shape: tuple[int, ...], opts: SlideOptions, path: Path) -
     ]
     others = [a for a in stacks if a not in PLANE_AXES]
     if opts.plane is not None and len(stacks) > 1 and others == []:
-        raise UserError(
-            f"{path} has several stacked axes ({''.join(stacks)}): pick each with --z / --t, not --plane"
+        raise OptionError(
+            "plane",
+            f"{literal(path)} has several stacked axes ({''.join(stacks)}): pick each with {{z}} / {{t}}, "
+            "not {plane}",
         )
     for axis, size in zip(axes, shape, strict=True):
         if axis in "YX":
@@ -220,29 +231,37 @@ def _select(axes: str, shape: tuple[int, ...], opts: SlideOptions, path: Path) -
         else:
             index.append(_plane(axis, size, opts, path, axes, len(stacks) == 1))
     if channels == 1 and opts.channel not in (None, 0):
-        raise UserError(f"--channel {opts.channel} is out of range: {path} has 1 channel (use 0)")
+        raise OptionError(
+            "channel", f"{{channel}} {opts.channel} is out of range: {literal(path)} has 1 channel (use 0)"
+        )
     for axis, option in PLANE_AXES.items():
         value = getattr(opts, axis.lower())
         if value not in (None, 0) and axis not in stacks:
-            raise UserError(f"{option} {value} is out of range: {path} has no {axis} stack (axes {axes!r})")
+            raise OptionError(
+                option,
+                f"{{{option}}} {value} is out of range: {literal(path)} has no {axis} stack (axes {axes!r})",
+            )
     if opts.plane not in (None, 0) and not stacks:
-        raise UserError(f"--plane {opts.plane} is out of range: {path} is a single plane")
+        raise OptionError(
+            "plane", f"{{plane}} {opts.plane} is out of range: {literal(path)} is a single plane"
+        )
     return index, channels, chosen
 
 
 def _plane(axis: str, size: int, opts: SlideOptions, path: Path, axes: str, only_stack: bool) -> int:
-    """The index along a non-channel axis: 0 for a singleton, else what --z / --t / --plane say."""
-    option = PLANE_AXES.get(axis, "--plane")
+    """The index along a non-channel axis: 0 for a singleton, else what z / t / plane say."""
+    option = PLANE_AXES.get(axis, "plane")
     value = getattr(opts, axis.lower()) if axis in PLANE_AXES else None
     if value is None and size > 1 and (axis not in PLANE_AXES or only_stack):
-        value = opts.plane  # --plane picks along the one stacked axis, never a singleton
+        value = opts.plane  # `plane` picks along the one stacked axis, never a singleton
     if size == 1:
         return 0 if value in (None, 0) else _out_of_range(option, value, axis, size, path)
     if value is None:
         kind = {"Z": "Z planes", "T": "time points"}.get(axis, f"planes along axis {axis}")
-        raise UserError(
-            f"{path} has {size} {kind} (axes {axes!r}): pick one 2D plane with {option} N (0..{size - 1}); "
-            "to segment every plane, run once per plane"
+        raise OptionError(
+            option,
+            f"{literal(path)} has {size} {kind} (axes {axes!r}): pick one 2D plane with {{{option}}} N "
+            f"(0..{size - 1}); to segment every plane, run once per plane",
         )
     if not 0 <= value < size:
         _out_of_range(option, value, axis, size, path)
@@ -250,13 +269,19 @@ def _plane(axis: str, size: int, opts: SlideOptions, path: Path, axes: str, only
 
 
 def _out_of_range(option: str, value: int, axis: str, size: int, path: Path) -> int:
-    raise UserError(f"{option} {value} is out of range: {path} has {size} along axis {axis} (0..{size - 1})")
+    raise OptionError(
+        option,
+        f"{{{option}}} {value} is out of range: {literal(path)} has {size} along axis {axis} (0..{size - 1})",
+    )
 
 
 def _check_channel(channel: int | None, size: int, path: Path) -> int:
     chosen = 0 if channel is None else channel
     if not 0 <= chosen < size:
-        raise UserError(f"--channel {channel} is out of range: {path} has {size} channels (0..{size - 1})")
+        raise OptionError(
+            "channel",
+            f"{{channel}} {channel} is out of range: {literal(path)} has {size} channels (0..{size - 1})",
+        )
     return chosen
 
 
@@ -277,9 +302,9 @@ def _channel_notes(slide: Slide, asked: int | None) -> list[str]:
         return []
     which = "channel 0 (the default)" if asked is None else f"channel {slide.channel}"
     return [
-        f"warning: {which} of {slide.path.name} is nearly empty (intensity spread "
+        f"warning: {which} of {literal(slide.path.name)} is nearly empty (intensity spread "
         f"{spreads[slide.channel]:.3g} vs {spreads[best]:.3g}); channel {best} holds the signal: "
-        f"pass --channel {best}"
+        f"pass {{channel={best}}}"
     ]
 
 
@@ -298,6 +323,11 @@ class ScaledSource:
         raw = self.base.read(sy0, sy1, sx0, sx1)
         coords = np.meshgrid(ys - sy0, xs - sx0, indexing="ij")
         return ndimage.map_coordinates(raw, coords, order=1, mode="nearest").astype(np.float32)
+
+
+def at_scale(source: Source, scale: float) -> Source:
+    """The source seen at `scale` (a ScaledSource), or the source itself when the scale is 1 (+-0.1 %)."""
+    return source if abs(scale - 1.0) < 1e-3 else ScaledSource(source, scale)
 
 
 def _source_span(coords: np.ndarray, size: int) -> tuple[int, int]:

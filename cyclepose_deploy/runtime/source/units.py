@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.errors import OptionError, literal
 
 # unit name -> micrometres; OME UnitsLength symbols, ImageJ spellings and NGFF (UDUNITS) names
 LENGTH_IN_UM = {
@@ -126,28 +126,33 @@ def ngff_pixel_size(axes: list[dict], transforms: list[dict]) -> tuple[float, fl
 
 
 def parse_pixel_size(text: str) -> tuple[float, float]:
-    """`--pixel-size`: 'S' or 'Y,X' in µm -> (y, x); UserError when not positive and finite."""
+    """A pixel size as text, 'S' or 'Y,X' in µm -> (y, x); OptionError when not positive and finite."""
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
         values = []
     low, high = PIXEL_SIZE_RANGE_UM
     if len(values) not in (1, 2) or not all(low <= v <= high for v in values):
-        raise UserError(
-            f"--pixel-size {text!r} must be one size or Y,X in µm between {low:g} and {high:g}, e.g. 0.325"
+        raise OptionError(
+            "pixel_size",
+            f"{{pixel_size}} {literal(repr(text))} must be one size or Y,X in µm between {low:g} and "
+            f"{high:g}, e.g. 0.325",
         )
     return (values[0], values[-1])
 
 
 def check_pixel_size(size: object, what: str = "pixel_size") -> tuple[float, float]:
-    """A (y, x) pixel size in µm given through the Python API: two finite numbers in range, or UserError."""
+    """A (y, x) pixel size in µm given through the Python API: two finite numbers in range, or
+    OptionError naming `what`."""
     low, high = PIXEL_SIZE_RANGE_UM
     try:
         y, x = (float(v) for v in size)  # type: ignore[attr-defined]
     except (TypeError, ValueError):
-        raise UserError(f"{what} {size!r} must be (y, x) in µm, e.g. (0.325, 0.325)") from None
+        raise OptionError(
+            what, f"{{{what}}} {literal(repr(size))} must be (y, x) in µm, e.g. (0.325, 0.325)"
+        ) from None
     if not (low <= y <= high and low <= x <= high):
-        raise UserError(f"{what} {size!r} must lie between {low:g} and {high:g} µm")
+        raise OptionError(what, f"{{{what}}} {literal(repr(size))} must lie between {low:g} and {high:g} µm")
     return (y, x)
 
 

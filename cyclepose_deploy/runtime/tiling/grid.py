@@ -9,28 +9,19 @@ from functools import cached_property
 
 import numpy as np
 
-from cyclepose_deploy.defaults import OVERLAP, SIZE_MULTIPLE, TILE
-from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.defaults import OVERLAP, TILE
 
 Window = tuple[int, int, int, int]  # y0, y1, x0, x1 (half-open)
 
 
 @dataclass(frozen=True)
 class TileGrid:
-    """Tiles of `tile` px at stride tile - overlap; the first starts overlap // 2 before the image."""
+    """Tiles of `tile` px at stride tile - overlap; the first starts overlap // 2 before the image.
+    tile and overlap come validated from runtime.tiling.options.Tiling."""
 
     shape: tuple[int, int]
     tile: int = TILE
     overlap: int = OVERLAP
-
-    def __post_init__(self) -> None:
-        m = SIZE_MULTIPLE
-        if self.tile < m or self.tile % m:
-            raise UserError(f"--tile {self.tile} must be a multiple of {m} and at least {m}, e.g. {TILE}")
-        if not 0 <= self.overlap < self.tile // 2 + 1:
-            raise UserError(
-                f"--overlap {self.overlap} must lie in [0, tile/2], e.g. {OVERLAP} for --tile {TILE}"
-            )
 
     @property
     def stride(self) -> int:

@@ -17,9 +17,15 @@ class Merger:
         y0, y1, x0, x1 = window
         self.values = np.zeros((channels, y1 - y0, x1 - x0), dtype=np.float64)
         self.weights = np.zeros((y1 - y0, x1 - x0), dtype=np.float64)
+        self.finalized = False
+
+    def _check_open(self) -> None:
+        if self.finalized:
+            raise RuntimeError("this Merger was finalized: its sums are gone; start a new Merger")
 
     def add(self, output: np.ndarray, origin: tuple[int, int]) -> None:
         """Add one tile's (C, T, T) output whose top-left is at global `origin`."""
+        self._check_open()
         y0, y1, x0, x1 = self.window
         t = self.grid.tile
         ty, tx = origin
@@ -36,7 +42,9 @@ class Merger:
             self.add(output, origin)
 
     def finalize(self) -> np.ndarray:
-        """The blended (C, h, w) window; the weights are released."""
+        """The blended (C, h, w) window; the weights are released (the merger takes no more tiles)."""
+        self._check_open()
+        self.finalized = True
         np.divide(self.values, np.maximum(self.weights, 1e-12), out=self.values)
         out = self.values.astype(np.float32)
         self.values, self.weights = np.empty((0, 0, 0)), np.empty((0, 0))

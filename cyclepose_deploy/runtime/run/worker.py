@@ -1,0 +1,153 @@
+"""The one chunk worker: read -> network -> blend -> dynamics for a work chunk, used by every way a run
+is scheduled: sequentially (`ChunkWorker.process`: Dask tasks, the diameter estimate), and as the
+stages of the threaded pipeline in this process (runtime.run.pipeline), which call the same steps.
+
+A `ChunkJob` is everything any chunk of one run needs besides the slide and the network: small and
+picklable (paths and settings, no arrays, no sessions), so a Dask worker can rebuild the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cyclepose_deploy.runtime.backends.base import Runner
+from cyclepose_deploy.runtime.dynamics.halo import chunk_halo, segment_chunk
+from cyclepose_deploy.runtime.dynamics.segment import DynamicsSettings
+from cyclepose_deploy.runtime.model.artifacts import Model
+from cyclepose_deploy.runtime.source.normalize import Normalization
+from cyclepose_deploy.runtime.source.slide import SlideOptions, Source
+from cyclepose_deploy.runtime.tiling.chunks import Chunk
+from cyclepose_deploy.runtime.tiling.grid import TileGrid
+from cyclepose_deploy.runtime.tiling.merger import Merger
+from cyclepose_deploy.runtime.tiling.options import Tiling
+from cyclepose_deploy.runtime.tiling.splitter import TileBatch, split
+
+BLEND_CHANNELS = 4  # flows dY, dX, cellprob logit, and the normalised input image
+
+
+@dataclass(frozen=True)
+class SlideRef:
+    """How to reopen the slide in another process: the file and which image of it (SlideOptions)."""
+
+    path: str
+    options: SlideOptions
+
+
+@dataclass(frozen=True)
+class ChunkJob:
+    """What every chunk of one run shares. shape: (H, W) px of the working grid (the slide rescaled by
+    `scale`); channels: the network's input channels. For chunks run in other processes (Dask):
+    slide (None: an in-memory image), folder (the run folder holding the store), keep_prob, token (the
+    run folder owner's, runtime.run.runfolder: a stale task does not write) and threads (ONNX Runtime
+    threads per worker). keep_prob / keep_flows: results carry the probability / the unit flows."""
+
+    tiling: Tiling
+    dynamics: DynamicsSettings
+    model: Model
+    norm: Normalization
+    shape: tuple[int, int]
+    channels: int = 1
+    scale: float = 1.0
+    slide: SlideRef | None = None
+    folder: str = ""
+    keep_prob: bool = False
+    keep_flows: bool = False
+    token: str = ""
+    threads: int | None = None
+
+    @property
+    def halo(self) -> int:
+        """Context around each core so that chunked labels equal whole-image labels (dynamics.halo)."""
+        return chunk_halo(self.model.extent, self.dynamics.niter)
+
+    @property
+    def grid(self) -> TileGrid:
+        return TileGrid(self.shape, self.tiling.tile, self.tiling.overlap)
+
+
+@dataclass
+class ChunkResult:
+    """Per core pixel: 1 + global linear index of its object's seed (0 = background), the probability,
+    and (when the job keeps them) the unit flows (2, h, w)."""
+
+    chunk: Chunk
+    ids: np.ndarray
+    prob: np.ndarray
+    flows: np.ndarray | None = None
+    tiles: int = 0
+    times: dict[str, float] = field(default_factory=dict)
+
+
+class ChunkWorker:
+    """The steps of one chunk for a job, a source on the working grid and an active runner."""
+
+    def __init__(self, job: ChunkJob, source: Source, runner: Runner) -> None:
+        self.job, self.source, self.runner = job, source, runner
+        self.grid = job.grid
+
+    def batches(self, chunk: Chunk, skip: frozenset[tuple[int, int]] = frozenset()) -> Iterator[TileBatch]:
+        """Step 1: the tile batches covering the chunk's window, on the global grid, less `skip`."""
+        return split(
+            self.source,
+            self.job.norm,
+            self.grid,
+            chunk.window,
+            self.job.tiling.batch,
+            self.job.channels,
+            skip,
+        )
+
+    def network(self, batch: TileBatch) -> np.ndarray:
+        """Step 2: (N, 4, T, T) network outputs (5 x flows, logit) and the tiles' first input channel,
+        so that blending yields the normalised image beside the flows (for the contrast check). With
+        tiling.tta the outputs are averaged over the tile and its flips (flows turned back)."""
+        images = batch.images
+        out = self.runner.infer(images)
+        if self.job.tiling.tta:
+            out = out.astype(np.float64)
+            for axes in ((2,), (3,), (2, 3)):
+                flipped = np.flip(self.runner.infer(np.ascontiguousarray(np.flip(images, axes))), axes)
+                sign = np.ones((1, 3, 1, 1))
+                for axis in axes:
+                    sign[0, axis - 2] = -1.0  # a flip along y turns dY around, along x dX
+                out += flipped * sign
+            out = (out / 4.0).astype(np.float32)
+        return np.concatenate([out, images[:, :1]], axis=1)
+
+    def merger(self, chunk: Chunk) -> Merger:
+        """Step 3 begins: an empty blend of the chunk's window (Merger.add / add_batch, finalize)."""
+        return Merger(self.grid, chunk.window, BLEND_CHANNELS)
+
+    def segment(self, chunk: Chunk, blended: np.ndarray) -> ChunkResult:
+        """Step 4: flow dynamics on the blended window; the core's seed ids and probability."""
+        job = self.job
+        y0, y1, x0, x1 = chunk.local_core
+        logits = blended[2]
+        flows = blended[:2] / np.float32(job.model.flow_scale)
+        ids = segment_chunk(
+            flows,
+            logits,
+            core=(slice(y0, y1), slice(x0, x1)),
+            origin=(chunk.window[0], chunk.window[2]),
+            image_shape=self.source.shape,
+            settings=job.dynamics,
+            image=blended[3],
+            noise=job.norm.noise,
+        )
+        prob = 1.0 / (1.0 + np.exp(-logits[y0:y1, x0:x1]))
+        kept = np.ascontiguousarray(flows[:, y0:y1, x0:x1]) if job.keep_flows else None
+        return ChunkResult(chunk, np.asarray(ids, dtype=np.uint64), prob.astype(np.float32), kept)
+
+    def process(self, chunk: Chunk) -> ChunkResult:
+        """The four steps in sequence (a Dask task, the diameter estimate)."""
+        merger = self.merger(chunk)
+        tiles = 0
+        for batch in self.batches(chunk):
+            merger.add_batch(self.network(batch), batch.origins)
+            tiles += len(batch.origins)
+        result = self.segment(chunk, merger.finalize())
+        result.tiles = tiles
+        return result
