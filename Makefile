@@ -21,9 +21,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m cyclepose_deploy.demo --out demo-out
 
+# the tooling tests (lint-imports, mypy, a wheel build) run under `make lint`
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not tooling"
 
 lint: $(STAMP)
 	$(BIN)/ruff check cyclepose_deploy tests benchmarks
 	$(BIN)/lint-imports
+	$(BIN)/python -m pytest -m tooling -q

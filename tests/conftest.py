@@ -1,7 +1,8 @@
 """Shared test setup: caches inside a per-run temporary folder (tests write nothing to home folders), and
-the tiny ONNX networks and export folders several test modules use, as fixtures (no test module imports
-another). The networks are built with onnx.helper, no torch; a fixture skips its test when onnx or
-onnxruntime is missing."""
+what several test modules use, as fixtures (no test module imports another, nor this file): the tiny ONNX
+networks, export folders and manifests, the slides of the `cyclepose infer` tests, and the helpers that
+run the CLI and check its outputs. The networks are built with onnx.helper, no torch; a fixture skips its
+test when onnx or onnxruntime is missing."""
 
 from __future__ import annotations
 
@@ -9,11 +10,16 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+
+if TYPE_CHECKING:
+    from typer.testing import Result
 
 _CACHE = tempfile.mkdtemp(prefix="cyclepose-test-cache-")
 for _var in ("XDG_CACHE_HOME", "TORCHINDUCTOR_CACHE_DIR", "MPLCONFIGDIR", "TRITON_CACHE_DIR"):
@@ -140,6 +146,59 @@ def build_tiny_export(folder: Path) -> Path:
     return folder
 
 
+def write_export_manifest(
+    folder: Path,
+    onnx_path: Path,
+    sha: str | None = None,
+    more: tuple[dict, ...] | list[dict] = (),
+    tensorrt: dict | None = None,
+) -> None:
+    """Copy `onnx_path` to folder/model.onnx and write its manifest by hand (not with the package's
+    writer): `sha` plants a wrong hash, `more` lists further artifacts, `tensorrt` is the build's info."""
+    from cyclepose_deploy.runtime.model.manifest import sha256_file
+
+    target = folder / "model.onnx"
+    target.write_bytes(onnx_path.read_bytes())
+    art = {
+        "file": "model.onnx",
+        "format": "onnx",
+        "precision": "fp32",
+        "sha256": sha or sha256_file(target),
+        "verification": {},
+        "passed": True,
+    }
+    manifest = {
+        "schema": "cyclepose-manifest/1",
+        "channels": 1,
+        "diameter": [10, 30],
+        "normalization": {"lower": 1.0, "upper": 99.0},
+        "source_sha256": "0" * 64,
+        "artifacts": [art, *more],
+        "flow_scale": 5.0,
+        "tensorrt": tensorrt,
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def build_engine_export(folder: Path, net: Path) -> Path:
+    """An export folder with an ONNX and a (fake) engine built for a Jetson Orin with TensorRT 10.3."""
+    from cyclepose_deploy.runtime.model.manifest import sha256_file
+
+    folder.mkdir()
+    (folder / "model.engine").write_bytes(b"not an engine")
+    engine = {
+        "file": "model.engine",
+        "format": "tensorrt",
+        "precision": "fp16",
+        "sha256": sha256_file(folder / "model.engine"),
+        "verification": {},
+        "passed": True,
+    }
+    trt = {"version": "10.3.0", "gpu": "Orin", "compute_capability": "8.7"}
+    write_export_manifest(folder, net, more=[engine], tensorrt=trt)
+    return folder
+
+
 # fixtures: the builders, skipping where onnx / onnxruntime are missing ------------------------------
 def _needs_onnx() -> None:
     pytest.importorskip("onnx")
@@ -176,6 +235,63 @@ def run_onnx() -> Callable[[Path, np.ndarray], np.ndarray]:
     return run_onnx_model
 
 
+@pytest.fixture(scope="session")
+def write_manifest() -> Callable[..., None]:
+    """write_manifest(folder, onnx_path, sha=None, more=[...], tensorrt={...}): see write_export_manifest."""
+    return write_export_manifest
+
+
+@pytest.fixture(scope="session")
+def engine_export() -> Callable[[Path, Path], Path]:
+    """engine_export(folder, onnx_path): an ONNX and a fake engine for another GPU (build_engine_export)."""
+    return build_engine_export
+
+
+# slides and networks of the `cyclepose infer` tests (module scope: built once per module) -----------
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory, nuclei_net: Callable) -> Path:
+    """The nuclei proxy network (build_nuclei_net with its defaults)."""
+    return nuclei_net(tmp_path_factory.mktemp("net") / "nuclei.onnx")
+
+
+@pytest.fixture(scope="module")
+def infer_data(tmp_path_factory: pytest.TempPathFactory, nuclei_net: Callable) -> dict[str, Path]:
+    """A 320x288 tiled, zlib-compressed OME-TIFF of nuclei at 0.65 µm (`slide`) and the nuclei network
+    (`net`)."""
+    import tifffile
+
+    from cyclepose_deploy.synth.slide import make_slide
+
+    root = tmp_path_factory.mktemp("infer")
+    image, _ = make_slide(320, 288, 5)
+    tifffile.imwrite(
+        root / "slide.ome.tif",
+        image,
+        ome=True,
+        tile=(64, 64),
+        compression="zlib",
+        metadata={"axes": "YX", "PhysicalSizeX": 0.65, "PhysicalSizeY": 0.65},
+    )
+    return {"slide": root / "slide.ome.tif", "net": nuclei_net(root / "nuclei.onnx")}
+
+
+@pytest.fixture(scope="module")
+def scaleout_data(tmp_path_factory: pytest.TempPathFactory, nuclei_net: Callable) -> dict[str, Path]:
+    """A 640x576 slide: nuclei in the top 224 rows, camera noise below (about 60 % empty)."""
+    import tifffile
+
+    from cyclepose_deploy.synth.slide import make_slide
+
+    root = tmp_path_factory.mktemp("scaleout")
+    tissue, _ = make_slide(224, 576, 7)
+    rng = np.random.default_rng(1)
+    background = float(np.percentile(tissue, 5))
+    slide = rng.normal(background, 3.0, (640, 576)).clip(0).astype(np.uint16)
+    slide[:224] = tissue
+    tifffile.imwrite(root / "slide.tif", slide, tile=(64, 64))
+    return {"slide": root / "slide.tif", "net": nuclei_net(root / "nuclei.onnx")}
+
+
 # training -----------------------------------------------------------------------------------------
 TINY_TRAIN = {
     "widths": [8, 16, 32, 64],
@@ -203,23 +319,51 @@ def tiny_train_config() -> Callable[..., object]:
 
 
 # the CLI, labels and scores: helpers every test module may ask for ---------------------------------
-def invoke_cli(*args: object) -> tuple[int, str]:
-    """Run `cyclepose ARGS` in this process: (exit code, stdout + stderr)."""
+def _run_cli(args: tuple[object, ...]) -> Result:
     from typer.testing import CliRunner
 
     from cyclepose_deploy.cli import app
 
-    result = CliRunner().invoke(app, [str(a) for a in args])
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def invoke_cli(*args: object) -> tuple[int, str]:
+    """Run `cyclepose ARGS` in this process: (exit code, stdout + stderr)."""
+    result = _run_cli(args)
     return result.exit_code, result.output
 
 
-def one_error_line(code: int, text: str) -> str:
-    """Bad input's contract: exit 2, no traceback, exactly one line `error: ...` (returned)."""
-    assert code == 2, text
-    assert "Traceback" not in text, text
-    lines = [line for line in text.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, text
+def invoke_cli_streams(*args: object) -> tuple[int, str, str]:
+    """Run `cyclepose ARGS` in this process: (exit code, stdout, stderr), the streams apart."""
+    result = _run_cli(args)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def one_error_line(code: int, text: str, stderr: str | None = None) -> str:
+    """Bad input's contract: exit 2, no traceback, exactly one line `error: ...` (returned). Given the
+    streams apart (code, stdout, stderr, as invoke_streams returns them), stderr must hold that line and
+    nothing else."""
+    output = text if stderr is None else f"{text}\n{stderr}"
+    assert code == 2, output
+    assert "Traceback" not in output, output
+    lines = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, output
+    if stderr is not None:
+        assert stderr.strip().splitlines() == lines and lines[0].startswith("error: "), stderr
     return lines[0]
+
+
+def folder_listing(folder: Path) -> list[str]:
+    """The sorted names in a folder, hidden ones (temporary files, run folders) included."""
+    return sorted(p.name for p in folder.iterdir())
+
+
+@contextmanager
+def nothing_left_in(folder: Path) -> Iterator[None]:
+    """The block leaves the folder as it found it: no output, half-written or whole, left behind."""
+    before = folder_listing(folder)
+    yield
+    assert folder_listing(folder) == before, "an output file was left behind"
 
 
 def assert_same_labels(a: np.ndarray, b: np.ndarray) -> None:
@@ -241,8 +385,24 @@ def invoke() -> Callable[..., tuple[int, str]]:
 
 
 @pytest.fixture(scope="session")
-def error_line() -> Callable[[int, str], str]:
+def invoke_streams() -> Callable[..., tuple[int, str, str]]:
+    return invoke_cli_streams
+
+
+@pytest.fixture(scope="session")
+def error_line() -> Callable[..., str]:
     return one_error_line
+
+
+@pytest.fixture(scope="session")
+def leftovers() -> Callable[[Path], list[str]]:
+    return folder_listing
+
+
+@pytest.fixture(scope="session")
+def no_leftovers() -> Callable[[Path], AbstractContextManager[None]]:
+    """with no_leftovers(folder): ... asserts that the block left the folder as it was."""
+    return nothing_left_in
 
 
 @pytest.fixture(scope="session")

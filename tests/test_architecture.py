@@ -21,9 +21,10 @@ def _lint_imports() -> str | None:
     return str(beside_python) if beside_python.exists() else shutil.which("lint-imports")
 
 
+@pytest.mark.tooling
 def test_import_contracts_hold() -> None:
-    """`lint-imports` (also run by `make lint`): the layers cli > export > train > nets, synth > runtime,
-    and no torch under runtime/. CI runs only `make test`, so the contracts are enforced here too."""
+    """`lint-imports` (also run by `make lint` on its own): the layers cli > export > train > nets,
+    synth > runtime, and no torch under runtime/. A tooling test: `make lint` runs it, `make test` not."""
     command = _lint_imports()
     if command is None:
         pytest.skip("lint-imports is not installed (pip install 'cyclepose-deploy[dev]')")

@@ -11,9 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from typer.testing import CliRunner
 
-from cyclepose_deploy.cli import app
 from cyclepose_deploy.errors import UserError
 from cyclepose_deploy.runtime.backends.base import Runner
 from cyclepose_deploy.synth.slide import make_slide
@@ -21,22 +19,12 @@ from cyclepose_deploy.synth.slide import make_slide
 pytest.importorskip("onnxruntime")
 
 
-@pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory, nuclei_net: Callable) -> Path:
-    return nuclei_net(tmp_path_factory.mktemp("net") / "nuclei.onnx")
-
-
-def invoke(*args: object) -> tuple[int, str]:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    return result.exit_code, result.output
-
-
 def rows(folder: Path) -> list[dict[str, str]]:
     with open(folder / "summary.csv") as handle:
         return list(csv.DictReader(handle))
 
 
-def test_folder_of_mixed_images_with_one_corrupt(net: Path, tmp_path: Path) -> None:
+def test_folder_of_mixed_images_with_one_corrupt(net: Path, tmp_path: Path, invoke: Callable) -> None:
     import imagecodecs
 
     src = tmp_path / "fields"
@@ -72,7 +60,7 @@ def test_folder_of_mixed_images_with_one_corrupt(net: Path, tmp_path: Path) -> N
     assert code == 0 and [r["status"] for r in rows(out)].count("done") == 19, text
 
 
-def test_batch_where_nothing_runs_exits_2(net: Path, tmp_path: Path) -> None:
+def test_batch_where_nothing_runs_exits_2(net: Path, tmp_path: Path, invoke: Callable) -> None:
     for i in range(2):
         (tmp_path / f"bad{i}.tif").write_bytes(b"not a tiff")
     code, text = invoke(
@@ -82,7 +70,7 @@ def test_batch_where_nothing_runs_exits_2(net: Path, tmp_path: Path) -> None:
     assert [r["status"] for r in rows(tmp_path / "out")] == ["failed", "failed"]
 
 
-def test_glob_recursive_and_mode_errors(net: Path, tmp_path: Path) -> None:
+def test_glob_recursive_and_mode_errors(net: Path, tmp_path: Path, invoke: Callable) -> None:
     (tmp_path / "a" / "b").mkdir(parents=True)
     for folder in (tmp_path / "a", tmp_path / "a" / "b"):
         tifffile.imwrite(folder / "same.tif", make_slide(96, 96, 1)[0])
@@ -106,7 +94,7 @@ def test_glob_recursive_and_mode_errors(net: Path, tmp_path: Path) -> None:
     assert code == 2 and "give -o" in text
 
 
-def test_api_equals_cli_bit_for_bit(net: Path, tmp_path: Path) -> None:
+def test_api_equals_cli_bit_for_bit(net: Path, tmp_path: Path, invoke: Callable) -> None:
     from cyclepose_deploy import Segmenter
 
     image, _ = make_slide(200, 232, 7)
@@ -150,7 +138,7 @@ def test_api_reads_zarr_and_dask_arrays_in_windows(net: Path, tmp_path: Path) ->
 
 
 def test_labels_are_a_nearest_neighbour_ome_tiff_pyramid(
-    net: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    net: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, invoke: Callable
 ) -> None:
     from cyclepose_deploy.runtime.outputs.tiff import nearest_index
     from cyclepose_deploy.runtime.source.slide import Slide
@@ -190,7 +178,9 @@ def _polygon_area(ring: list) -> float:
     return abs(0.5 * (np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1])))
 
 
-def test_geojson_and_rois_match_the_labels_chunked_or_not(net: Path, tmp_path: Path) -> None:
+def test_geojson_and_rois_match_the_labels_chunked_or_not(
+    net: Path, tmp_path: Path, invoke: Callable
+) -> None:
     import roifile
 
     image, _ = make_slide(300, 280, 11)
@@ -250,7 +240,7 @@ def test_geojson_and_rois_match_the_labels_chunked_or_not(net: Path, tmp_path: P
 
 
 def test_ome_zarr_labels_validate_and_equal_the_tiff(
-    net: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    net: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, invoke: Callable
 ) -> None:
     pytest.importorskip("ome_zarr")
     models = pytest.importorskip("ome_zarr_models.v05.image_label")
@@ -290,7 +280,9 @@ def test_ome_zarr_labels_validate_and_equal_the_tiff(
     assert code == 2 and "already exists" in text
 
 
-def test_preview_shows_a_full_resolution_crop_of_the_densest_region(net: Path, tmp_path: Path) -> None:
+def test_preview_shows_a_full_resolution_crop_of_the_densest_region(
+    net: Path, tmp_path: Path, invoke: Callable
+) -> None:
     import imagecodecs
 
     image, _ = make_slide(600, 1300, 5)
@@ -311,7 +303,7 @@ def test_preview_shows_a_full_resolution_crop_of_the_densest_region(net: Path, t
 
 
 def test_batch_survives_a_damaged_multichannel_file_and_refuses_single_image_options(
-    net: Path, tmp_path: Path
+    net: Path, tmp_path: Path, invoke: Callable
 ) -> None:
     src = tmp_path / "in"
     src.mkdir()
@@ -374,7 +366,7 @@ def test_shared_batcher_concatenates_callers_and_returns_their_own_rows() -> Non
         batcher.infer(np.ones((1, 1, 32, 32), np.float32))
 
 
-def test_batch_of_small_fields_equals_fields_run_alone(net: Path, tmp_path: Path) -> None:
+def test_batch_of_small_fields_equals_fields_run_alone(net: Path, tmp_path: Path, invoke: Callable) -> None:
     from cyclepose_deploy import Segmenter
 
     src = tmp_path / "fields"

@@ -49,6 +49,7 @@ print(profile.name, profile.batch, profile.workspace_mb)
 """
 
 
+@pytest.mark.tooling
 def test_profiles_load_from_an_installed_wheel_outside_the_repository(tmp_path: Path) -> None:
     """Build a (non-editable) wheel from a copy of the sources, unpack it onto sys.path, and load a named
     profile from another working directory: what `pip install cyclepose-deploy` users get."""

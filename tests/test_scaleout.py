@@ -1,6 +1,7 @@
 """Scale-out: chunks as dask.distributed tasks (bit-for-bit equal to the single-process run, also when a
 worker is killed), runs that resume after Ctrl-C or kill -9 without redoing finished chunks, and empty
-chunks that skip the network."""
+chunks that skip the network. The slide is conftest's scaleout_data; bad --scheduler values are in
+test_bad_input.py."""
 
 from __future__ import annotations
 
@@ -16,28 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from typer.testing import CliRunner
-
-from cyclepose_deploy.cli import app
-from cyclepose_deploy.synth.slide import make_slide
 
 pytest.importorskip("onnxruntime")
 distributed = pytest.importorskip("distributed", reason="dask.distributed is not installed")
 
 OPTS = ("--tile", "128", "--diameter", "20")  # a given diameter keeps each run short
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory, nuclei_net: Callable) -> dict[str, Path]:
-    """A 640x576 slide: nuclei in the top 224 rows, camera noise below (about 60 % empty)."""
-    root = tmp_path_factory.mktemp("scaleout")
-    tissue, _ = make_slide(224, 576, 7)
-    rng = np.random.default_rng(1)
-    background = float(np.percentile(tissue, 5))
-    slide = rng.normal(background, 3.0, (640, 576)).clip(0).astype(np.uint16)
-    slide[:224] = tissue
-    tifffile.imwrite(root / "slide.tif", slide, tile=(64, 64))
-    return {"root": root, "slide": root / "slide.tif", "net": nuclei_net(root / "nuclei.onnx")}
 
 
 @pytest.fixture(scope="module")
@@ -51,21 +35,25 @@ def cluster() -> Iterator[str]:
         yield local.scheduler_address
 
 
-def invoke(*args: object) -> tuple[int, str]:
-    result = CliRunner().invoke(app, ["infer", *[str(a) for a in args]])
-    return result.exit_code, result.output
+@pytest.fixture
+def run_cli(invoke: Callable) -> Callable[..., tuple[int, str]]:
+    def run(data: dict[str, Path], out: Path, *extra: object) -> tuple[int, str]:
+        """`cyclepose infer` on the data's slide and net with OPTS, labels to `out`."""
+        return invoke("infer", data["slide"], "--model", data["net"], "-o", out, *OPTS, *extra)
+
+    return run
 
 
-def run_cli(data: dict[str, Path], out: Path, *extra: object) -> tuple[int, str]:
-    """`cyclepose infer` on the module's slide and net with OPTS, labels to `out`."""
-    return invoke(data["slide"], "--model", data["net"], "-o", out, *OPTS, *extra)
+@pytest.fixture
+def infer(run_cli: Callable) -> Callable[..., dict]:
+    def run(data: dict[str, Path], out: Path, *extra: object) -> dict:
+        """run_cli with --overwrite that must succeed: its summary JSON."""
+        json_path = out.with_suffix(".json")
+        code, text = run_cli(data, out, *extra, "--summary-json", json_path, "--overwrite")
+        assert code == 0, text
+        return json.loads(json_path.read_text())
 
-
-def infer(data: dict[str, Path], out: Path, *extra: object) -> dict:
-    json_path = out.with_suffix(".json")
-    code, text = run_cli(data, out, *extra, "--summary-json", json_path, "--overwrite")
-    assert code == 0, text
-    return json.loads(json_path.read_text())
+    return run
 
 
 def interrupt_halfway(data: dict[str, Path], out: Path) -> None:
@@ -86,10 +74,10 @@ def interrupt_halfway(data: dict[str, Path], out: Path) -> None:
 
 @pytest.mark.parametrize("chunk", [160, 256])
 def test_cluster_labels_equal_single_process(
-    data: dict[str, Path], cluster: str, tmp_path: Path, chunk: int
+    scaleout_data: dict[str, Path], cluster: str, tmp_path: Path, chunk: int, infer: Callable
 ) -> None:
-    single = infer(data, tmp_path / "single.tif", "--chunk", chunk)
-    dask = infer(data, tmp_path / "dask.tif", "--chunk", chunk, "--scheduler", cluster)
+    single = infer(scaleout_data, tmp_path / "single.tif", "--chunk", chunk)
+    dask = infer(scaleout_data, tmp_path / "dask.tif", "--chunk", chunk, "--scheduler", cluster)
     a, b = tifffile.imread(tmp_path / "single.tif"), tifffile.imread(tmp_path / "dask.tif")
     assert a.max() > 10
     assert np.array_equal(a, b)
@@ -99,19 +87,23 @@ def test_cluster_labels_equal_single_process(
     assert not (tmp_path / "dask.tif.run").exists()
 
 
-def test_local_scheduler_option_starts_its_own_cluster(data: dict[str, Path], tmp_path: Path) -> None:
-    infer(data, tmp_path / "single.tif", "--chunk", 256)
-    summary = infer(data, tmp_path / "local.tif", "--chunk", 256, "--scheduler", "local:2", "--threads", 1)
+def test_local_scheduler_option_starts_its_own_cluster(
+    scaleout_data: dict[str, Path], tmp_path: Path, infer: Callable
+) -> None:
+    infer(scaleout_data, tmp_path / "single.tif", "--chunk", 256)
+    summary = infer(
+        scaleout_data, tmp_path / "local.tif", "--chunk", 256, "--scheduler", "local:2", "--threads", 1
+    )
     assert summary["workers"] == 2
     assert np.array_equal(tifffile.imread(tmp_path / "single.tif"), tifffile.imread(tmp_path / "local.tif"))
 
 
 def test_killed_worker_still_gives_identical_labels(
-    data: dict[str, Path], cluster: str, tmp_path: Path
+    scaleout_data: dict[str, Path], cluster: str, tmp_path: Path, infer: Callable
 ) -> None:
     from cyclepose_deploy import Segmenter
 
-    infer(data, tmp_path / "single.tif", "--chunk", 160)
+    infer(scaleout_data, tmp_path / "single.tif", "--chunk", 160)
     with distributed.Client(cluster) as client:
         pids = list(client.run(os.getpid).values())
     killed: list[int] = []
@@ -121,9 +113,9 @@ def test_killed_worker_still_gives_identical_labels(
             os.kill(pids[0], signal.SIGKILL)
             killed.append(pids[0])
 
-    with Segmenter(data["net"], tile=128, chunk=160) as seg:
+    with Segmenter(scaleout_data["net"], tile=128, chunk=160) as seg:
         summary = seg.segment_file(
-            data["slide"], tmp_path / "dask.tif", diameter=20, scheduler=cluster, progress=progress
+            scaleout_data["slide"], tmp_path / "dask.tif", diameter=20, scheduler=cluster, progress=progress
         )
     assert killed and summary.ran > 2
     with distributed.Client(cluster) as client:  # the nanny restarted the killed worker
@@ -136,27 +128,28 @@ def _markers(folder: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in (folder / "done").glob("*.npy")}
 
 
-def test_resume_after_ctrl_c_reruns_no_finished_chunk(data: dict[str, Path], tmp_path: Path) -> None:
-    whole = infer(data, tmp_path / "whole.tif", "--chunk", 128)
+def test_resume_after_ctrl_c_reruns_no_finished_chunk(
+    scaleout_data: dict[str, Path], tmp_path: Path, infer: Callable, run_cli: Callable
+) -> None:
+    whole = infer(scaleout_data, tmp_path / "whole.tif", "--chunk", 128)
     out = tmp_path / "l.tif"
-    interrupt_halfway(data, out)
+    interrupt_halfway(scaleout_data, out)
     run = tmp_path / "l.tif.run"
     before = _markers(run)
     assert 0 < len(before) < whole["chunks"] - whole["chunks_skipped_empty"]
     assert not out.exists()
-    code, text = run_cli(data, out, "--chunk", 128)
+    code, text = run_cli(scaleout_data, out, "--chunk", 128)
     assert code == 2 and "--resume" in text  # never silently thrown away
-    resumed = infer(data, out, "--chunk", 128, "--resume")
+    resumed = infer(scaleout_data, out, "--chunk", 128, "--resume")
     assert resumed["chunks_resumed"] == len(before)
     assert resumed["chunks_run"] == whole["chunks_run"] - len(before)
     assert np.array_equal(tifffile.imread(out), tifffile.imread(tmp_path / "whole.tif"))
     assert not run.exists()
 
 
-def test_resume_after_kill_9(data: dict[str, Path], tmp_path: Path) -> None:
-    big = {**data, "slide": tmp_path / "big.tif"}  # 4x the area: the kill lands mid-run
-    tifffile.imwrite(big["slide"], np.tile(tifffile.imread(data["slide"]), (2, 2)), tile=(64, 64))
-    data = big
+def test_resume_after_kill_9(scaleout_data: dict[str, Path], tmp_path: Path, infer: Callable) -> None:
+    data = {**scaleout_data, "slide": tmp_path / "big.tif"}  # 4x the area: the kill lands mid-run
+    tifffile.imwrite(data["slide"], np.tile(tifffile.imread(scaleout_data["slide"]), (2, 2)), tile=(64, 64))
     whole = infer(data, tmp_path / "whole.tif", "--chunk", 128)
     out = tmp_path / "l.tif"
     command = [
@@ -194,29 +187,36 @@ def test_resume_after_kill_9(data: dict[str, Path], tmp_path: Path) -> None:
     assert np.array_equal(tifffile.imread(out), tifffile.imread(tmp_path / "whole.tif"))
 
 
-def test_resume_with_other_settings_is_refused(data: dict[str, Path], tmp_path: Path) -> None:
+def test_resume_with_other_settings_is_refused(
+    scaleout_data: dict[str, Path], tmp_path: Path, run_cli: Callable
+) -> None:
     out = tmp_path / "l.tif"
-    interrupt_halfway(data, out)
+    interrupt_halfway(scaleout_data, out)
     assert (tmp_path / "l.tif.run" / "done").is_dir()
-    code, text = run_cli(data, out, "--chunk", 128, "--flow-threshold", "0.6", "--resume")
+    code, text = run_cli(scaleout_data, out, "--chunk", 128, "--flow-threshold", "0.6", "--resume")
     assert code == 2
     assert "options differ" in text.replace("\n", " ")
 
 
-def test_empty_chunks_skip_the_network_and_change_nothing(data: dict[str, Path], tmp_path: Path) -> None:
-    skip = infer(data, tmp_path / "skip.tif", "--chunk", 128)
-    full = infer(data, tmp_path / "full.tif", "--chunk", 128, "--no-skip-empty")
+def test_empty_chunks_skip_the_network_and_change_nothing(
+    scaleout_data: dict[str, Path], tmp_path: Path, infer: Callable
+) -> None:
+    skip = infer(scaleout_data, tmp_path / "skip.tif", "--chunk", 128)
+    full = infer(scaleout_data, tmp_path / "full.tif", "--chunk", 128, "--no-skip-empty")
     assert full["chunks_skipped_empty"] == 0 and skip["chunks_skipped_empty"] >= 5
     assert np.array_equal(tifffile.imread(tmp_path / "skip.tif"), tifffile.imread(tmp_path / "full.tif"))
 
 
-def test_noise_only_slide_runs_no_network(data: dict[str, Path], tmp_path: Path) -> None:
+def test_noise_only_slide_runs_no_network(
+    scaleout_data: dict[str, Path], tmp_path: Path, invoke: Callable
+) -> None:
     noise = np.random.default_rng(3).normal(200, 3, (512, 512)).clip(0).astype(np.uint16)
     tifffile.imwrite(tmp_path / "noise.tif", noise)
     code, text = invoke(
+        "infer",
         tmp_path / "noise.tif",
         "--model",
-        data["net"],
+        scaleout_data["net"],
         "-o",
         tmp_path / "l.tif",
         *OPTS,
@@ -260,27 +260,9 @@ def test_tissue_blocks_find_one_nucleus_and_not_noise() -> None:
     assert found.tolist() == [[256, 512, 256, 512]]
 
 
-@pytest.mark.parametrize(
-    ("value", "message"),
-    [
-        ("local:0", "a whole number from 1"),
-        ("local:x", "a whole number from 1"),
-        ("cluster", "scheduler address"),
-    ],
-)
-def test_bad_scheduler_is_one_line(data: dict[str, Path], tmp_path: Path, value: str, message: str) -> None:
-    code, text = invoke(data["slide"], "--model", data["net"], "-o", tmp_path / "l.tif", "--scheduler", value)
-    assert code == 2 and message in text and "Traceback" not in text
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_unreachable_scheduler_is_one_line(data: dict[str, Path], tmp_path: Path) -> None:
-    code, text = run_cli(data, tmp_path / "l.tif", "--scheduler", "tcp://127.0.0.1:9")
-    assert code == 2 and "cannot reach the Dask scheduler" in text and "Traceback" not in text
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_run_folder_of_a_live_run_is_not_touched(data: dict[str, Path], tmp_path: Path) -> None:
+def test_run_folder_of_a_live_run_is_not_touched(
+    scaleout_data: dict[str, Path], tmp_path: Path, run_cli: Callable
+) -> None:
     from cyclepose_deploy.atomic import owner_tag
 
     run = tmp_path / "l.tif.run"
@@ -288,12 +270,12 @@ def test_run_folder_of_a_live_run_is_not_touched(data: dict[str, Path], tmp_path
     (run / "run.json").write_text("{}")
     live = owner_tag().replace(str(os.getpid()), str(os.getppid()), 1)  # a live process of this host
     (run / "owner.json").write_text(json.dumps({"token": "x", "owner": live}))
-    code, text = run_cli(data, tmp_path / "l.tif", "--resume")
+    code, text = run_cli(scaleout_data, tmp_path / "l.tif", "--resume")
     assert code == 2 and "another run" in text.replace("\n", " ")
     assert (run / "owner.json").exists()
 
 
-def test_a_task_of_a_gone_driver_writes_nothing(data: dict[str, Path], tmp_path: Path) -> None:
+def test_a_task_of_a_gone_driver_writes_nothing(scaleout_data: dict[str, Path], tmp_path: Path) -> None:
     from dataclasses import replace
 
     from cyclepose_deploy.runtime.dynamics import DynamicsSettings
@@ -313,10 +295,10 @@ def test_a_task_of_a_gone_driver_writes_nothing(data: dict[str, Path], tmp_path:
     job = ChunkJob(
         Tiling(tile=128, chunk=256),
         DynamicsSettings(),
-        resolve_model(data["net"]),
+        resolve_model(scaleout_data["net"]),
         Normalization(100.0, 2000.0),
         shape,
-        slide=SlideRef(str(data["slide"]), SlideOptions()),
+        slide=SlideRef(str(scaleout_data["slide"]), SlideOptions()),
         folder=str(tmp_path),
         token="old-driver",
         threads=1,

@@ -180,6 +180,7 @@ def run_mypy(*paths: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
 
 
+@pytest.mark.tooling
 def test_mypy_checks_gpu_modules_and_catches_a_wrong_call(tmp_path: Path) -> None:
     modules = [
         "cyclepose_deploy/runtime/backends/tensorrt.py",
