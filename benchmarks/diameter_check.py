@@ -1,11 +1,15 @@
-"""The automatic diameter against the truth, on synthetic slides rendered at known nucleus sizes.
+"""The automatic diameter against the truth: on synthetic slides rendered at known nucleus sizes, and
+on the labelled DSB2018 dev images (`--dev`).
 
-For each diameter D, a slide whose nuclei have diameters in [0.85 D, 1.15 D] is segmented by
+Synthetic: for each diameter D, a slide whose nuclei have diameters in [0.85 D, 1.15 D] is segmented by
 `cyclepose infer`'s code path twice: with the automatic estimate and with the true median diameter
 (`--diameter`). Reports the estimate's error and both F1@0.5 scores.
+Dev (`--dev`): the estimate alone (`Segmenter.estimate_diameter`) per image against the median
+equivalent-circle diameter of its true labels: images within 15 %, mean |log error|, the worst ratio,
+and the estimate's time per image.
 
-    python benchmarks/diameter_check.py --model EXPORT_DIR [--diameters 10,20,40] [--seed 5] \
-        [--out benchmarks/results/diameter-check]        # writes .json and .md
+    python benchmarks/diameter_check.py --model EXPORT_DIR [--diameters 10,20,40] [--seed 5] \\
+        [--dev [DEV_DIR]] [--out benchmarks/results/diameter-check]        # writes .json and .md
 """
 
 from __future__ import annotations
@@ -49,13 +53,59 @@ def check(model_path: Path, diameter: float, seed: int, folder: Path) -> dict[st
     return row
 
 
+DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018-fluo" / "dev"
+
+
+def dev_check(model_path: Path, dev: Path, out: Path | None) -> int:
+    """The estimate on every dev image against its true median diameter (module docstring)."""
+    import math
+    import time
+
+    import numpy as np
+
+    rows = []
+    with Segmenter(model_path) as seg:
+        for image in sorted((dev / "images").glob("*.tif")):
+            truth, _ = mask_diameter(tifffile.imread(dev / "labels" / image.name))
+            start = time.perf_counter()
+            estimate = seg.estimate_diameter(image)
+            seconds = time.perf_counter() - start
+            found = estimate.diameter if estimate is not None else float("nan")
+            rows.append({"image": image.name, "truth": truth, "estimate": found, "seconds": seconds})
+    errors = [abs(math.log(r["estimate"] / r["truth"])) for r in rows if math.isfinite(r["estimate"])]
+    summary = {
+        "images": len(rows),
+        "within_15_percent": sum(e < math.log(1.15) for e in errors),
+        "no_estimate": len(rows) - len(errors),
+        "mean_abs_log_error": float(np.mean(errors)),
+        "worst_ratio": float(math.exp(max(errors))),
+        "seconds_per_image": float(np.mean([r["seconds"] for r in rows])),
+    }
+    text = (
+        f"{summary['within_15_percent']} of {summary['images']} dev images within 15 % of the true median "
+        f"diameter; mean |log error| {summary['mean_abs_log_error']:.3f}; "
+        f"worst {summary['worst_ratio']:.2f}x; {summary['seconds_per_image']:.2f} s per image"
+    )
+    print(text)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(
+            json.dumps({"model": str(model_path), "summary": summary, "rows": rows}, indent=1)
+        )
+        out.with_suffix(".md").write_text(text + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--diameters", default="10,20,40")
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--dev", nargs="?", const=DEV, type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.dev is not None:
+        return dev_check(args.model, args.dev, args.out)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for d in (float(v) for v in args.diameters.split(",")):

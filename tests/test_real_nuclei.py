@@ -15,7 +15,7 @@ import pytest
 import tifffile
 import torch
 
-from cyclepose_deploy.runtime.run.diameter import blob_diameter, mask_diameter
+from cyclepose_deploy.runtime.run.diameter import blob_diameter, coarse_blobs, mask_diameter
 from cyclepose_deploy.runtime.source.normalize import FLOOR_SIGMAS, Normalization, noise_sigma
 from cyclepose_deploy.synth.shapes import ShapePrior
 from cyclepose_deploy.synth.slide import make_slide
@@ -55,8 +55,7 @@ def test_gradient_reaches_s_from_real_crops_only_with_real_grad(
     torch.set_num_threads(1)
     config = tiny_train_config(steps=2, lambda_mask=0.0, real_grad=real_grad, rescale_images=False)
     trainer = Trainer(config, ImageCrops([image_path], config.tile))
-    x, r = trainer._batches()
-    losses, _, _ = trainer._generator_step(x, r)
+    losses, _, _ = trainer._generator_step(trainer._batches())
     grads = [p.grad for p in trainer.S.parameters()]
     moved = sum(float(g.abs().sum()) for g in grads if g is not None)
     assert all(np.isfinite(v) for v in losses.values())
@@ -75,7 +74,8 @@ def test_training_images_are_rescaled_to_the_prior_diameter(tmp_path: Path) -> N
     image = _discs((256, 256), 12.0, 30).astype(np.float32)[None]
     norm = Normalization.from_sample(image[0])
     rescaled, scale = rescale_to_diameter(norm.apply(image), 24.0)
-    assert scale == pytest.approx(24.0 / blob_diameter(norm.apply(image[0]))[0])
+    blobs = coarse_blobs(norm.apply(image[0]), noise_sigma([norm.apply(image[0])]))
+    assert scale == pytest.approx(24.0 / blobs.median)
     assert 1.6 < scale < 2.5 and rescaled.shape[1] == pytest.approx(256 * scale, abs=2)
 
 

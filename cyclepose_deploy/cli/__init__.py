@@ -11,10 +11,14 @@ limit_malloc_arenas()  # must precede every thread a library may start (see memo
 
 import typer  # noqa: E402
 
+from cyclepose_deploy.cli.common import OneLineErrors, wide_help  # noqa: E402
+
 COMMANDS = ("synth", "train", "export", "infer", "bench", "eval")
 
+wide_help()
 app = typer.Typer(
     name="cyclepose",
+    cls=OneLineErrors,
     help="CyclePose nuclei segmentation: train without annotations, export, and run on slides of any size.",
     no_args_is_help=True,
     add_completion=False,
@@ -22,9 +26,26 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from cyclepose_deploy import __version__
+
+        print(f"cyclepose-deploy {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors and the final result lines."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also the runner's settings and every note."),
+) -> None:
     """CyclePose nuclei segmentation: train without annotations, export, and run on slides of any size."""
+    from cyclepose_deploy.console import set_verbosity
+
+    set_verbosity(quiet=quiet, verbose=verbose)
 
 
 for _name in COMMANDS:

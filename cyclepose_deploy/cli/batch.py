@@ -123,6 +123,7 @@ def run_batch(seg: Any, images: Sequence[Path], out_dir: Path, say: Callable[[st
     except OSError as exc:
         raise UserError(f"cannot create --out-dir {out_dir}: {exc.strerror or exc}") from None
     names = output_names(images)
+    _acquisition_diameter(seg, images, say)
     rows: list[dict[str, Any]] = [{} for _ in images]
     bar = Progress(
         TextColumn("images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
@@ -162,6 +163,26 @@ def run_batch(seg: Any, images: Sequence[Path], out_dir: Path, say: Callable[[st
     if failed == 0:
         return 0
     return 2 if failed == len(rows) else 1
+
+
+def _acquisition_diameter(seg: Any, images: Sequence[Path], say: Callable[[str], None]) -> None:
+    """With --diameter-fields N: one diameter for the batch, the median of the first N images' estimates
+    (the same acquisition imaged alike), so each field does not run an estimate of its own."""
+    fields = seg.options.scale.diameter_fields
+    if not fields:
+        return
+    sample = list(images[:fields])
+    try:
+        estimate = seg.estimate_diameter(sample)
+    except UserError as exc:
+        raise UserError(
+            f"the diameter of the first {len(sample)} image(s) cannot be estimated: {exc}"
+        ) from None
+    if estimate is None:
+        say(f"no nucleus-like structure in the first {len(sample)} image(s): each image is estimated alone")
+        return
+    seg.options = seg.options.updated(diameter=estimate.diameter, diameter_fields=None)
+    say(f"diameter {estimate.diameter:.1f} px for every image (median of {estimate.objects} field estimates)")
 
 
 def _pixels(image: Path, options: Any) -> int:

@@ -72,6 +72,18 @@ def register(app: typer.Typer) -> None:
             help="Median nucleus diameter in px; the slide is rescaled to the model's. Default: estimated "
             "per slide (reported in the summary).",
         ),
+        diameter_fields: int | None = typer.Option(
+            None,
+            "--diameter-fields",
+            help="Batch mode: estimate the diameter once, from the first N images (one acquisition imaged "
+            "alike), and use it for all of them.",
+        ),
+        tta: bool = typer.Option(
+            False,
+            "--tta",
+            help="Test-time augmentation: each tile also runs flipped in y, in x and both, flows averaged "
+            "(Cellpose's augment); about 4x the network time.",
+        ),
         norm_percentiles: str | None = typer.Option(
             None, "--norm-percentiles", help="LO,HI percentiles mapped to 0 and 1 (default: the model's)."
         ),
@@ -139,6 +151,8 @@ def register(app: typer.Typer) -> None:
             flow_threshold=flow_threshold,
             diameter=diameter,
             diameter_um=diameter_um,
+            diameter_fields=diameter_fields,
+            tta=tta,
             norm_percentiles=_pair(norm_percentiles, "norm_percentiles", "1,99.8"),
             norm_range=_pair(norm_range, "norm_range", "100,4000"),
             channel=channel,
@@ -176,6 +190,11 @@ def register(app: typer.Typer) -> None:
                     f"{', '.join(given)} name one image's outputs; with --out-dir each image gets "
                     "NAME.labels.ome.tif and NAME.objects.csv and the run OUT/summary.csv: drop them"
                 )
+            if diameter_fields is not None and (diameter is not None or diameter_um is not None):
+                raise UserError("--diameter-fields estimates the diameter: drop it, or drop --diameter")
+        elif diameter_fields is not None:
+            raise UserError("--diameter-fields works on several images (--out-dir): drop it for one image")
+        if batch_mode:
             if scheduler or resume:
                 raise UserError(
                     "--scheduler and --resume work on one slide (-o); a batch re-run skips finished "

@@ -75,11 +75,30 @@ def register(app: typer.Typer) -> None:
         ),
         max_minutes: float = typer.Option(None, help="Stop (and save) after this much wall time."),
         threads: int = typer.Option(1, min=1, help="CPU threads (1 is fastest on a busy 2-core machine)."),
+        init: str = typer.Option(
+            None,
+            "--init",
+            help="Warm start: a shipped model (nuclei, synth), a model.pt or a Cellpose 3 model file; its "
+            "widths, channels and diameter range are kept, and training adapts it to --images.",
+        ),
+        precision: str = typer.Option(
+            "auto",
+            "--precision",
+            help="CPU arithmetic: auto (bf16 where the CPU has native bf16, else fp32), bf16 or fp32. CUDA "
+            "always trains in fp16 mixed precision.",
+        ),
+        border: float = typer.Option(
+            0.25,
+            "--border-crops",
+            help="Fraction of crops that reach past an image edge (zeros there, masks cut), as the runtime "
+            "sees nuclei on a slide's border.",
+        ),
     ) -> None:
         """Train CyclePose on unlabeled images; S is what `cyclepose export` deploys."""
         import torch
 
         from cyclepose_deploy.atomic import check_writable
+        from cyclepose_deploy.train.checkpoint import shipped_or_path
         from cyclepose_deploy.train.loop import TrainConfig
         from cyclepose_deploy.train.progress import progress_callback
         from cyclepose_deploy.train.run import make_trainer, run
@@ -119,8 +138,11 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             lr_s=lr_s,
             lr=lr,
+            precision=precision,
+            border=border,
         )
-        trainer = make_trainer([*images, *(more or [])], config, device, out if resume else None)
+        start = shipped_or_path(init) if init is not None else None
+        trainer = make_trainer([*images, *(more or [])], config, device, out if resume else None, start)
         with progress_callback(trainer.step, trainer.config.steps) as on_step:
             summary = run(
                 trainer, out, checkpoint_every, slim_out, max_minutes, on_step, provenance=_provenance()

@@ -24,6 +24,7 @@ from typing import Any
 from cyclepose_deploy.errors import OptionError
 from cyclepose_deploy.runtime.backends.base import Runner
 from cyclepose_deploy.runtime.run.context import Outputs, Progress, RunContext, quiet
+from cyclepose_deploy.runtime.run.diameter import DiameterEstimate
 from cyclepose_deploy.runtime.run.options import InferOptions
 from cyclepose_deploy.runtime.run.result import SegmentResult
 
@@ -141,6 +142,35 @@ class Segmenter:
         ctx = RunContext(settings, self.model, outputs, path=Path(path))
         ctx.runner = None if settings.run.scheduler else self.runner()  # Dask: the run opens its own
         return run(self._attach(ctx, warn, progress))
+
+    def estimate_diameter(
+        self, image: Any, *, warn: Callable[[str], None] | None = None, **options: Any
+    ) -> DiameterEstimate | None:
+        """The median nucleus diameter (px) a segmentation of `image` (a file path, or a 2-D array as
+        for `segment`) would use, without segmenting it: the given diameter, or the automatic estimate
+        (runtime.run.scale); None when the image holds no nucleus-like structure. A list of images
+        (fields of one acquisition, imaged alike) gives one estimate for all of them, the median of
+        theirs (method "acquisition"): pass it on as `diameter=` (batch mode's --diameter-fields)."""
+        if isinstance(image, (list, tuple)):
+            found = [self.estimate_diameter(one, warn=warn, **options) for one in image]
+            values = sorted(e.diameter for e in found if e is not None)
+            if not values:
+                return None
+            import statistics
+
+            return DiameterEstimate(float(statistics.median(values)), "acquisition", None, len(values))
+        from cyclepose_deploy.runtime.run.infer import measure_diameter
+        from cyclepose_deploy.runtime.source.array import ArraySource
+
+        settings = self.options.updated(**options)
+        if isinstance(image, (str, Path)):
+            ctx = RunContext(settings, self.model, Outputs(None), path=Path(image))
+        else:
+            ctx = RunContext(
+                settings, self.model, Outputs(None), source=ArraySource(image, settings.image.pixel_size)
+            )
+        ctx.runner = self.runner()
+        return measure_diameter(self._attach(ctx, warn, None))
 
     def _attach(
         self, ctx: RunContext, warn: Callable[[str], None] | None, progress: Progress | None

@@ -177,6 +177,21 @@ def _strip_prefix(state: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+def load_init(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]]:
+    """(config, nets) of a warm start: a CyclePose checkpoint's config and its S, G, D_image and D_mask
+    state dicts, or a Cellpose 3 model's config and its S. Validated like load_segmenter (UserError)."""
+    net, config = load_segmenter(path)
+    nets: dict[str, dict[str, torch.Tensor]] = {"S": net.state_dict()}
+    data = _torch_load(path)
+    if isinstance(data, dict) and data.get("format") == FORMAT:
+        for name in ("G", "D_image", "D_mask"):
+            state = data.get(name)
+            if state is not None:
+                check_state(state, f"{path} ({name})")
+                nets[name] = state
+    return config, nets
+
+
 def load_segmenter(path: str | Path) -> tuple[Segmenter, dict[str, Any]]:
     """(S in eval mode, config) from a CyclePose checkpoint or a Cellpose 3 model file."""
     data = _torch_load(path)

@@ -22,10 +22,35 @@ def image_crops(images: Sequence[str | Path], config: TrainConfig) -> ImageCrops
     return ImageCrops(images, config.tile, norm["lower"], norm["upper"], target)
 
 
+def init_config(config: TrainConfig, init: Path) -> tuple[TrainConfig, dict[str, Any]]:
+    """A warm start's config: the network's shape and scale (in_channels, widths, diameter range and
+    coverage, normalisation) come from the checkpoint `init` (a CyclePose checkpoint, full or slim, or a
+    Cellpose 3 model file), the training knobs from `config`. Returns (config, the checkpoint's nets by
+    name: "S" always, "G", "D_image", "D_mask" where it has them)."""
+    import dataclasses
+
+    from cyclepose_deploy.train.checkpoint import load_init
+
+    saved, nets = load_init(init)
+    keys = ["in_channels", "widths", "normalization", "render_width", "disc_base"]
+    if saved.get("source") != "cellpose3":  # a Cellpose model knows one diameter: keep the user's range
+        keys.append("diameter")
+    inherit = {k: saved[k] for k in keys if k in saved}
+    return dataclasses.replace(config, **inherit, init=str(init)), nets
+
+
 def make_trainer(
-    images: Sequence[str | Path], config: TrainConfig, device: str, resume_from: Path | None
+    images: Sequence[str | Path],
+    config: TrainConfig,
+    device: str,
+    resume_from: Path | None,
+    init: Path | None = None,
 ) -> Trainer:
-    """A fresh Trainer, or one restored from a full checkpoint (its config wins, except `steps`)."""
+    """A fresh Trainer (warm-started from the checkpoint `init` when given: init_config), or one
+    restored from a full checkpoint (its config wins, except `steps`)."""
+    nets: dict[str, Any] = {}
+    if init is not None and resume_from is None:
+        config, nets = init_config(config, init)
     if resume_from is not None:
         checkpoint = load_checkpoint(resume_from)
         if "S_train" not in checkpoint:
@@ -41,11 +66,16 @@ def make_trainer(
                 f"{resume_from} has a config this version cannot use ({exc}); start a new run"
             ) from None
     crops = image_crops(images, config)
-    if resume_from is None:
+    if resume_from is None and init is None:
         config.in_channels = crops.channels
     elif crops.channels != config.in_channels:
-        raise UserError(f"images have {crops.channels} channel(s), the checkpoint {config.in_channels}")
+        source = resume_from or init
+        raise UserError(
+            f"images have {crops.channels} channel(s), the checkpoint {source} {config.in_channels}"
+        )
     trainer = Trainer(config, crops, device)
+    if nets:
+        trainer.warm_start(nets)
     if resume_from is not None:
         try:
             trainer.load(checkpoint)

@@ -41,6 +41,18 @@ def run(ctx: RunContext) -> SegmentResult:
     return _result(ctx, count, tiles, labels, flows, prob)
 
 
+def measure_diameter(ctx: RunContext) -> DiameterEstimate | None:
+    """The diameter a run of ctx would use (the given one, or the estimate; None for an empty field),
+    without segmenting: the image is opened and normalised, nothing is written."""
+    with ctx:
+        _open(ctx)
+        given = scale.given_diameter(ctx)
+        if given is not None:
+            return DiameterEstimate(given, "given")
+        scale.choose(ctx, None)
+        return scale.estimate(ctx)
+
+
 def _prepare(ctx: RunContext) -> None:
     """Before any work: the outputs may be written, leftovers of killed runs are swept, the cluster is
     reachable, the image opens; then its normalisation and the runner (engine profiles fit the batch)."""
@@ -61,6 +73,11 @@ def _prepare(ctx: RunContext) -> None:
         from cyclepose_deploy.runtime.run.distributed import Cluster
 
         ctx.cluster = ctx.stack.enter_context(Cluster(run.scheduler, run.threads))
+    _open(ctx)
+
+
+def _open(ctx: RunContext) -> None:
+    """Open the image (a file; an array is open already), then its normalisation and the runner."""
     if ctx.source is None:
         assert ctx.path is not None
         ctx.source = Slide(ctx.path, None, ctx.options.image)

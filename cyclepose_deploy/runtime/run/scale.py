@@ -1,7 +1,24 @@
 """The working scale of a run: the slide is rescaled so that its nuclei have the model's trained
 diameter. The diameter is the user's (`diameter` px or `diameter_um` µm), or estimated automatically
-(`estimate`: the network's fixed point on a central sample, runtime.run.diameter explains the rule);
-it is kept within the range the model accepts (MIN_SCALE..MAX_SCALE) and snapped to a 2^(1/16) grid."""
+(`estimate`), kept within the range the model accepts (MIN_SCALE..MAX_SCALE) and snapped to a 2^(1/16)
+grid.
+
+The estimate (Cellpose's idea of a size guess refined by a segmentation, at a small fraction of a
+run's network work):
+1. blobs (runtime.run.diameter.coarse_blobs) on the central SAMPLE_SIDE px of the slide, averaged in
+   2 x 2 blocks, give a first guess g (the median blob diameter) and where the nuclei are;
+2. the network segments one window of the sample holding the most blobs, rescaled so that g, then 2g
+   and 4g, become its trained diameter, and measures the median mask diameter each time (Cellpose's
+   `utils.diameters`; one tile per pass, no overlap: the window is PASS_SIDE x PASS_SIDE px at the scale
+   of g, and the same slide window is 4x and 16x cheaper at 2g and 4g);
+3. the fixed point of measured vs guessed (runtime.run.diameter.fixed_point) wins; without one, the
+   measurement at g when the network measures less there (within AGREEMENT of g), the one at 4g when it
+   measures more than every guess, else g.
+On a small field the first pass covers at most SMALL_FIELD_SHARE of the field, so the three passes cost
+less than one network pass over it. Measured on the 60 DSB2018 dev images with the `nuclei` model
+(benchmarks/diameter_check.py --dev): 49 within 15 % of the true median diameter, mean |log error|
+0.076, worst 1.45x (the area-weighted median of the earlier estimator gave 45, 0.099, 1.58x here).
+"""
 
 from __future__ import annotations
 
@@ -15,14 +32,14 @@ from cyclepose_deploy.runtime.model.artifacts import Model
 from cyclepose_deploy.runtime.run.context import RunContext
 from cyclepose_deploy.runtime.run.diameter import (
     AGREEMENT,
-    GUESS_FACTORS,
     MAX_SCALE,
     MIN_OBJECTS,
     MIN_SCALE,
+    Blobs,
     DiameterEstimate,
-    area_weighted_diameter,
-    blob_diameter,
+    coarse_blobs,
     fixed_point,
+    mask_diameter,
     sample_window,
 )
 from cyclepose_deploy.runtime.run.worker import ChunkWorker
@@ -30,6 +47,7 @@ from cyclepose_deploy.runtime.source.array import ArraySource
 from cyclepose_deploy.runtime.source.normalize import noise_sigma
 from cyclepose_deploy.runtime.source.slide import ScaledSource, at_scale
 from cyclepose_deploy.runtime.tiling.chunks import Chunk
+from cyclepose_deploy.runtime.tiling.options import Tiling
 
 DIAMETER_STEPS_PER_OCTAVE = 16  # estimates snap to a 4.4 % geometric grid
 
@@ -75,35 +93,74 @@ def choose(ctx: RunContext, estimate: DiameterEstimate | None) -> None:
     ctx.working = at_scale(ctx.source, ctx.scale)
 
 
+PASS_SIDE = 384  # px per side of the first pass's window, at the scale of the blob guess
+GUESS_FACTORS = (1.0, 2.0, 4.0)  # x the blob guess
+SMALL_FIELD_SHARE = 0.75  # the first pass covers at most this share of a small image's pixels
+
+
 def estimate(ctx: RunContext) -> DiameterEstimate | None:
-    """The image's median nucleus diameter in px from its central sample (runtime.run.diameter), or
-    None when the sample holds no nucleus-like blob. The network measures the sample rescaled so that
-    each guess (the blob estimate times GUESS_FACTORS) becomes its trained size; the fixed point wins.
-    Without a crossing: the measurement at the blob guess when the network measures less than it
-    there (kept within AGREEMENT of the blob estimate), the measurement at the largest guess when it
-    measures more than every guess, else the blob estimate. Snapped and clamped (module docstring)."""
+    """The image's median nucleus diameter in px (module docstring), or None when its sample holds no
+    nucleus-like blob (an empty field: keep the model's scale)."""
     assert ctx.norm is not None and ctx.runner is not None
     norm, train = ctx.norm, ctx.model.train_diameter
     y0, y1, x0, x1 = sample_window(ctx.source.shape)
-    raw = ArraySource(np.asarray(ctx.source.read(y0, y1, x0, x1), np.float32), filled=True)
-    noise = noise_sigma([raw.array]) / (norm.high - norm.low)
-    first, blobs = blob_diameter(norm.apply(raw.array), noise=noise)
-    if blobs == 0 or not math.isfinite(first):
+    raw = np.asarray(ctx.source.read(y0, y1, x0, x1), np.float32)
+    noise = noise_sigma([raw]) / (norm.high - norm.low)
+    blobs = coarse_blobs(norm.apply(raw), noise)
+    if blobs.count == 0 or not math.isfinite(blobs.median):
         return None
-    job = ctx.job()
+    first = blobs.median
+    window = _densest_window(blobs, raw.shape, _window_side(first, train, ctx.source.shape))
+    sample = ArraySource(raw[window[0] : window[1], window[2] : window[3]], filled=True)
     points: list[tuple[float, float, int]] = []  # (guess, measured, objects), finite measurements
     for factor in GUESS_FACTORS:
         guess = first * factor
-        if train / guess < MIN_SCALE:
-            break
         scale = float(np.clip(train / guess, MIN_SCALE, MAX_SCALE))
-        sample = ScaledSource(raw, scale)
-        h, w = sample.shape
-        worker = ChunkWorker(replace(job, shape=sample.shape), sample, ctx.runner)
-        measured, objects = area_weighted_diameter(worker.process(Chunk(0, (0, h, 0, w), (0, h, 0, w))).ids)
+        measured, objects = _measure(ctx, ScaledSource(sample, scale))
         if objects >= MIN_OBJECTS:
             points.append((guess, measured / scale, objects))
-    return _snapped(_decide(first, blobs, points), ctx.model)
+    return _snapped(_decide(first, blobs.count, points), ctx.model)
+
+
+def _window_side(first: float, train: float, shape: tuple[int, int]) -> int:
+    """The first pass's window side in slide px: PASS_SIDE at the guess's scale, and on a small image
+    at most SMALL_FIELD_SHARE of its pixels."""
+    scale = float(np.clip(train / first, MIN_SCALE, MAX_SCALE))
+    side = PASS_SIDE / scale
+    return max(16, int(min(side, math.sqrt(SMALL_FIELD_SHARE * shape[0] * shape[1]))))
+
+
+def _densest_window(blobs: Blobs, shape: tuple[int, int], side: int) -> tuple[int, int, int, int]:
+    """The (y0, y1, x0, x1) window of at most side x side px of an image of `shape` holding the most
+    blob centres (candidates on a grid of side / 4; ties go to the one nearest the centre)."""
+    h, w = shape
+    sh, sw = min(side, h), min(side, w)
+    best, best_key = (0, sh, 0, sw), (-1, 0.0)
+    step = max(1, side // 4)
+    for y in sorted({*range(0, h - sh + 1, step), h - sh, (h - sh) // 2}):
+        for x in sorted({*range(0, w - sw + 1, step), w - sw, (w - sw) // 2}):
+            inside = int(
+                ((blobs.ys >= y) & (blobs.ys < y + sh) & (blobs.xs >= x) & (blobs.xs < x + sw)).sum()
+            )
+            key = (inside, -abs(y + sh / 2 - h / 2) - abs(x + sw / 2 - w / 2))
+            if key > best_key:
+                best, best_key = (y, y + sh, x, x + sw), key
+    return best
+
+
+def _measure(ctx: RunContext, sample: ScaledSource) -> tuple[float, int]:
+    """(median mask diameter in the sample's px, objects) of the network's segmentation of
+    `sample`, run as one tile (the engine profile's tiling where a tile that large does not fit)."""
+    assert ctx.runner is not None
+    h, w = sample.shape
+    tile = max(16, -(-max(h, w) // 16) * 16)
+    tiling = Tiling(tile=tile, overlap=0, batch=1, chunk=max(tile, 64))
+    limits = ctx.runner.input_metadata().shape_limits
+    if limits is not None and not (limits.min_tile[0] <= tile <= limits.max_tile[0]):
+        tiling = replace(ctx.options.tiling, tta=False)
+    job = replace(ctx.job(), tiling=tiling, shape=sample.shape)
+    result = ChunkWorker(job, sample, ctx.runner).process(Chunk(0, (0, h, 0, w), (0, h, 0, w)))
+    return mask_diameter(result.ids)
 
 
 def _decide(first: float, blobs: int, points: list[tuple[float, float, int]]) -> DiameterEstimate:
