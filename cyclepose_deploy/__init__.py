@@ -1,22 +1,19 @@
 """cyclepose-deploy: annotation-free nuclei segmentation, from training to tiled deployment.
 
-`Segmenter` (runtime.api) is the Python entry point; it needs no torch."""
+`Segmenter` (cyclepose_deploy.api over runtime.api) is the Python entry point; it needs no torch, except
+to export a model given by name or as a checkpoint once (export/cache.py). Loaded lazily, so `import
+cyclepose_deploy` (and the CLI's start) stays light."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-__version__ = "0.1.0"
+from cyclepose_deploy.version import __version__
+
 __all__ = ["InferOptions", "SegmentResult", "Segmenter", "SlideOptions", "__version__"]
 
-if TYPE_CHECKING:
-    from cyclepose_deploy.runtime.api import Segmenter
-    from cyclepose_deploy.runtime.run.options import InferOptions
-    from cyclepose_deploy.runtime.run.result import SegmentResult
-    from cyclepose_deploy.runtime.source.slide import SlideOptions
-
 _LAZY = {
-    "Segmenter": "cyclepose_deploy.runtime.api",
+    "Segmenter": "cyclepose_deploy.api",
     "InferOptions": "cyclepose_deploy.runtime.run.options",
     "SegmentResult": "cyclepose_deploy.runtime.run.result",
     "SlideOptions": "cyclepose_deploy.runtime.source.slide",
@@ -24,7 +21,6 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    # lazy, so `import cyclepose_deploy` (and the CLI's start) stays light
     if name in _LAZY:
         import importlib
 

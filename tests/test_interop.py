@@ -392,3 +392,30 @@ def test_batch_of_small_fields_equals_fields_run_alone(net: Path, tmp_path: Path
         assert batcher.calls < batcher.tiles
         for i, result in enumerate(together):
             assert np.array_equal(result.labels, tifffile.imread(tmp_path / f"alone{i}.tif"))
+
+
+def test_api_and_cli_load_a_shipped_model_by_name_through_a_cached_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, invoke: Callable
+) -> None:
+    """`Segmenter("synth")` and `--model synth`: the checkpoint is exported once into the cache (keyed
+    by its sha256), then reused; the runtime alone still refuses a checkpoint it cannot load."""
+    pytest.importorskip("torch")
+    from cyclepose_deploy import Segmenter
+    from cyclepose_deploy.runtime.api import Segmenter as RuntimeSegmenter
+
+    monkeypatch.setenv("CYCLEPOSE_CACHE", str(tmp_path / "cache"))
+    image, _ = make_slide(160, 160, 4)
+    with Segmenter("synth") as seg:
+        labels = seg.segment(image, diameter=20).labels
+    (export,) = (tmp_path / "cache").iterdir()
+    assert (export / "manifest.json").is_file() and labels.max() > 0
+    stamp = (export / "manifest.json").stat().st_mtime_ns
+    tifffile.imwrite(tmp_path / "s.tif", image)
+    code, text = invoke(
+        "infer", tmp_path / "s.tif", "--model", "synth", "-o", tmp_path / "l.tif", "--diameter", 20
+    )
+    assert code == 0, text
+    assert (export / "manifest.json").stat().st_mtime_ns == stamp  # reused, not exported again
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "l.tif"), labels)
+    with pytest.raises(UserError, match="not a model file"):
+        RuntimeSegmenter(Path(__file__).parents[1] / "cyclepose_deploy" / "models" / "cyclepose-synth.pt")

@@ -28,7 +28,7 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from cyclepose_deploy import __version__
+        from cyclepose_deploy.version import __version__
 
         print(f"cyclepose-deploy {__version__}")
         raise typer.Exit()

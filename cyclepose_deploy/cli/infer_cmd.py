@@ -26,7 +26,8 @@ def register(app: typer.Typer) -> None:
             ...,
             "--model",
             "--engine",
-            help="An export folder, an .onnx, or a TensorRT .engine/.plan/.trt; --engine is an alias.",
+            help="An export folder, an .onnx, a TensorRT .engine/.plan/.trt, or a model name (nuclei, synth) "
+            "or checkpoint (.pt, Cellpose 3) exported once into a cache; --engine is an alias.",
         ),
         out: Path | None = typer.Option(
             None, "-o", "--output", help="Labels to write for one image (uint32 tiled OME BigTIFF)."
@@ -136,9 +137,9 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Segment nuclei on a slide of any size in bounded memory."""
+        from cyclepose_deploy.api import Segmenter
         from cyclepose_deploy.cli import batch
         from cyclepose_deploy.cli.common import flag
-        from cyclepose_deploy.runtime.api import Segmenter
         from cyclepose_deploy.runtime.run.options import InferOptions
         from cyclepose_deploy.runtime.source.units import parse_pixel_size
 

@@ -106,7 +106,7 @@ def _space(axis: str, size: Any) -> dict[str, Any]:
 
 
 def _rdf(folder: Path, diameter: float, opset: int) -> dict[str, Any]:
-    from cyclepose_deploy import __version__
+    from cyclepose_deploy.version import __version__
 
     return {
         "type": "model",

@@ -291,7 +291,7 @@ def tool_versions(trt: TensorRTInfo | None) -> dict[str, str]:
     import onnxruntime
     import torch
 
-    from cyclepose_deploy import __version__ as own
+    from cyclepose_deploy.version import __version__ as own
 
     tools = {
         "cyclepose_deploy": own,
