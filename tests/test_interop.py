@@ -302,9 +302,7 @@ def test_preview_shows_a_full_resolution_crop_of_the_densest_region(
     assert box[1].min() >= 700 // step - 1  # the boxed crop lies in the nuclei half
 
 
-def test_batch_survives_a_damaged_multichannel_file_and_refuses_single_image_options(
-    net: Path, tmp_path: Path, invoke: Callable
-) -> None:
+def test_batch_survives_a_damaged_multichannel_file(net: Path, tmp_path: Path, invoke: Callable) -> None:
     src = tmp_path / "in"
     src.mkdir()
     tifffile.imwrite(src / "good.tif", make_slide(96, 96, 2)[0])
@@ -316,10 +314,53 @@ def test_batch_survives_a_damaged_multichannel_file_and_refuses_single_image_opt
     assert code == 1 and "Traceback" not in text, text
     status = {Path(r["image"]).name: r["status"] for r in rows(tmp_path / "out")}
     assert status == {"good.tif": "done", "rgbish.tif": "failed"}
+    errors = [r["error"] for r in rows(tmp_path / "out") if r["error"]]
+    assert len(errors) == 1 and "\n" not in errors[0]
+
+
+def test_batch_writes_what_one_image_gets_and_keeps_skipped_figures(
+    net: Path, tmp_path: Path, invoke: Callable
+) -> None:
+    """Every output of single-image mode, per image, equal to the single-image run; a re-run skips
+    finished images and keeps their figures in summary.csv; -o into a missing folder creates it."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(2):
+        tifffile.imwrite(src / f"f{i}.tif", make_slide(128, 128, 20 + i)[0])
+    outputs = ("--geojson", "g", "--rois", "r", "--preview", "p", "--prob", "q", "--zarr", "z")
+    code, text = invoke("infer", src, "--model", net, "--out-dir", tmp_path / "out", *outputs)
+    assert code == 0, text
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    for i in range(2):
+        for suffix in (
+            ".labels.ome.tif",
+            ".objects.csv",
+            ".geojson",
+            ".rois.zip",
+            ".preview.png",
+            ".prob.tif",
+            ".ome.zarr",
+        ):
+            assert f"f{i}{suffix}" in names
+    single = tmp_path / "single" / "deeper" / "f0.tif"  # a folder that does not exist yet
     code, text = invoke(
-        "infer", src, "--model", net, "--out-dir", tmp_path / "o2", "--geojson", tmp_path / "g"
+        "infer", src / "f0.tif", "--model", net, "-o", single, "--geojson", single.with_suffix(".geojson")
     )
-    assert code == 2 and "--geojson" in text and not (tmp_path / "o2").exists()
+    assert code == 0, text
+    np.testing.assert_array_equal(
+        tifffile.imread(single), tifffile.imread(tmp_path / "out" / "f0.labels.ome.tif")
+    )
+    assert single.with_suffix(".geojson").read_text() == (tmp_path / "out" / "f0.geojson").read_text()
+    first = {r["image"]: r for r in rows(tmp_path / "out")}
+    code, text = invoke("infer", src, "--model", net, "--out-dir", tmp_path / "out", *outputs)
+    assert code == 0, text
+    again = {r["image"]: r for r in rows(tmp_path / "out")}
+    assert {r["status"] for r in again.values()} == {"skipped"}
+    for image, row in again.items():
+        assert (
+            row["objects"] == first[image]["objects"] != ""
+            and row["diameter_px"] == first[image]["diameter_px"]
+        )
 
 
 class _RecordingRunner(Runner):

@@ -1,10 +1,13 @@
 """`cyclepose infer DIR | GLOB | FILE... --out-dir OUT`: many images in one process with one model load.
 
-Each image gets OUT/NAME.labels.ome.tif and OUT/NAME.objects.csv; OUT/summary.csv has one row per image
-(status, objects, seconds, diameter, pixel size, error). A bad file fails its row and the rest go on.
-Exit code: 0 when every image was segmented (or already done), 1 when some failed, 2 when none could
-run. A re-run skips images whose outputs exist (they are complete: every output is renamed into place
-only when finished) unless --overwrite.
+Each image gets OUT/NAME.labels.ome.tif and OUT/NAME.objects.csv, and every other output asked for, as a
+single image would (--preview: NAME.preview.png, --prob: NAME.prob.tif, --geojson: NAME.geojson, --rois:
+NAME.rois.zip, --zarr: NAME.ome.zarr; the value given to those options names nothing in batch mode);
+OUT/summary.csv has one row per image (status, objects, seconds, diameter, pixel size, error). A bad
+file fails its row and the rest go on. Exit code: 0 when every image was segmented (or already done), 1
+when some failed, 2 when none could run. A re-run skips images whose outputs all exist (they are
+complete: every output is renamed into place only when finished) unless --overwrite, and keeps their
+figures from the previous summary.csv.
 """
 
 from __future__ import annotations
@@ -29,6 +32,15 @@ SMALL_PIXELS = CHUNK * CHUNK
 IMAGE_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2", ".png", ".jpg", ".jpeg", ".bmp", ".zarr")
 LABELS_SUFFIX = ".labels.ome.tif"
 OBJECTS_SUFFIX = ".objects.csv"
+OUTPUT_SUFFIXES = {  # batch mode's file per image for each optional output
+    "objects": OBJECTS_SUFFIX,
+    "preview": ".preview.png",
+    "prob": ".prob.tif",
+    "geojson": ".geojson",
+    "rois": ".rois.zip",
+    "zarr": ".ome.zarr",
+}
+SUMMARY = "summary.csv"
 COLUMNS = ("image", "status", "objects", "seconds", "diameter_px", "pixel_size_um", "labels", "error")
 
 
@@ -110,9 +122,12 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-def run_batch(seg: Any, images: Sequence[Path], out_dir: Path, say: Callable[[str], None]) -> int:
-    """Segment each image with the loaded Segmenter (its options: what every image gets); write the
-    summary; return the exit code."""
+def run_batch(
+    seg: Any, images: Sequence[Path], out_dir: Path, outputs: Sequence[str], say: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """Segment each image with the loaded Segmenter (its options: what every image gets) into its
+    labels, object table and the `outputs` named (keys of OUTPUT_SUFFIXES); write the summary; return
+    the summary's rows (exit_code: what the command returns)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from cyclepose_deploy.atomic import write_atomic
@@ -123,6 +138,8 @@ def run_batch(seg: Any, images: Sequence[Path], out_dir: Path, say: Callable[[st
     except OSError as exc:
         raise UserError(f"cannot create --out-dir {out_dir}: {exc.strerror or exc}") from None
     names = output_names(images)
+    wanted = ["objects", *(name for name in outputs if name != "objects")]
+    earlier = _earlier_rows(out_dir / SUMMARY)
     _acquisition_diameter(seg, images, say)
     rows: list[dict[str, Any]] = [{} for _ in images]
     bar = Progress(
@@ -133,7 +150,9 @@ def run_batch(seg: Any, images: Sequence[Path], out_dir: Path, say: Callable[[st
         running: list[Future] = []
 
         def one(k: int) -> None:
-            rows[k] = _one(seg, images[k], out_dir / names[k], say)
+            rows[k] = _one(seg, images[k], out_dir / names[k], wanted, say)
+            if rows[k]["status"] == "skipped":
+                rows[k] = {**earlier.get(rows[k]["image"], {}), **rows[k]}
             bar.advance(task)
 
         try:
@@ -152,17 +171,31 @@ def run_batch(seg: Any, images: Sequence[Path], out_dir: Path, say: Callable[[st
         except BaseException:  # Ctrl-C: drop the queued images, let the running ones stop
             pool.shutdown(wait=False, cancel_futures=True)
             raise
-    write_atomic(out_dir / "summary.csv", _csv(rows).encode())
+    write_atomic(out_dir / SUMMARY, _csv(rows).encode())
     failed = sum(r["status"] == "failed" for r in rows)
     done = sum(r["status"] == "done" for r in rows)
     skipped = len(rows) - failed - done
     console.print(
-        f"{done} segmented, {skipped} already done (skipped), {failed} failed; "
-        f"summary in {out_dir / 'summary.csv'}"
+        f"{done} segmented, {skipped} already done (skipped), {failed} failed; summary in {out_dir / SUMMARY}"
     )
+    return rows
+
+
+def exit_code(rows: Sequence[dict[str, Any]]) -> int:
+    """0 when every image was segmented or already done, 1 when some failed, 2 when all failed."""
+    failed = sum(r["status"] == "failed" for r in rows)
     if failed == 0:
         return 0
     return 2 if failed == len(rows) else 1
+
+
+def _earlier_rows(summary: Path) -> dict[str, dict[str, Any]]:
+    """The rows of an earlier run's summary.csv by image (figures for the images a re-run skips)."""
+    try:
+        with open(summary, newline="") as handle:
+            return {row["image"]: row for row in csv.DictReader(handle) if row.get("image")}
+    except (OSError, ValueError, KeyError, csv.Error):
+        return {}
 
 
 def _acquisition_diameter(seg: Any, images: Sequence[Path], say: Callable[[str], None]) -> None:
@@ -199,18 +232,21 @@ def _pixels(image: Path, options: Any) -> int:
         slide.close()
 
 
-def _one(seg: Any, image: Path, stem: Path, say: Callable[[str], None]) -> dict[str, Any]:
+def _one(
+    seg: Any, image: Path, stem: Path, outputs: Sequence[str], say: Callable[[str], None]
+) -> dict[str, Any]:
     """One image's row of the summary; `stem`: OUT/NAME, its outputs' common start."""
-    labels, objects = stem.with_name(stem.name + LABELS_SUFFIX), stem.with_name(stem.name + OBJECTS_SUFFIX)
+    labels = stem.with_name(stem.name + LABELS_SUFFIX)
+    files = {name: stem.with_name(stem.name + OUTPUT_SUFFIXES[name]) for name in outputs}
     row: dict[str, Any] = {"image": str(image), "labels": str(labels)}
-    if not seg.options.run.overwrite and labels.is_file() and objects.is_file():
+    if not seg.options.run.overwrite and all(p.exists() for p in (labels, *files.values())):
         return {**row, "status": "skipped"}
     start = time.perf_counter()
     try:
         summary = seg.segment_file(
             image,
             labels,
-            objects=objects,
+            **files,
             overwrite=True,
             resume=True,  # an image interrupted last time keeps its finished chunks (same settings)
             warn=lambda text: say(f"{image.name}: {text}") if text.startswith("warning") else None,
@@ -219,6 +255,7 @@ def _one(seg: Any, image: Path, stem: Path, say: Callable[[str], None]) -> dict[
         from cyclepose_deploy.cli.common import flag
 
         text = exc.render(flag) if isinstance(exc, OptionError) else str(exc)
+        text = " ".join(text.split())  # one line in the CSV, whatever the message
         say(f"warning: {image}: {text}")
         return {**row, "status": "failed", "error": text, "seconds": f"{time.perf_counter() - start:.2f}"}
     except Exception as exc:  # a damaged file must not end the batch: fail its row, name the cause

@@ -98,7 +98,9 @@ def register(app: typer.Typer) -> None:
             defaults.FLOW_THRESHOLD, "--flow-threshold", help="Max flow error per object."
         ),
         objects: Path | None = typer.Option(None, "--objects", help="Object table CSV, one row per nucleus."),
-        preview: Path | None = typer.Option(None, "--preview", help="Downsampled PNG with outlines."),
+        preview: Path | None = typer.Option(
+            None, "--preview", help="Downsampled PNG with outlines (batch mode: OUT/NAME.preview.png)."
+        ),
         prob: Path | None = typer.Option(None, "--prob", help="Probability map (uint8 tiled BigTIFF)."),
         geojson: Path | None = typer.Option(
             None, "--geojson", help="QuPath GeoJSON: one detection per nucleus (outline, measurements)."
@@ -183,14 +185,6 @@ def register(app: typer.Typer) -> None:
             check_writable(summary_json)
         images, batch_mode = batch.expand_inputs(slides, recursive, out, out_dir)
         if batch_mode:
-            given = [f"--{name}" for name, value in outputs.items() if value is not None]
-            if summary_json is not None:
-                given.append("--summary-json")
-            if given:
-                raise UserError(
-                    f"{', '.join(given)} name one image's outputs; with --out-dir each image gets "
-                    "NAME.labels.ome.tif and NAME.objects.csv and the run OUT/summary.csv: drop them"
-                )
             if diameter_fields is not None and (diameter is not None or diameter_um is not None):
                 raise UserError("--diameter-fields estimates the diameter: drop it, or drop --diameter")
         elif diameter_fields is not None:
@@ -207,7 +201,13 @@ def register(app: typer.Typer) -> None:
         with seg:
             if batch_mode:
                 assert out_dir is not None
-                raise typer.Exit(batch.run_batch(seg, images, out_dir, _say))
+                asked = [name for name, value in outputs.items() if value is not None]
+                rows = batch.run_batch(seg, images, out_dir, asked, _say)
+                if summary_json is not None:
+                    from cyclepose_deploy.atomic import write_json_atomic
+
+                    write_json_atomic(summary_json, {"model": seg.describe(), "images": rows})
+                raise typer.Exit(batch.exit_code(rows))
             assert out is not None
             with _progress() as report:
                 result = seg.segment_file(images[0], out, warn=_say, progress=report, **outputs)

@@ -144,7 +144,7 @@ def read_image(path: str | Path, in_channels: int | None = None) -> np.ndarray:
     from cyclepose_deploy.runtime.source.formats import read_tiff_whole
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise UserError(f"training image {path} not found: pass existing TIFF files to --images")
     image = read_tiff_whole(path, "training image")
     if image.dtype.kind not in "uif":

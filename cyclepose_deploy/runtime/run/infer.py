@@ -5,9 +5,11 @@ are written under temporary names and renamed only when the run succeeds."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from cyclepose_deploy.atomic import atomic_dir, atomic_path, check_writable, sweep_leftovers
 from cyclepose_deploy.errors import OptionError, UserError, literal
@@ -16,6 +18,7 @@ from cyclepose_deploy.runtime.run.context import RunContext
 from cyclepose_deploy.runtime.run.diameter import DiameterEstimate
 from cyclepose_deploy.runtime.run.result import SegmentResult
 from cyclepose_deploy.runtime.run.runfolder import check_run_folder, run_folder
+from cyclepose_deploy.runtime.source.formats import check_input_path
 from cyclepose_deploy.runtime.source.normalize import Normalization
 from cyclepose_deploy.runtime.source.slide import Slide, sample_normalization
 
@@ -56,6 +59,8 @@ def measure_diameter(ctx: RunContext) -> DiameterEstimate | None:
 def _prepare(ctx: RunContext) -> None:
     """Before any work: the outputs may be written, leftovers of killed runs are swept, the cluster is
     reachable, the image opens; then its normalisation and the runner (engine profiles fit the batch)."""
+    if ctx.path is not None:
+        check_input_path(ctx.path)
     _check_outputs(ctx)
     for folder in sorted({p.parent.resolve() for p in ctx.outputs.all()}):
         removed, kept = sweep_leftovers(folder)
@@ -118,6 +123,7 @@ def _runner(ctx: RunContext) -> None:
 
 def _check_outputs(ctx: RunContext) -> None:
     outputs = ctx.outputs
+    _make_folders(ctx, {p.parent for p in outputs.all()})
     for path in outputs.files():
         check_writable(path)
     if outputs.zarr is not None:
@@ -146,6 +152,26 @@ def _check_outputs(ctx: RunContext) -> None:
             )
     if outputs.labels is not None:
         check_run_folder(run_folder(outputs.labels), ctx.options.run.resume, overwrite)
+
+
+def _make_folders(ctx: RunContext, folders: set[Path]) -> None:
+    """Create the outputs' missing folders (as a batch's OUT folder is created); those still empty when
+    the run ends (it failed before writing) are removed again."""
+    for folder in sorted(folders):
+        if folder.exists() or folder.is_symlink():
+            continue
+        missing = [folder, *(p for p in folder.parents if not p.exists())]
+        try:
+            folder.mkdir(parents=True)
+        except OSError as exc:
+            raise UserError(f"cannot create the output folder {folder}: {exc.strerror or exc}") from None
+        ctx.stack.callback(_remove_if_empty, sorted(missing, key=lambda p: len(p.parts), reverse=True))
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only an empty folder goes
 
 
 def _size_text(ctx: RunContext) -> str:

@@ -50,9 +50,48 @@ class Found:
             self.closer.close()
 
 
+def check_input_path(path: Path, what: str = "slide") -> None:
+    """Name what `path` is when it is not an image file or folder: missing, a symbolic link that loops
+    or points nowhere, a FIFO, a socket or a device (reading one of those would block or stream
+    forever). UserError; returns for a regular file or a folder."""
+    import errno
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UserError(
+                f"{what} {path} is a symbolic link that loops: point it at an image file"
+            ) from None
+        if path.is_symlink():
+            raise UserError(
+                f"{what} {path} is a symbolic link to nothing: fix the link or the path"
+            ) from None
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise UserError(f"cannot read {what} {path}: permission denied; check its permissions") from None
+        raise UserError(f"{what} {path} not found: check the path") from None
+    kinds = {
+        stat.S_ISFIFO: "a FIFO (named pipe)",
+        stat.S_ISSOCK: "a socket",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+    }
+    for test, kind in kinds.items():
+        if test(mode):
+            raise UserError(f"{what} {path} is {kind}, not an image file: give a TIFF, OME-Zarr or PNG file")
+
+
+def one_line(exc: BaseException, limit: int = 160) -> str:
+    """An exception as one short line (codecs list every format they tried, over many lines)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0][:limit] if lines else type(exc).__name__).rstrip(":")
+
+
 def open_image(path: Path, series: int | None = None, level: int | None = None) -> Found:
     """The image at `path`: series `series` (default: the full-resolution one) at pyramid level
     `level` (default 0). Raises UserError naming the problem and the fix."""
+    check_input_path(path)
     if path.is_dir() or path.suffix.lower() == ".zarr":
         if not path.exists():
             raise UserError(f"slide {path} not found: check the path")
@@ -83,7 +122,7 @@ def _open_tiff(path: Path, series: int | None, level: int | None) -> Found:
         hint = "check that the file is complete"
         if path.suffix.lower() not in TIFF_SUFFIXES:
             hint = "give a TIFF, OME-Zarr, PNG, JPEG or BMP image"
-        raise UserError(f"cannot read {path} as a TIFF ({exc}): {hint}") from None
+        raise UserError(f"cannot read {path} as a TIFF ({one_line(exc)}): {hint}") from None
     try:
         return _choose_tiff(tif, path, series, level)
     except UserError:
@@ -302,10 +341,14 @@ def _guess_axes(shape: tuple[int, ...], path: Path) -> str:
 def _open_flat(path: Path) -> Found:
     import imagecodecs
 
+    kind = path.suffix.lstrip(".").upper().replace("JPG", "JPEG")
     try:
         image = np.asarray(imagecodecs.imread(str(path)))
     except Exception as exc:
-        raise UserError(f"cannot decode {path} ({exc}): check that the file is a complete image") from None
+        raise UserError(
+            f"cannot decode {path} as {kind} ({one_line(exc, 100)}): the file is truncated or not a {kind} "
+            "image; check it, or convert it to TIFF"
+        ) from None
     if image.ndim == 2:
         axes = "YX"
     elif image.ndim == 3 and image.shape[-1] in (2, 3, 4):
@@ -325,8 +368,9 @@ def read_tiff_whole(path: Path, what: str, max_bytes: int | None = None) -> np.n
 
     max_bytes = MAX_WHOLE_BYTES if max_bytes is None else max_bytes
     path = Path(path)
+    check_input_path(path, what)
     if not path.is_file():
-        raise UserError(f"{what} {path} does not exist: check the path")
+        raise UserError(f"{what} {path} is a folder, not a TIFF file: give the image file")
     try:
         with tifffile.TiffFile(path) as tif:
             if not tif.series:
