@@ -230,13 +230,41 @@ def test_bioimageio_package_passes_the_spec_validator(
     checkpoint: Path, tmp_path: Path, run_onnx: Callable
 ) -> None:
     spec = pytest.importorskip("bioimageio.spec")
+    import json
+
+    import yaml
+
     out = tmp_path / "export"
     lines: list[str] = []
-    run_export(small_options(checkpoint, out, precisions=("fp32",), bioimageio=True), report=lines.append)
+    scores = {f"{kind}@{t}": 0.5 for kind in ("f1", "ap") for t in ("0.5", "0.75", "0.9")}
+    evaluation = tmp_path / "quality.json"
+    evaluation.write_text(json.dumps({"results": {"cyclepose (m.pt)": {**scores, "images": 60}}}))
+    options = small_options(
+        checkpoint,
+        out,
+        precisions=("fp32",),
+        bioimageio=True,
+        bmz_maintainers=("octocat:Mona Lisa",),
+        bmz_evaluation=evaluation,
+    )
+    run_export(options, report=lines.append)
     rdf = out / "bioimageio" / "rdf.yaml"
-    descr = spec.load_description(rdf, perform_io_checks=True)
+    # offline: the maintainer's GitHub account and the dataset id are looked up online by io checks
+    descr = spec.load_description(rdf, perform_io_checks=False)
     assert descr.validation_summary.status in ("passed", "valid-format"), descr.validation_summary.format()
+    from cyclepose_deploy.export.bioimageio import validate
+
+    assert validate(rdf) is None  # the files' sha256 checked too
     assert any("bioimage.io package" in line for line in lines)
+    data = yaml.safe_load(rdf.read_text())
+    assert data["covers"] == ["cover.png"] and (out / "bioimageio" / "cover.png").stat().st_size > 1000
+    assert data["maintainers"] == [{"github_user": "octocat", "name": "Mona Lisa"}]
+    bmz = data["config"]["bioimageio"]
+    assert bmz["evaluations"][0]["sample_count"] == 60 and bmz["target_structure"] == ["nucleus"]
+    assert all("unit" not in axis for axis in data["inputs"][0]["axes"])  # no pixel size is claimed
+    # the engine hint names no 'default' profile and, without the fp16 ONNX, builds from the fp32 one
+    hint = " ".join(lines)
+    assert "--profile default" not in hint and "model.fp16.onnx" not in hint and "--fp16" in hint
     # the test output is the ONNX model applied to the scale_range-normalised test input
     raw = np.load(out / "bioimageio" / "test_input.npy")
     low, high = np.percentile(raw, [1, 99])

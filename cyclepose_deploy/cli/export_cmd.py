@@ -55,6 +55,14 @@ def register(app: typer.Typer) -> None:
         bioimageio: bool = typer.Option(
             False, "--bioimageio", help="Also write a BioImage Model Zoo package (bioimageio/rdf.yaml)."
         ),
+        bmz_maintainer: list[str] = typer.Option(
+            [], "--bmz-maintainer", help="With --bioimageio: a maintainer, GITHUB_USER or GITHUB_USER:Name."
+        ),
+        bmz_evaluation: Path | None = typer.Option(
+            None,
+            "--bmz-evaluation",
+            help="With --bioimageio: a benchmarks/real_quality.py JSON, recorded as the package's evaluation.",
+        ),
     ) -> None:
         """Export S to ONNX (fp32, fp16, int8) and TensorRT, verified against torch, with a manifest."""
         from cyclepose_deploy.export.pipeline import ExportOptions, run_export
@@ -74,7 +82,11 @@ def register(app: typer.Typer) -> None:
             opset=opset,
             threads=threads,
             bioimageio=bioimageio,
+            bmz_maintainers=tuple(bmz_maintainer),
+            bmz_evaluation=bmz_evaluation,
         )
+        if (bmz_maintainer or bmz_evaluation) and not bioimageio:
+            raise UserError("--bmz-maintainer and --bmz-evaluation describe the --bioimageio package: add it")
         manifest = run_export(options, report=say)
         names = ", ".join(a.file for a in manifest.artifacts)
         console.print(f"[green]exported[/green] {names} and manifest.json to {out_dir}")

@@ -45,16 +45,28 @@ def tensorrt_unavailable_reason() -> str | None:
     return None
 
 
-def engine_instructions(target: EngineTarget, reason: str) -> list[str]:
-    """The lines printed instead of building: why, and the exact commands for the target machine."""
+def engine_instructions(target: EngineTarget, reason: str, fp16_written: bool) -> list[str]:
+    """The lines printed instead of building: why, and the exact commands for the target machine
+    (naming only the profile and ONNX files that exist: the default profile needs no --profile, and
+    without the fp16 ONNX trtexec builds from the fp32 one with TensorRT 10's --fp16)."""
     engine = target.out_dir / ENGINE_NAME
-    return [
+    lines = [
         f"engine: skipped, {reason}; the ONNX artifacts were written.",
         "  build it on the target with:",
         f"    {export_command(target.checkpoint, target.out_dir, target.profile.name)}",
-        "  or with trtexec (TensorRT 11: --stronglyTyped; TensorRT 10: replace it with --fp16):",
-        f"    {trtexec_command(target.fp16_onnx, engine, target.profile, target.channels, None)}",
     ]
+    if fp16_written:
+        lines.append("  or with trtexec (TensorRT 11: --stronglyTyped; TensorRT 10: replace it with --fp16):")
+        lines.append(
+            f"    {trtexec_command(target.fp16_onnx, engine, target.profile, target.channels, None)}"
+        )
+    else:
+        fp32 = target.out_dir / "model.onnx"
+        lines.append(
+            "  or with TensorRT 10's trtexec (TensorRT 11 needs the fp16 ONNX: add fp16 to --precision):"
+        )
+        lines.append(f"    {trtexec_command(fp32, engine, target.profile, target.channels, '10.0')}")
+    return lines
 
 
 def build_engine(target: EngineTarget) -> tuple[Path, TensorRTInfo]:

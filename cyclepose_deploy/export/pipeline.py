@@ -45,6 +45,8 @@ class ExportOptions:
     threads: int | None = None
     thresholds: Thresholds = field(default_factory=Thresholds)
     bioimageio: bool = False  # also write a BioImage Model Zoo package (export/bioimageio.py)
+    bmz_maintainers: tuple[str, ...] = ()  # GITHUB_USER[:Name] (bioimageio.PackageInfo)
+    bmz_evaluation: Path | None = None  # a benchmarks/real_quality.py JSON for config.bioimageio.evaluations
 
 
 @dataclass
@@ -148,7 +150,7 @@ def _bioimageio(
 ) -> None:
     from cyclepose_deploy.export import bioimageio
 
-    rdf = bioimageio.write_package(
+    info = bioimageio.PackageInfo(
         options.out_dir,
         fp32_path,
         config,
@@ -156,7 +158,10 @@ def _bioimageio(
         options.checkpoint.name,
         options.opset,
         channels,
+        list(options.bmz_maintainers),
+        options.bmz_evaluation,
     )
+    rdf = bioimageio.write_package(info)
     problem = bioimageio.validate(rdf)
     if problem is not None and not problem.startswith("not validated"):
         raise UserError(f"the bioimage.io package does not validate: {problem.splitlines()[0][:300]}")
@@ -253,7 +258,7 @@ def engine_artifact(ctx: ExportContext, artifacts: list[Artifact]) -> TensorRTIn
     if reason is not None:
         if opts.engine:
             raise UserError(f"--engine: {reason}; run the export on the target GPU machine")
-        for line in engine_step.engine_instructions(shown_target, reason):
+        for line in engine_step.engine_instructions(shown_target, reason, "fp16" in opts.precisions):
             ctx.report(line)
         return None
     path, info = engine_step.build_engine(target)

@@ -105,4 +105,6 @@ def trtexec_command(onnx: Path, engine: Path, profile: Profile, channels: int, v
 
 
 def export_command(checkpoint: Path, out_dir: Path, profile_name: str) -> str:
-    return f"cyclepose export {checkpoint} -o {out_dir} --engine --profile {profile_name}"
+    """The export line that builds the engine on the target (the default profile needs no --profile)."""
+    profile = "" if profile_name == "default" else f" --profile {profile_name}"
+    return f"cyclepose export {checkpoint} -o {out_dir} --engine{profile}"
