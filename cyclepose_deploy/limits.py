@@ -121,7 +121,7 @@ MAX_TRAIN_PIXELS = 1 << 22  # tile x tile x batch per step
 
 # `cyclepose synth` ------------------------------------------------------------------------------
 SYNTH: Mapping[str, Range] = {
-    "size": Range(64, 65_536, "px", integer=True, example="2048"),
+    "size": Range(16, 65_536, "px", integer=True, example="2048"),
     "seed": Range(0, SEED_MAX, "", integer=True, example="1"),
     "diameter": Range(2, 500, "px", example="10-30"),
     "pixel_size": Range(1e-4, 1e4, "µm", example="0.65"),

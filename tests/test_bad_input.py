@@ -62,7 +62,7 @@ def files(tmp_path: Path) -> Path:
         (["--size", "64", "--diameter", "30-10"], "--diameter"),
         (["--size", "64", "--diameter", "abc"], "--diameter"),
         (["--size", "64", "--pixel-size", "0"], "--pixel-size"),
-        (["--size", "2000000"], "out of range"),
+        (["--size", "2000000"], "must be a whole number from 16 to 65536"),
     ],
 )
 def test_synth_bad_arguments(
@@ -345,7 +345,14 @@ def test_external_data_models_are_refused(
         (lambda d: d.update(diameter=24), "diameter: Input should be a valid"),
         (lambda d: d.update(flow_scale=None), "flow_scale: Input should be a valid number"),
         (lambda d: d["artifacts"][0].update(sha256=5), "artifacts.0.sha256: Input should be a valid string"),
-        (lambda d: d.update(diameter=[30.0, 10.0]), "need 0 < min <= max"),
+        (lambda d: d.update(diameter=[30.0, 10.0]), "need min <= max"),
+        (lambda d: d.update(normalization={"lower": 99.0, "upper": 1.0}), "lower 99 >= upper 1"),
+        (
+            lambda d: d.update(normalization={"lower": 1.0, "upper": 500.0}),
+            "normalization_upper 500.0 must be a number from 0",
+        ),
+        (lambda d: d.update(max_extent=1e9), "max_extent 1000000000.0 must be a number from 1 to 4000 px"),
+        (lambda d: d.update(diameter=[0.0, 30.0]), "diameter 0.0 must be a number from 1"),
         (lambda d: d.update(channels=True), "channels: Input should be a valid integer"),
     ],
 )
@@ -358,6 +365,26 @@ def test_wrongly_typed_manifests_are_refused(
     (folder / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(UserError, match=message):
         load_manifest(folder)
+
+
+def test_deeply_nested_manifest_is_one_line(tmp_path: Path, tiny_export: Callable) -> None:
+    folder = tiny_export(tmp_path / "export")
+    (folder / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(UserError, match="nested too deeply|not valid JSON"):
+        load_manifest(folder)
+
+
+def test_a_model_with_nan_outputs_is_refused_at_load(
+    tmp_path: Path, slide: Path, onnx: ModuleType, invoke: Callable, error_line: Callable
+) -> None:
+    """Outputs NaN: refused when the model loads, not a run that silently finds nothing."""
+    from onnx import helper, numpy_helper
+
+    nan = numpy_helper.from_array(np.full((3, 1, 1, 1), np.nan, np.float32), "w")
+    node = helper.make_node("Conv", ["image", "w"], ["flows"])
+    model = _graph_model([node], [nan], ["N", 1, "H", "W"], ["N", 3, "H", "W"], tmp_path / "nan.onnx")
+    line = error_line(*invoke("infer", slide, "--model", model, "-o", tmp_path / "l.tif"))
+    assert "NaN or infinite outputs" in line and not (tmp_path / "l.tif").exists()
 
 
 def test_manifest_hash_mismatch(
@@ -417,6 +444,109 @@ def test_export_folder_artifacts_resolve_inside_the_folder_not_the_cwd(
     code, text = invoke("infer", slide, "--model", folder, "-o", tmp_path / "l.tif")
     assert code == 0, text
     assert "model.int8.onnx" in text and tifffile.imread(tmp_path / "l.tif").shape == (64, 64)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["synth", "X", "--size", "1000000"], "--size 1000000 must be a whole number from 16 to 65536 px"),
+        (["synth", "X", "--size", "64", "--seed", "-1"], "--seed -1 must be a whole number from 0"),
+        (
+            ["bench", "--model", "M", "--tile", "100000"],
+            "--tile 100000 must be a whole number from 16 to 2048",
+        ),
+        (
+            ["bench", "--model", "M", "--batch", "100000"],
+            "--batch 100000 must be a whole number from 1 to 256",
+        ),
+        (["bench", "--model", "M", "--batch", "64", "--tile", "1024"], "fit in memory"),
+        (["export", "C", "-o", "E", "--threads", "-4"], "--threads -4 must be a whole number from 1"),
+        (["export", "C", "-o", "E", "--threads", "0"], "--threads 0 must be a whole number from 1"),
+        (["export", "C", "-o", "E", "--opset", "nan"], "--opset must be a whole number from 13 to 21"),
+        (["infer", "S", "--model", "M", "-o", "L", "--threads", "100000"], "--threads 100000 must be"),
+        (["infer", "S", "--model", "M", "-o", "L", "--scheduler", "local:99999"], "worker count must be"),
+        (["infer", "S", "--model", "M", "-o", "L", "--tile", "nan"], "--tile must be a whole number"),
+        (["infer", "S", "--model", "M", "-o", "L", "--diameter", "1,5"], "--diameter must be a number"),
+        (
+            ["infer", "S", "--model", "M", "-o", "L", "--norm-range", "1,2", "--norm-percentiles", "1,99"],
+            "pass one",
+        ),
+        (["bench", "--model", "M", "--iters", "0"], "--iters must be a whole number from 1"),
+    ],
+)
+def test_every_number_has_a_declared_range(
+    tmp_path: Path,
+    tiny_export: Callable,
+    args: list[str],
+    message: str,
+    invoke: Callable,
+    error_line: Callable,
+) -> None:
+    """One declared range per value (cyclepose_deploy.limits), checked before any work, also where the
+    option parser rejects a value first; upper bounds tied to the machine (threads, memory)."""
+    folder = tiny_export(tmp_path / "export")
+    (tmp_path / "s.tif").write_bytes(b"")
+    names = {
+        "X": tmp_path / "x.tif",
+        "M": folder,
+        "C": "synth",
+        "E": tmp_path / "e",
+        "S": tmp_path / "s.tif",
+        "L": tmp_path / "l.tif",
+    }
+    line = error_line(*invoke(*[names.get(a, a) for a in args]))
+    assert message in line, line
+    assert not (tmp_path / "x.tif").exists() and not (tmp_path / "e").exists()
+
+
+def test_training_refuses_before_it_starts_what_export_would_refuse(
+    tmp_path: Path, invoke: Callable, error_line: Callable
+) -> None:
+    image = (np.random.default_rng(0).random((64, 64)) * 1000).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "i.tif", image)
+    base = ["train", "--images", tmp_path / "i.tif", "--out", tmp_path / "r.pt", "--steps", 1]
+    assert "--widths" in error_line(*invoke(*base, "--widths", "16"))
+    assert "--seed -1 must be" in error_line(*invoke(*base, "--seed", -1))
+    assert "--tile 1000 must be" in error_line(*invoke(*base, "--tile", 1000))
+    assert "at most the synthetic canvas" in error_line(*invoke(*base, "--tile", 512))
+    assert "smaller than the tile" in error_line(*invoke(*base, "--tile", 256, "--no-rescale"))
+    assert not (tmp_path / "r.pt").exists()
+
+
+def test_export_refuses_a_checkpoint_with_a_nan_diameter(
+    tmp_path: Path, invoke: Callable, error_line: Callable
+) -> None:
+    torch = pytest.importorskip("torch")
+    from cyclepose_deploy.nets.segmenter import Segmenter
+    from cyclepose_deploy.train.checkpoint import save_checkpoint
+
+    net = Segmenter(1, [8, 16, 32, 64], 20.0)
+    config = {
+        "in_channels": 1,
+        "widths": [8, 16, 32, 64],
+        "diameter": [float("nan"), 30.0],
+        "diam_mean": 20.0,
+    }
+    save_checkpoint(tmp_path / "m.pt", {"config": config, "S": net.state_dict(), "step": torch.tensor(0)})
+    line = error_line(*invoke("export", tmp_path / "m.pt", "-o", tmp_path / "e", "--precision", "fp32"))
+    assert "diameter nan must be a number" in line and not (tmp_path / "e").exists()
+
+
+def test_special_files_are_named_as_what_they_are(
+    tmp_path: Path, tiny_onnx: Callable, invoke: Callable, error_line: Callable
+) -> None:
+    model = tiny_onnx(tmp_path / "m.onnx")
+    os.mkfifo(tmp_path / "fifo.tif")
+    (tmp_path / "a.tif").symlink_to(tmp_path / "b.tif")
+    (tmp_path / "b.tif").symlink_to(tmp_path / "a.tif")
+    (tmp_path / "fake.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    cases = {"fifo.tif": "is a FIFO", "a.tif": "symbolic link that loops", "fake.png": "cannot decode"}
+    for name, message in cases.items():
+        line = error_line(*invoke("infer", tmp_path / name, "--model", model, "-o", tmp_path / "l.tif"))
+        assert message in line and len(line) < 400, line
+    assert "character device" in error_line(
+        *invoke("infer", "/dev/null", "--model", model, "-o", tmp_path / "l.tif")
+    )
 
 
 # outputs and folders -----------------------------------------------------------------------------------

@@ -143,8 +143,8 @@ def test_full_disk_while_saving_a_checkpoint(tmp_path: Path, monkeypatch: pytest
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--lr", "nan"], "--lr nan must be a learning rate"),
-        (["--lr-s", "inf"], "--lr-s inf must be a learning rate"),
+        (["--lr", "nan"], "--lr nan must be a number from 1e-07 to 1"),
+        (["--lr-s", "inf"], "--lr-s inf must be a number from 1e-07 to 1"),
         (["--diameter", "10-inf"], "--diameter needs"),
         (["--diameter", "nan-30"], "--diameter needs"),
         (["--max-minutes", "-1"], "--max-minutes"),

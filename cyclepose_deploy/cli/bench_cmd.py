@@ -42,6 +42,7 @@ def bench(
     from cyclepose_deploy.synth.tiles import synthetic_tiles
 
     batches = parse_int_list(batch, "--batch")
+    _check(tile, batches, iters, warmup, threads)
     if json_out is not None:
         check_writable(json_out)
     models = resolve_models(model)
@@ -64,6 +65,27 @@ def bench(
     print_table(report["results"])
     if json_out is not None:
         write_json_atomic(json_out, report)
+
+
+def _check(tile: int, batches: list[int], iters: int, warmup: int, threads: int | None) -> None:
+    """The declared ranges (cyclepose_deploy.limits.BENCH), and tile x tile x batch within memory,
+    before any model is loaded."""
+    from cyclepose_deploy import limits
+    from cyclepose_deploy.errors import OptionError
+
+    limits.BENCH["tile"].check("tile", tile)
+    for size in batches:
+        limits.BENCH["batch"].check("batch", size)
+        if size * tile * tile > limits.MAX_BATCH_PIXELS:
+            raise OptionError(
+                "batch",
+                f"{{batch}} {size} of {tile} px tiles is {size * tile * tile:,} px per call, over the "
+                f"{limits.MAX_BATCH_PIXELS:,} that fit in memory: lower {{batch}} or {{tile}}",
+            )
+    limits.BENCH["iters"].check("iters", iters)
+    limits.BENCH["warmup"].check("warmup", warmup)
+    if threads is not None:
+        limits.threads().check("threads", threads)
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:

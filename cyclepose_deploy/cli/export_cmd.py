@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
         bmz_evaluation: Path | None = typer.Option(
             None,
             "--bmz-evaluation",
-            help="With --bioimageio: a benchmarks/real_quality.py JSON, recorded as the package's evaluation.",
+            help="With --bioimageio: a benchmarks/real_quality.py JSON, the package's evaluation.",
         ),
     ) -> None:
         """Export S to ONNX (fp32, fp16, int8) and TensorRT, verified against torch, with a manifest."""

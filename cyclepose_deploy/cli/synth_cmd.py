@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from cyclepose_deploy import limits
 from cyclepose_deploy.cli.common import console, user_errors
 from cyclepose_deploy.defaults import DIAMETER
 from cyclepose_deploy.errors import UserError
@@ -27,12 +28,16 @@ def parse_diameter(text: str) -> tuple[float, float]:
 
 
 def _slide_shape(size: int | None, height: int | None, width: int | None) -> tuple[int, int]:
+    """(H, W) within limits.SYNTH["size"] (a band of 512 rows of the widest slide stays near 1 GB)."""
     height = height if height is not None else size
     width = width if width is not None else size
     if height is None or width is None:
         raise UserError("slide size is missing: pass --size N, or --height H and --width W")
-    if min(height, width) < 16:
+    if min(height, width) < limits.SYNTH["size"].low:
         raise UserError(f"slide size {height}x{width} is too small: use at least 16 pixels per side")
+    name = "size" if size is not None and height == width == size else "height" if height != size else "width"
+    for value in (height, width):
+        limits.SYNTH["size"].check(name, value)
     return height, width
 
 
@@ -63,8 +68,8 @@ def register(app: typer.Typer) -> None:
         h, w = _slide_shape(size, height, width)
         low, high = parse_diameter(diameter)
         _check_outputs(out, labels)
-        if not 0 < pixel_size < 1000:
-            raise UserError(f"--pixel-size must be a positive size in um, e.g. 0.65; got {pixel_size}")
+        seed = limits.SYNTH["seed"].check("seed", seed)
+        pixel_size = limits.SYNTH["pixel_size"].check("pixel_size", pixel_size)
         count = _run(out, labels, h, w, seed, low, high, pixel_size)
         where = f" and labels to {labels}" if labels is not None else ""
         console.print(f"wrote {h}x{w} slide with {count} nuclei to {out}{where}")

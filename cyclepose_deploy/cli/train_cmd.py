@@ -103,8 +103,6 @@ def register(app: typer.Typer) -> None:
         from cyclepose_deploy.train.progress import progress_callback
         from cyclepose_deploy.train.run import make_trainer, run
 
-        if tile % 16:
-            raise UserError(f"--tile must be a multiple of 16, got {tile}")
         if device not in ("cpu", "cuda"):
             raise UserError(f"--device must be cpu or cuda, got {device!r}")
         if device == "cuda" and not torch.cuda.is_available():
@@ -114,15 +112,12 @@ def register(app: typer.Typer) -> None:
             check_writable(slim_out)
         if resume and not out.is_file():
             raise UserError(f"--resume but {out} does not exist; drop --resume to start a new run")
-        import math
+        from cyclepose_deploy import limits
 
-        for value, option, top in ((lr_s, "--lr-s", 1.0), (lr, "--lr", 1.0)):
-            if not (math.isfinite(value) and 0 < value <= top):
-                raise UserError(f"{option} {value} must be a learning rate in (0, {top:g}], e.g. 2e-4")
-        if max_minutes is not None and not (math.isfinite(max_minutes) and max_minutes > 0):
-            raise UserError(f"--max-minutes {max_minutes} must be a positive number of minutes")
-        if tile % 16:
-            raise UserError(f"--tile {tile} must be a multiple of 16, e.g. 128")
+        if max_minutes is not None:
+            max_minutes = limits.TRAIN["max_minutes"].check("max_minutes", max_minutes)
+        checkpoint_every = limits.TRAIN["checkpoint_every"].check("checkpoint_every", checkpoint_every)
+        threads = limits.threads().check("threads", threads)
         torch.set_num_threads(threads)
         cover = parse_coverage(coverage)
         config = TrainConfig(

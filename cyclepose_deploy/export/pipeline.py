@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from cyclepose_deploy import limits
 from cyclepose_deploy.atomic import _publish_mode, owner_tag, swap_folder
 from cyclepose_deploy.defaults import DIAMETER, FLOW_SCALE, PERCENTILES, PRECISIONS
 from cyclepose_deploy.errors import UserError
@@ -181,6 +182,9 @@ def check_options(options: ExportOptions) -> None:
         raise UserError(f"calibration image {missing[0]} not found: fix the --calib path")
     if options.engine and "fp16" not in options.precisions:
         raise UserError("--engine is built from the fp16 ONNX: add fp16 to --precision")
+    limits.EXPORT["opset"].check("opset", options.opset)
+    if options.threads is not None:
+        limits.threads().check("threads", options.threads)
 
 
 def make_context(
@@ -323,6 +327,11 @@ def fail_on_errors(artifacts: list[Artifact]) -> None:
 
 def failure_text(art: Artifact) -> str:
     v = art.verification
+    import math
+
+    values = [v.get(key) for key in ("f1", "max_abs") if key in v]
+    if any(not isinstance(x, (int, float)) or not math.isfinite(x) for x in values):
+        return f"{art.file} gives NaN or infinite outputs (broken weights or BatchNorm statistics)"
     if v.get("kind") == "labels":
         return f"{art.file} mask F1 {v['f1']:.4f} < {v['min_f1']} (short by {v['min_f1'] - v['f1']:.4f})"
     ratio = v["max_abs"] / v["atol"]

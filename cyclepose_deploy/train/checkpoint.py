@@ -111,10 +111,24 @@ def check_config(config: Any, source: str) -> None:
     estimate = sum(80 * w * w for w in widths)  # two 3x3 residual blocks down and up per level
     if estimate > MAX_PARAMETERS:
         raise UserError(f"{source}: widths {widths} would build about {estimate:,} weights; refusing")
-    for key in ("diam_mean",):
-        value = config.get(key, 30.0)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < float(value) < 1e4:
-            raise UserError(f"{source}: {key} {value!r} (need a positive number of px); train again")
+    _check_scale(config, source)
+
+
+def _check_scale(config: dict[str, Any], source: str) -> None:
+    """diam_mean and the diameter range within limits.MODEL["diameter"] (what the manifest will carry
+    and the runtime accepts), min <= max; UserError naming the field."""
+    from cyclepose_deploy import limits
+    from cyclepose_deploy.errors import OptionError
+
+    bound = limits.MODEL["diameter"]
+    try:
+        bound.check("diam_mean", config.get("diam_mean", 30.0))
+        if "diameter" in config:
+            low, high = limits.check_pair("diameter", config["diameter"], bound, ordered=False)
+            if low > high:
+                raise OptionError("diameter", f"diameter {low:g}-{high:g} has MIN > MAX")
+    except OptionError as exc:
+        raise UserError(f"{source}: config {exc}; train again or re-save it") from None
 
 
 def check_state(state: Any, source: str) -> None:

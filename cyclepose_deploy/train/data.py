@@ -219,6 +219,14 @@ class ImageCrops:
         self.scales = [1.0] * len(self.images)
         if target_diameter is not None:
             rescaled = [rescale_to_diameter(im, target_diameter) for im in self.images]
+            tiny = [
+                str(p) for p, (im, _) in zip(paths, rescaled, strict=True) if min(im.shape[1:]) < tile // 2
+            ]
+            if tiny:
+                raise UserError(
+                    f"images smaller than the tile {tile} (under half of it once rescaled): "
+                    f"{', '.join(tiny[:3])}; pass a smaller --tile"
+                )
             self.images = [pad_to(im, tile) for im, _ in rescaled]
             self.scales = [scale for _, scale in rescaled]
         small = [str(p) for p, im in zip(paths, self.images, strict=True) if min(im.shape[1:]) < tile]

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cyclepose_deploy import limits
 from cyclepose_deploy.nets.discriminators import PatchDiscriminator
 from cyclepose_deploy.nets.renderer import Renderer
 from cyclepose_deploy.nets.segmenter import Segmenter
@@ -58,6 +59,11 @@ class TrainConfig:
     channels_last: bool = True  # NHWC activations: faster convolutions on CPU (oneDNN)
     init: str | None = None  # the checkpoint this run was warm-started from (--init), for provenance
 
+    def __post_init__(self) -> None:
+        """Every number within its declared range (limits.TRAIN), so that a run that starts also writes
+        a checkpoint export accepts; OptionError naming the setting."""
+        check_train_config(self)
+
     @property
     def diam_mean(self) -> float:
         return 0.5 * (self.diameter[0] + self.diameter[1])
@@ -66,6 +72,50 @@ class TrainConfig:
         return ShapePrior(
             diameter_min=self.diameter[0], diameter_max=self.diameter[1], coverage=self.coverage
         )
+
+
+def check_train_config(config: TrainConfig) -> None:
+    """The declared ranges of a training run (limits.TRAIN, limits.MODEL)."""
+    from cyclepose_deploy.errors import OptionError
+
+    table = limits.TRAIN
+    for name in ("steps", "tile", "batch", "seed"):
+        setattr(config, name, table[name].check(name, getattr(config, name)))
+    for name, key in (("lr_s", "lr"), ("lr", "lr")):
+        setattr(config, name, table[key].check(name, getattr(config, name)))
+    config.widths = check_widths(config.widths)
+    low, high = limits.check_pair("diameter", config.diameter, table["diameter"], ordered=False)
+    if low > high:
+        raise OptionError("diameter", f"{{diameter}} {low:g}-{high:g} needs MIN <= MAX, e.g. 10-30")
+    config.diameter = [low, high]
+    config.coverage = table["coverage"].check("coverage", config.coverage)
+    if config.coverage_max is not None:
+        config.coverage_max = table["coverage"].check("coverage", config.coverage_max)
+    if config.batch * config.tile * config.tile > limits.MAX_TRAIN_PIXELS:
+        raise OptionError(
+            "batch", f"{{batch}} {config.batch} crops of {config.tile} px are too many px per step: lower it"
+        )
+    if config.tile > config.bank_canvas:
+        raise OptionError(
+            "tile", f"{{tile}} {config.tile} must be at most the synthetic canvas ({config.bank_canvas} px)"
+        )
+    if not 0.0 <= config.border <= 1.0:
+        raise OptionError("border_crops", f"{{border_crops}} {config.border} must be a fraction from 0 to 1")
+    if config.precision not in ("auto", "bf16", "fp32"):
+        raise OptionError("precision", f"{{precision}} {config.precision!r} must be auto, bf16 or fp32")
+
+
+def check_widths(widths: object) -> list[int]:
+    """S's channels per level: 2 to 8 levels (Cellpose: 4), each within limits.MODEL["width"]; what
+    train.checkpoint.check_config asks of a checkpoint, so a run never writes one export refuses."""
+    from cyclepose_deploy.errors import OptionError
+
+    if not isinstance(widths, (list, tuple)) or not 2 <= len(widths) <= 8:
+        raise OptionError(
+            "widths",
+            f"{{widths}} {widths!r} needs 2 to 8 channel counts, e.g. 16,32,64,128 (Cellpose: 32,64,128,256)",
+        )
+    return [limits.MODEL["width"].check("widths", w) for w in widths]
 
 
 def cpu_has_bf16() -> bool:

@@ -124,13 +124,16 @@ class Runner:
             raise
 
     def _probe(self) -> None:
-        """Run one zero tile and check the I/O contract before any slide work: (N, C, H, W) float32 in,
-        (N, 3, H, W) out (a model with other outputs, a fixed input size or another output size would
-        otherwise fail hours into a run, or silently misalign)."""
+        """Run one tile of background and one of a bright disc and check the I/O contract before any
+        slide work: (N, C, H, W) float32 in, (N, 3, H, W) finite out (a model with other outputs, a fixed
+        input size, another output size or broken weights giving NaN would otherwise fail hours into a
+        run, or silently segment nothing)."""
         limits = self.shape_limits
         batch = limits.min_batch if limits else 1
         h, w = limits.opt_tile if limits else (4 * self.size_multiple, 4 * self.size_multiple)
         tile = np.zeros((batch, self.channels or 1, h, w), np.float32)
+        yy, xx = np.mgrid[:h, :w]
+        tile[:, :, (yy - h / 2) ** 2 + (xx - w / 2) ** 2 < (min(h, w) / 4) ** 2] = 1.0  # a bright "nucleus"
         try:
             out = np.asarray(self.infer_impl(tile))
         except UserError:
@@ -145,6 +148,11 @@ class Runner:
             raise UserError(
                 f"{self.name} maps a {tile.shape} input to {out.shape}; the runtime needs {expected} "
                 "(3 flow/cellprob channels, the input's size): export a CyclePose/Cellpose-style network"
+            )
+        if not np.isfinite(out).all():
+            raise UserError(
+                f"{self.name} gives NaN or infinite outputs for a plain test tile: its weights are broken "
+                "(a diverged training or a damaged file); re-export it from a good checkpoint"
             )
 
     def deactivate(self) -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import ValidationError
 
+from cyclepose_deploy import limits
 from cyclepose_deploy.defaults import (
     FLOW_SCALE,
     INPUT_NAME,
@@ -116,22 +116,35 @@ def _adapter() -> Any:
 
 
 def _check_values(m: Manifest, where: str) -> None:
+    """Every number within its declared range (limits.MODEL: the same rules export applied when it
+    wrote it), percentiles lower < upper, diameter min <= max."""
+    from cyclepose_deploy.errors import OptionError
+
     problems = []
-    numbers = [m.flow_scale, *m.diameter, *m.normalization.values()]
+    table = limits.MODEL
+    checks: list[tuple[str, object, limits.Range]] = [
+        ("flow_scale", m.flow_scale, table["flow_scale"]),
+        ("channels", m.channels, table["channels"]),
+        ("size_multiple", m.size_multiple, table["size_multiple"]),
+        *(("diameter", d, table["diameter"]) for d in m.diameter),
+        *((f"normalization_{k}", v, table["percentile"]) for k, v in m.normalization.items()),
+    ]
     if m.max_extent is not None:
-        numbers.append(m.max_extent)
-    if not all(math.isfinite(v) for v in numbers):
-        problems.append("a number is NaN or infinite")
-    if len(m.diameter) == 2 and not 0 < m.diameter[0] <= m.diameter[1]:
-        problems.append(f"diameter {m.diameter} (need 0 < min <= max)")
-    if m.channels not in (1, 2):
-        problems.append(f"channels {m.channels} (need 1 or 2)")
-    if m.size_multiple < 1 or m.flow_scale <= 0:
-        problems.append("size_multiple/flow_scale must be positive")
+        checks.append(("max_extent", m.max_extent, table["max_extent"]))
+    for name, value, bound in checks:
+        try:
+            bound.check(name, value)
+        except OptionError as exc:
+            problems.append(str(exc))
     if len(m.diameter) != 2:
         problems.append("diameter must be [min, max]")
-    if m.max_extent is not None and not (isinstance(m.max_extent, (int, float)) and m.max_extent > 0):
-        problems.append(f"max_extent {m.max_extent!r} (need a positive number of pixels)")
+    elif not m.diameter[0] <= m.diameter[1]:
+        problems.append(f"diameter {m.diameter} (need min <= max)")
+    lower, upper = m.normalization.get("lower", 1.0), m.normalization.get("upper", 99.0)
+    if not lower < upper:
+        problems.append(
+            f"normalization lower {lower:g} >= upper {upper:g} (need lower < upper, e.g. 1 and 99)"
+        )
     for art in m.artifacts:
         if art.format not in FORMATS or art.precision not in PRECISIONS:
             problems.append(f"artifact {art.file}: format/precision {art.format}/{art.precision}")
@@ -154,6 +167,8 @@ def load_manifest(directory: str | Path) -> Manifest:
         raise UserError(f"cannot read {path}: {exc.strerror or exc}; check its permissions") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is not valid JSON ({exc}): re-export the model") from None
+    except RecursionError:
+        raise UserError(f"{path} is nested too deeply to be a manifest: re-export the model") from None
     manifest = manifest_from_dict(data, str(path))
     manifest.root = path.parent
     return manifest
