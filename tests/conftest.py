@@ -25,6 +25,7 @@ _CACHE = tempfile.mkdtemp(prefix="cyclepose-test-cache-")
 for _var in ("XDG_CACHE_HOME", "TORCHINDUCTOR_CACHE_DIR", "MPLCONFIGDIR", "TRITON_CACHE_DIR"):
     os.environ.setdefault(_var, os.path.join(_CACHE, _var.lower()))
 os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(_CACHE, "numba"))
+os.environ.setdefault("NAPARI_CONFIG", os.path.join(_CACHE, "napari", "settings.yaml"))  # napari's settings
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 

@@ -239,12 +239,17 @@ def test_geojson_and_rois_match_the_labels_chunked_or_not(
     assert single > len(rois) // 2
 
 
-def test_ome_zarr_labels_validate_and_equal_the_tiff(
+def test_ome_zarr_opens_at_the_printed_path_and_equals_the_tiff(
     net: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, invoke: Callable
 ) -> None:
+    """The folder --zarr names is an NGFF image with labels/nuclei: ome-zarr-py's Reader finds the image
+    and its label there, ome-zarr-models validates root and label, the label levels equal the TIFF's."""
     pytest.importorskip("ome_zarr")
     models = pytest.importorskip("ome_zarr_models.v05.image_label")
+    images = pytest.importorskip("ome_zarr_models.v05.image")
     import zarr
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Multiscales, Reader
 
     monkeypatch.setattr("cyclepose_deploy.runtime.outputs.tiff.PYRAMID_TOP", 128)
     image, _ = make_slide(300, 260, 4)
@@ -273,7 +278,16 @@ def test_ome_zarr_labels_validate_and_equal_the_tiff(
         np.testing.assert_array_equal(np.asarray(group[dataset["path"]]), level)
     first = multiscale["datasets"][0]["coordinateTransformations"][0]["scale"]
     assert first == pytest.approx([0.65, 0.65])
-    assert zarr.open_group(str(store / "labels"), mode="r").attrs["ome"]["labels"] == ["nuclei"]
+    assert zarr.open_group(str(store / "labels"), mode="r").attrs["ome"] == {
+        "version": "0.5",
+        "labels": ["nuclei"],
+    }
+    images.Image.from_zarr(zarr.open_group(str(store), mode="r"))  # the root: the image
+    nodes = list(Reader(parse_url(str(store)))())  # the path the tool prints, as napari-ome-zarr reads it
+    kinds = {type(spec) for node in nodes for spec in node.specs}
+    assert Multiscales in kinds and Label in kinds, kinds
+    root = zarr.open_group(str(store), mode="r")
+    np.testing.assert_array_equal(np.asarray(root["s0"]), image)  # the segmented image, its own dtype
     code, text = invoke(
         "infer", tmp_path / "s.tif", "--model", net, "-o", tmp_path / "l2.tif", "--zarr", store
     )
@@ -407,7 +421,11 @@ def test_shared_batcher_concatenates_callers_and_returns_their_own_rows() -> Non
         batcher.infer(np.ones((1, 1, 32, 32), np.float32))
 
 
-def test_batch_of_small_fields_equals_fields_run_alone(net: Path, tmp_path: Path, invoke: Callable) -> None:
+def test_batch_of_small_fields_equals_fields_run_alone(
+    net: Path, tmp_path: Path, invoke: Callable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # callers must meet within the linger for their tiles to share a call: generous on a busy machine
+    monkeypatch.setattr("cyclepose_deploy.runtime.backends.batching.LINGER_S", 0.05)
     from cyclepose_deploy import Segmenter
 
     src = tmp_path / "fields"

@@ -38,7 +38,7 @@ class SharedBatcher(Runner):
     activate() starts the batching thread; deactivate() serves what is queued, then stops it (later
     calls raise)."""
 
-    def __init__(self, runner: Runner, max_batch: int, linger: float = LINGER_S) -> None:
+    def __init__(self, runner: Runner, max_batch: int, linger: float | None = None) -> None:
         super().__init__(
             f"shared:{runner.name}",
             device=runner.device,
@@ -47,7 +47,8 @@ class SharedBatcher(Runner):
             size_multiple=runner.size_multiple,
             shape_limits=runner.shape_limits,
         )
-        self.runner, self.max_batch, self.linger = runner, max(1, max_batch), linger
+        self.runner, self.max_batch = runner, max(1, max_batch)
+        self.linger = LINGER_S if linger is None else linger
         if self.shape_limits is not None:
             self.max_batch = min(self.max_batch, self.shape_limits.max_batch)
         self.calls = 0

@@ -14,7 +14,9 @@ from cyclepose_deploy.atomic import writing
 from cyclepose_deploy.runtime.outputs.objects import ObjectTable
 from cyclepose_deploy.runtime.outputs.preview import Preview
 from cyclepose_deploy.runtime.outputs.tiff import (
+    Block,
     BlockObserver,
+    PyramidSpool,
     label_blocks,
     pyramid_shapes,
     resampled_blocks,
@@ -47,11 +49,7 @@ def write(ctx: RunContext) -> tuple[int, np.ndarray | None]:
                 observe(r0, c0, block)
             in_memory[r0 : r0 + block.shape[0], c0 : c0 + block.shape[1]] = block
     else:
-        with writing(outputs.labels):
-            # nearest-neighbour levels, straight from the seed ids (labels are never averaged)
-            levels = [
-                (label_blocks(store.ids, table, shape), shape) for shape in pyramid_shapes(source.shape)
-            ]
+        with writing(outputs.labels), _pyramid(ctx, table, observers) as levels:
             write_tiled_tiff(
                 ctx.temps[outputs.labels],
                 blocks,
@@ -66,10 +64,10 @@ def write(ctx: RunContext) -> tuple[int, np.ndarray | None]:
     if objects is not None and (outputs.geojson or outputs.rois):
         _outlines(ctx, objects, in_memory)
     if outputs.zarr is not None and outputs.labels is not None:
-        from cyclepose_deploy.runtime.outputs.omezarr import write_labels_zarr
+        from cyclepose_deploy.runtime.outputs.omezarr import write_ome_zarr
 
         with writing(outputs.zarr):
-            write_labels_zarr(ctx.temps[outputs.labels], ctx.temps[outputs.zarr], source.pixel_size)
+            write_ome_zarr(source, ctx.temps[outputs.labels], ctx.temps[outputs.zarr], source.pixel_size)
     if preview is not None and outputs.preview is not None:
         with _labels_reader(ctx, in_memory) as read:
             preview.save(ctx.temps[outputs.preview], read)
@@ -79,6 +77,27 @@ def write(ctx: RunContext) -> tuple[int, np.ndarray | None]:
             write_tiled_tiff(ctx.temps[outputs.prob], prob_blocks, source.shape, "uint8", source.pixel_size)
     ctx.times["write"] = time.perf_counter() - t
     return len(table), in_memory
+
+
+@contextlib.contextmanager
+def _pyramid(
+    ctx: RunContext, table: np.ndarray, observers: list[BlockObserver]
+) -> Iterator[list[tuple[Iterator[Block], tuple[int, int]]]]:
+    """The labels' sub-resolution levels as (blocks, shape), nearest-neighbour (labels are never
+    averaged). On the slide's own grid (scale 1) they are picked from the level-0 blocks as those are
+    written (tiff.PyramidSpool, an observer added here); otherwise straight from the seed ids."""
+    assert ctx.store is not None and ctx.folder is not None
+    shapes = pyramid_shapes(ctx.source.shape)
+    if not shapes or tuple(ctx.store.ids.shape) != tuple(ctx.source.shape):
+        yield [(label_blocks(ctx.store.ids, table, shape), shape) for shape in shapes]
+        return
+    spool = PyramidSpool(ctx.folder, ctx.source.shape, shapes)
+    observers.append(spool.observe)
+    try:
+        yield [(spool.blocks(k), shape) for k, shape in enumerate(shapes)]
+    finally:
+        observers.remove(spool.observe)
+        spool.close()
 
 
 def flows_and_prob(ctx: RunContext) -> tuple[np.ndarray, np.ndarray]:
