@@ -115,7 +115,7 @@ TRAIN: Mapping[str, Range] = {
     "checkpoint_every": Range(0, 1_000_000, "steps", integer=True, example="200"),
     "max_minutes": Range(0.01, 1_000_000, "min", example="85"),
     "refine_steps": Range(0, 1_000_000, "steps", integer=True, example="600"),
-    "refine_rounds": Range(1, 10, "rounds", integer=True, example="2"),
+    "refine_rounds": Range(1, 20, "rounds", integer=True, example="2"),
 }
 MAX_TRAIN_PIXELS = 1 << 22  # tile x tile x batch per step
 

@@ -304,6 +304,7 @@ TINY_TRAIN = {
     "disc_base": 8,
     "calibration_batches": 2,
     "pool": 4,
+    "precision": "fp32",  # the same arithmetic on every CPU (bf16 only where it is native)
 }
 
 

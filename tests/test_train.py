@@ -79,6 +79,52 @@ def test_resume_reproduces_uninterrupted_run(
             assert torch.allclose(value.float(), b[net][key].float(), atol=1e-6), (net, key)
 
 
+def test_refinement_resumes_exactly_mid_round(
+    image_path: Path, tmp_path: Path, tiny_train_config: Callable
+) -> None:
+    """The self-training phase after the CycleGAN steps: interrupted mid-round and resumed, it ends
+    where an uninterrupted run does (the round's labels are made again by the S that made them)."""
+    settings = {"steps": 3, "refine_steps": 4, "refine_rounds": 2, "precision": "fp32"}
+    straight = _trainer(tiny_train_config, image_path, **settings)
+    run(straight, tmp_path / "a.pt", checkpoint_every=0)
+    first = _trainer(tiny_train_config, image_path, **settings)
+    run(first, tmp_path / "b.pt", checkpoint_every=0, until=6)  # inside the second round
+    resumed = make_trainer([image_path], tiny_train_config(**settings), "cpu", tmp_path / "b.pt")
+    run(resumed, tmp_path / "b.pt", checkpoint_every=0)
+    a, b = load_checkpoint(tmp_path / "a.pt"), load_checkpoint(tmp_path / "b.pt")
+    assert a["step"] == b["step"] == 7 and a["refine"]["step"] == 4
+    for key, value in a["S_train"].items():
+        assert torch.equal(value, b["S_train"][key]), key
+
+
+def test_warm_start_takes_the_checkpoints_nets_and_shape(
+    image_path: Path, tmp_path: Path, tiny_train_config: Callable
+) -> None:
+    base = _trainer(tiny_train_config, image_path, steps=2, precision="fp32")
+    run(base, tmp_path / "base.pt", checkpoint_every=0)
+    config = tiny_train_config(steps=1, widths=[16, 32, 64, 128], diameter=[5.0, 50.0], precision="fp32")
+    warm = make_trainer([image_path], config, "cpu", None, tmp_path / "base.pt")
+    assert warm.config.widths == [8, 16, 32, 64] and warm.config.diameter == base.config.diameter
+    saved = load_checkpoint(tmp_path / "base.pt")
+    for name in ("S", "G", "D_image", "D_mask"):
+        for key, value in saved[name].items():
+            if value.is_floating_point() and not key.endswith(("running_mean", "running_var")):
+                assert torch.equal(getattr(warm, name).state_dict()[key], value), (name, key)
+    assert warm.config.init == str(tmp_path / "base.pt")
+
+
+@pytest.mark.skipif(
+    not __import__("cyclepose_deploy.train.loop", fromlist=["cpu_has_bf16"]).cpu_has_bf16(),
+    reason="this CPU has no native bfloat16 (AVX512-BF16 / AMX): bf16 training would be emulated",
+)
+def test_bf16_training_on_cpu_stays_finite_and_learns(image_path: Path, tiny_train_config: Callable) -> None:
+    trainer = _trainer(tiny_train_config, image_path, steps=16, lr_s=2e-3, batch=4, precision="bf16")
+    assert trainer.amp_dtype == torch.bfloat16
+    history = [trainer.train_step() for _ in range(16)]
+    assert all(np.isfinite(v) for losses in history for v in losses.values())
+    assert np.mean([h["mask"] for h in history[-4:]]) < np.mean([h["mask"] for h in history[:4]])
+
+
 def test_cli_train_writes_full_and_slim_checkpoints(image_path: Path, tmp_path: Path) -> None:
     out, slim = tmp_path / "full.pt", tmp_path / "slim.pt"
     args = ["train", "--images", str(image_path), "--out", str(out), "--slim-out", str(slim), "--steps", "2"]

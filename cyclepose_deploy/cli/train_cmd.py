@@ -87,6 +87,15 @@ def register(app: typer.Typer) -> None:
             help="CPU arithmetic: auto (bf16 where the CPU has native bf16, else fp32), bf16 or fp32. CUDA "
             "always trains in fp16 mixed precision.",
         ),
+        refine_steps: int = typer.Option(
+            0,
+            "--refine-steps",
+            help="After the CycleGAN steps, this many steps of self-training on S's own confident "
+            "nuclei in --images (a departure from the paper; docs/train.md). 0: off.",
+        ),
+        refine_rounds: int = typer.Option(
+            2, "--refine-rounds", help="Times the images are labelled again during --refine-steps."
+        ),
         border: float = typer.Option(
             0.25,
             "--border-crops",
@@ -135,10 +144,12 @@ def register(app: typer.Typer) -> None:
             lr=lr,
             precision=precision,
             border=border,
+            refine_steps=refine_steps,
+            refine_rounds=refine_rounds,
         )
         start = shipped_or_path(init) if init is not None else None
         trainer = make_trainer([*images, *(more or [])], config, device, out if resume else None, start)
-        with progress_callback(trainer.step, trainer.config.steps) as on_step:
+        with progress_callback(trainer.step, trainer.config.total_steps) as on_step:
             summary = run(
                 trainer, out, checkpoint_every, slim_out, max_minutes, on_step, provenance=_provenance()
             )

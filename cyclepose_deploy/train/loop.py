@@ -23,6 +23,7 @@ from cyclepose_deploy.synth.shapes import ShapePrior
 from cyclepose_deploy.train.data import ImageCrops, MaskBank
 from cyclepose_deploy.train.losses import augment_rendering, flow_loss, lsgan, to_mask_domain
 from cyclepose_deploy.train.pool import ImagePool
+from cyclepose_deploy.train.refine import Refiner
 
 
 @dataclass
@@ -58,6 +59,12 @@ class TrainConfig:
     precision: str = "auto"  # CPU: "bf16" (autocast) where the CPU has native bf16, else "fp32"; CUDA: fp16
     channels_last: bool = True  # NHWC activations: faster convolutions on CPU (oneDNN)
     init: str | None = None  # the checkpoint this run was warm-started from (--init), for provenance
+    # refinement by self-training after the CycleGAN steps (train/refine.py; a departure, off at 0)
+    refine_steps: int = 0
+    refine_rounds: int = 2
+    refine_lr: float = 3e-4
+    refine_synthetic: float = 0.25  # share of each refinement batch rendered from synthetic masks
+    refine_flow_error: float = 0.4  # pseudo-label objects whose flow error exceeds it are ignored
 
     def __post_init__(self) -> None:
         """Every number within its declared range (limits.TRAIN), so that a run that starts also writes
@@ -67,6 +74,11 @@ class TrainConfig:
     @property
     def diam_mean(self) -> float:
         return 0.5 * (self.diameter[0] + self.diameter[1])
+
+    @property
+    def total_steps(self) -> int:
+        """CycleGAN steps, then refinement steps."""
+        return self.steps + self.refine_steps
 
     def prior(self) -> ShapePrior:
         return ShapePrior(
@@ -101,6 +113,13 @@ def check_train_config(config: TrainConfig) -> None:
         )
     if not 0.0 <= config.border <= 1.0:
         raise OptionError("border_crops", f"{{border_crops}} {config.border} must be a fraction from 0 to 1")
+    config.refine_steps = table["refine_steps"].check("refine_steps", config.refine_steps)
+    config.refine_rounds = table["refine_rounds"].check("refine_rounds", config.refine_rounds)
+    config.refine_lr = table["lr"].check("refine_lr", config.refine_lr)
+    if not 0.0 <= config.refine_synthetic < 1.0:
+        raise OptionError(
+            "refine_synthetic", f"{{refine_synthetic}} {config.refine_synthetic} must be in [0, 1)"
+        )
     if config.precision not in ("auto", "bf16", "fp32"):
         raise OptionError("precision", f"{{precision}} {config.precision!r} must be auto, bf16 or fp32")
 
@@ -180,6 +199,7 @@ class Trainer:
         self.bank.fill(self.rng)
         self.step = 0
         self.seconds = 0.0  # wall time trained, across resumes
+        self.refiner: Refiner | None = Refiner(self) if config.refine_steps else None
 
     def warm_start(self, nets: dict[str, dict[str, torch.Tensor]]) -> None:
         """Load the weights of a warm start (train.run.init_config): S always; G and the discriminators
@@ -209,7 +229,12 @@ class Trainer:
         return Batches(*(self._tensor(a) for a in (x, inside_x, r, inside_r)))
 
     def train_step(self) -> dict[str, float]:
-        """One update of S and G, then of both discriminators. Returns the losses."""
+        """One step: of the CycleGAN (S and G, then both discriminators) for the first config.steps,
+        then of the refinement (train/refine.py). Returns the losses."""
+        if self.step >= self.config.steps and self.refiner is not None:
+            losses = self.refiner.train_step()
+            self.step += 1
+            return losses
         self._set_lr()
         batches = self._batches()
         losses, fake_x, r_x = self._generator_step(batches)
@@ -301,7 +326,9 @@ class Trainer:
         return out
 
     def _resume_state(self) -> dict[str, Any]:
+        refine = {"refine": self.refiner.state_dict()} if self.refiner is not None else {}
         return {
+            **refine,
             "S_train": _cpu(self.S.state_dict()),
             "optimizers": {
                 "gen": self.opt_gen.state_dict(),
@@ -350,6 +377,8 @@ class Trainer:
             }
         )
         self.step = int(checkpoint["step"])
+        if self.refiner is not None and "refine" in checkpoint:
+            self.refiner.load_state_dict(checkpoint["refine"])
 
 
 @dataclass

@@ -58,7 +58,7 @@ def make_trainer(
                 f"{resume_from} is a slim checkpoint without training state; resume from the full --out"
             )
         saved = {k: v for k, v in checkpoint["config"].items() if k in TrainConfig.__dataclass_fields__}
-        saved["steps"] = config.steps
+        saved["steps"], saved["refine_steps"] = config.steps, config.refine_steps
         try:
             config = TrainConfig(**saved)
         except TypeError as exc:
@@ -99,18 +99,19 @@ def run(
     until: int | None = None,
     provenance: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Train until `config.steps` (or the time limit); write the full checkpoint every K steps and
+    """Train until `config.total_steps` (or the time limit); write the full checkpoint every K steps and
     at the end, and the slim one (no training state) at the end; `until` stops early at that step
-    (the schedule still aims at `config.steps`). Returns a summary."""
+    (the schedules still aim at the configured steps). Returns a summary."""
     start = time.monotonic()
     first = trainer.step
-    last = trainer.config.steps if until is None else min(until, trainer.config.steps)
+    total = trainer.config.total_steps
+    last = total if until is None else min(until, total)
     while trainer.step < last:
         losses = trainer.train_step()
         _check_finite(trainer, losses, out)
         if on_step is not None:
             on_step(trainer.step, losses)
-        if checkpoint_every and trainer.step % checkpoint_every == 0 and trainer.step < trainer.config.steps:
+        if checkpoint_every and trainer.step % checkpoint_every == 0 and trainer.step < total:
             partial = trainer.checkpoint(full=True)
             elapsed = trainer.seconds + time.monotonic() - start
             partial["provenance"] = {**(provenance or {}), "train_seconds": elapsed}
