@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,6 +118,13 @@ TRAIN: Mapping[str, Range] = {
     "refine_rounds": Range(1, 20, "rounds", integer=True, example="2"),
 }
 MAX_TRAIN_PIXELS = 1 << 22  # tile x tile x batch per step
+MAX_WEIGHTS = 200_000_000  # S's weights: far above any segmenter here (~0.3 to 7 M); guards memory
+
+
+def approx_weights(widths: Sequence[int]) -> int:
+    """S's weight count, roughly: two 3x3 residual blocks down and two up per level (80 w^2)."""
+    return sum(80 * w * w for w in widths)
+
 
 # `cyclepose synth` ------------------------------------------------------------------------------
 SYNTH: Mapping[str, Range] = {

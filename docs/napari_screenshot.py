@@ -1,7 +1,8 @@
 """Make docs/napari-widget.png: the Segment nuclei widget docked in napari after a run.
 
     xvfb-run -a -s "-screen 0 1400x900x24" .venv/bin/python docs/napari_screenshot.py \
-        --model EXPORT_DIR --image slide.tif   # e.g. `cyclepose synth slide.tif --height 520 --width 696 --seed 7`
+        --model EXPORT_DIR --image slide.tif
+    (slide.tif e.g. from `cyclepose synth slide.tif --height 520 --width 696 --seed 7`)
 
 Opens the widget as the Plugins menu does (the npe2 manifest), presses Run (the worker thread), waits
 for the Labels layer and saves the window, reduced to a 256-colour PNG. napari's settings and the

@@ -166,7 +166,7 @@ def test_cellpose3_state_dict_exports_through_the_cli(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["--precision", "fp8"], "--precision 'fp8' is invalid"),
-        (["--opset", "7"], "--opset 7 is not supported"),
+        (["--opset", "7"], "--opset 7 must be a whole number from 13 to 21"),
         (["--profile", "no-such-profile"], "profile no-such-profile not found"),
         (["--calib", "/nonexistent.tif"], "calibration image /nonexistent.tif not found"),
     ],

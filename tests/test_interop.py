@@ -137,13 +137,18 @@ def test_api_reads_zarr_and_dask_arrays_in_windows(net: Path, tmp_path: Path) ->
         np.testing.assert_array_equal(seg.segment(da.from_array(image, chunks=64)).labels, reference)
 
 
+@pytest.mark.parametrize("spool", [True, False], ids=["levels-spooled", "levels-from-ids"])
 def test_labels_are_a_nearest_neighbour_ome_tiff_pyramid(
-    net: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, invoke: Callable
+    net: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, invoke: Callable, spool: bool
 ) -> None:
+    """Both ways to the levels (spooled while level 0 streams by, or decoded from the ids when the
+    spool would be too big) pick the nearest full-size pixel."""
     from cyclepose_deploy.runtime.outputs.tiff import nearest_index
     from cyclepose_deploy.runtime.source.slide import Slide
 
     monkeypatch.setattr("cyclepose_deploy.runtime.outputs.tiff.PYRAMID_TOP", 128)
+    if not spool:
+        monkeypatch.setattr("cyclepose_deploy.runtime.run.passtwo.SPOOL_MAX_BYTES", 0)
     image, _ = make_slide(520, 400, 9)
     tifffile.imwrite(tmp_path / "s.tif", image)
     code, text = invoke(

@@ -191,6 +191,21 @@ def test_multi_page_stack_needs_a_plane(tmp_path: Path) -> None:
         Slide(tmp_path / "pages.tif", options=SlideOptions(plane=4))
 
 
+def test_a_numpy_stack_saved_as_planar_samples_needs_a_channel(tmp_path: Path) -> None:
+    """tifffile.imwrite of an (N, H, W) array with N 3 or 4 writes one page of N planar samples (axes
+    SYX): nothing says whether they are a stack or channels, so the reader asks instead of taking 0."""
+    planes = (RNG.random((3, 40, 50)) * 100).astype(np.uint8)
+    # what tifffile.imwrite(path, planes) writes today (it warns that it will change)
+    tifffile.imwrite(tmp_path / "three.tif", planes, photometric="rgb", planarconfig="separate")
+    with pytest.raises(UserError, match=r"3 planes stored as the samples of one page.*channel N \(0\.\.2\)"):
+        Slide(tmp_path / "three.tif")
+    picked = Slide(tmp_path / "three.tif", options=SlideOptions(channel=2))
+    np.testing.assert_array_equal(picked.read(0, 40, 0, 50), planes[2])
+    rgb = np.moveaxis(planes, 0, -1).copy()  # interleaved RGB (YXS) keeps channel 0 by default
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    np.testing.assert_array_equal(Slide(tmp_path / "rgb.tif").read(0, 40, 0, 50), planes[0])
+
+
 # 3. axes -------------------------------------------------------------------------------------------
 def test_imagej_hyperstack_picks_t_z_and_channel(tmp_path: Path) -> None:
     stack = (RNG.random((2, 3, 2, 30, 40)) * 1000).astype(np.uint16)  # TZCYX

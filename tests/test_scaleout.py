@@ -307,3 +307,65 @@ def test_a_task_of_a_gone_driver_writes_nothing(scaleout_data: dict[str, Path], 
     assert store.done() == set()  # the old driver's task computed, but did not write
     chunk_task(replace(job, token="new-driver"), chunk)
     assert store.done() == {0}
+
+
+def test_ctrl_c_in_the_cli_keeps_the_run_folder_and_resume_finishes_it(
+    scaleout_data: dict[str, Path], tmp_path: Path, infer: Callable
+) -> None:
+    """SIGINT (Ctrl-C) to a running `cyclepose infer` once chunks have finished: exit 130, no labels
+    file, the run folder kept with its finished chunks; --resume finishes with the labels of an
+    uninterrupted run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = {**scaleout_data, "slide": tmp_path / "big.tif"}  # 4x the area: the signal lands mid-run
+    tifffile.imwrite(data["slide"], np.tile(tifffile.imread(scaleout_data["slide"]), (2, 2)), tile=(64, 64))
+    whole = infer(data, tmp_path / "whole.tif", "--chunk", 128)
+    out = tmp_path / "l.tif"
+    args = [sys.executable, "-m", "cyclepose_deploy", "infer", data["slide"], "--model", data["net"]]
+    args += ["-o", out, *OPTS, "--chunk", 128, "--threads", 1]
+    process = subprocess.Popen(
+        [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    done = tmp_path / "l.tif.run" / "done"
+    end = time.monotonic() + 120
+    while time.monotonic() < end and process.poll() is None and len(list(done.glob("*.npy"))) < 2:
+        time.sleep(0.02)
+    if process.poll() is not None:
+        pytest.skip("the run ended before the interrupt could land (machine too fast)")
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output
+    assert "Traceback" not in output and "interrupted" in output
+    kept = _markers(tmp_path / "l.tif.run")
+    assert 2 <= len(kept) < whole["chunks"] and not out.exists()
+    resumed = infer(data, out, "--chunk", 128, "--resume")
+    assert resumed["chunks_resumed"] >= 2
+    assert np.array_equal(tifffile.imread(out), tifffile.imread(tmp_path / "whole.tif"))
+
+
+@pytest.mark.parametrize("tamper", ["fingerprint", "marker", "store"])
+def test_a_run_folder_tampered_with_between_kill_and_resume_is_refused(
+    scaleout_data: dict[str, Path], tmp_path: Path, run_cli: Callable, error_line: Callable, tamper: str
+) -> None:
+    """Whatever was changed in LABELS.run after the interruption (the recorded settings, a chunk's
+    marker, the store), --resume refuses in one line naming --overwrite, and writes no labels."""
+    import shutil
+
+    out = tmp_path / "l.tif"
+    interrupt_halfway(scaleout_data, out)
+    run = tmp_path / "l.tif.run"
+    if tamper == "fingerprint":
+        data = json.loads((run / "run.json").read_text())
+        data["scale"] = 0.5
+        (run / "run.json").write_text(json.dumps(data))
+    elif tamper == "marker":
+        marker = sorted((run / "done").glob("*.npy"))[0]
+        marker.write_bytes(b"not an array")
+    else:
+        shutil.rmtree(run / "ids.zarr")
+    line = error_line(*run_cli(scaleout_data, out, "--chunk", 128, "--resume"))
+    assert "--overwrite" in line
+    assert not out.exists()

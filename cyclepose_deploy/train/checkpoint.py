@@ -86,7 +86,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 MAX_WIDTH = 1024  # channels per level: Cellpose uses 32..256
-MAX_PARAMETERS = 200_000_000  # far above any segmenter here (~0.3 to 7 M); guards memory before building
 
 
 def check_config(config: Any, source: str) -> None:
@@ -108,8 +107,10 @@ def check_config(config: Any, source: str) -> None:
             f"{source}: widths {str(widths)[:80]} (need 2 to 8 channel counts of 1..{MAX_WIDTH}); "
             "train again or re-save it"
         )
-    estimate = sum(80 * w * w for w in widths)  # two 3x3 residual blocks down and up per level
-    if estimate > MAX_PARAMETERS:
+    from cyclepose_deploy import limits
+
+    estimate = limits.approx_weights(widths)
+    if estimate > limits.MAX_WEIGHTS:
         raise UserError(f"{source}: widths {widths} would build about {estimate:,} weights; refusing")
     _check_scale(config, source)
 

@@ -134,7 +134,14 @@ def check_widths(widths: object) -> list[int]:
             "widths",
             f"{{widths}} {widths!r} needs 2 to 8 channel counts, e.g. 16,32,64,128 (Cellpose: 32,64,128,256)",
         )
-    return [limits.MODEL["width"].check("widths", w) for w in widths]
+    checked = [limits.MODEL["width"].check("widths", w) for w in widths]
+    if limits.approx_weights(checked) > limits.MAX_WEIGHTS:
+        raise OptionError(
+            "widths",
+            f"{{widths}} {','.join(map(str, checked))} would build about {limits.approx_weights(checked):,} "
+            f"weights (at most {limits.MAX_WEIGHTS:,}): use fewer channels, e.g. 32,64,128,256",
+        )
+    return checked
 
 
 def cpu_has_bf16() -> bool:

@@ -20,6 +20,7 @@ STOP_TOL = np.float32(1e-4)
 SETTLE_STEP = np.float32(0.1)  # only tails of small steps count as settling
 SETTLE_RATIO = np.float32(0.9)  # ... that shrink by at least this factor per step
 SETTLE_SAFETY = np.float32(2.0)  # margin on the geometric bound of the remaining distance
+ROWS_PER_TASK = 16  # rows a thread takes at a time when following in parallel
 
 
 @numba.njit(cache=True)
@@ -97,25 +98,38 @@ def _trajectory_end(field: np.ndarray, iy: int, ix: int, niter: int) -> tuple[in
     return iy, ix
 
 
-@numba.njit(cache=True, parallel=True)
-def _trajectory_ends(field: np.ndarray, foreground: np.ndarray, niter: int) -> np.ndarray:
-    """End point (y * W + x) of every foreground pixel, -1 elsewhere. Rows run in parallel: each
-    pixel's trajectory is independent, so the result does not depend on the number of threads."""
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _trajectory_ends(field: np.ndarray, foreground: np.ndarray, niter: int, ends: np.ndarray) -> None:
+    """End point (y * W + x) of every foreground pixel into `ends` (-1 elsewhere). Rows run in
+    parallel: each pixel's trajectory is independent, so the result does not depend on the number of
+    threads. The caller sets the parallel chunk size (`follow_and_count`)."""
     ly, lx = foreground.shape
-    ends = np.full((ly, lx), -1, np.int64)
     for row in numba.prange(ly):
         y = np.int64(row)  # prange indices are unsigned; int64 keeps index arithmetic integral
         for x in range(lx):
             if not foreground[y, x]:
+                ends[y, x] = -1
                 continue
             iy, ix = y, np.int64(x)
             if max(abs(field[0, y, x]), abs(field[1, y, x])) > 1e-3:
                 iy, ix = _trajectory_end(field, y, ix, niter)
             ends[y, x] = iy * lx + ix
-    return ends
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
+def _masked(flows: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+    """flows * foreground as numpy computes it (a float32 product with 1 or 0, so -0.0 where a
+    negative flow is masked), in one pass."""
+    out = np.empty(flows.shape, np.float32)
+    for y in range(flows.shape[1]):
+        for x in range(flows.shape[2]):
+            keep = np.float32(1) if foreground[y, x] else np.float32(0)
+            out[0, y, x] = flows[0, y, x] * keep
+            out[1, y, x] = flows[1, y, x] * keep
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
 def _histogram(ends: np.ndarray) -> np.ndarray:
     ly, lx = ends.shape
     hist = np.zeros((ly, lx), np.int32)
@@ -127,11 +141,21 @@ def _histogram(ends: np.ndarray) -> np.ndarray:
     return hist
 
 
-def follow_and_count(field: np.ndarray, foreground: np.ndarray, niter: int) -> tuple[np.ndarray, np.ndarray]:
+def follow_and_count(flows: np.ndarray, foreground: np.ndarray, niter: int) -> tuple[np.ndarray, np.ndarray]:
     """Integer end point (y * W + x, -1 off the foreground) of every pixel, and the end-point histogram.
 
-    `field` must already be zero outside `foreground` (the caller masks it once). Following is most of
-    the dynamics' time and runs on all of numba's threads (`numba.set_num_threads` to limit it).
+    flows: float32 (2, H, W) unit flows; they are zeroed outside `foreground` here. End points are
+    int32 when H * W allows (half the memory of int64; the values are the same). Following is most
+    of the dynamics' time and runs on all of numba's threads (`numba.set_num_threads` to limit it).
     """
-    ends = _trajectory_ends(field, foreground, niter)
+    field = _masked(flows, foreground)
+    ly, lx = foreground.shape
+    ends = np.empty((ly, lx), np.int32 if ly * lx < 2**31 else np.int64)
+    # threads take ROWS_PER_TASK rows at a time (not one half each), so a thread slowed by other work
+    # on its core leaves its rows to the others instead of holding everyone at the end
+    previous = numba.set_parallel_chunksize(ROWS_PER_TASK)
+    try:
+        _trajectory_ends(field, foreground, niter, ends)
+    finally:
+        numba.set_parallel_chunksize(previous)
     return ends, _histogram(ends)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 
 from cyclepose_deploy.defaults import NITER
@@ -64,15 +65,56 @@ def segment_chunk(
     chunk_halo(max_extent, settings.niter). image: the normalised (h, w) window for the contrast check;
     noise: the slide's noise sigma in normalised units (0.0: unknown).
     """
+    return chunk_ids(
+        flows,
+        cellprob,
+        core=core,
+        origin=origin,
+        image_shape=image_shape,
+        settings=settings,
+        image=image,
+        noise=noise,
+    )[0]
+
+
+def chunk_ids(
+    flows: np.ndarray,
+    cellprob: np.ndarray,
+    *,
+    core: tuple[slice, slice],
+    origin: tuple[int, int],
+    image_shape: tuple[int, int],
+    settings: DynamicsSettings = DynamicsSettings(),
+    image: np.ndarray | None = None,
+    noise: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """segment_chunk's ids, and the sorted distinct nonzero ids among them (np.unique of the core
+    without its zeros, found from the labels: ids grow with the seed rank, so the ids of the labels
+    present, in label order, are already sorted)."""
     flows, cellprob = check_inputs(flows, cellprob)
     height, width = (int(v) for v in image_shape)
     _check_placement(cellprob.shape, core, origin, (height, width))
     labels, seeds = segment(flows, cellprob, settings, height * width, image, noise)
     seed_y, seed_x = np.divmod(seeds, cellprob.shape[1])
-    ids = np.zeros(seeds.size + 1, np.uint64)
+    table = np.zeros(seeds.size + 1, np.uint64)
     global_y, global_x = (seed_y + origin[0]).astype(np.uint64), (seed_x + origin[1]).astype(np.uint64)
-    ids[1:] = 1 + global_y * np.uint64(width) + global_x
-    return ids[labels[core]]
+    table[1:] = 1 + global_y * np.uint64(width) + global_x
+    ids = np.empty(labels[core].shape, np.uint64)
+    present = _map_labels(labels[core], table, ids)
+    present[0] = False
+    return ids, table[present]
+
+
+@numba.njit(cache=True, nogil=True)
+def _map_labels(labels: np.ndarray, table: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out = table[labels] (one pass, no index array); returns which labels occur."""
+    present = np.zeros(table.size, np.bool_)
+    for y in range(labels.shape[0]):
+        for x in range(labels.shape[1]):
+            k = labels[y, x]
+            out[y, x] = table[k]
+            present[k] = True
+    return present
 
 
 def _check_placement(

@@ -18,6 +18,7 @@ import numba
 import numpy as np
 
 from cyclepose_deploy.runtime.dynamics.flows import flow_error_kernel, object_boxes
+from cyclepose_deploy.runtime.dynamics.local import gaussian, window_max
 
 SEED_MIN_COUNT = 10
 GROW_MIN_COUNT = 2
@@ -95,12 +96,39 @@ def seed_masks(hist: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return assign_pixels(ends, owner), seeds
 
 
+@numba.njit(cache=True, nogil=True)
+def label_areas(labels: np.ndarray, count: int) -> np.ndarray:
+    """int64 pixel count of each label 0..count (np.bincount(labels.ravel(), minlength=count + 1)).
+    Counts runs of equal labels in a register: neighbours mostly share a label, and incrementing the
+    same counter in memory pixel after pixel would stall on each store."""
+    area = np.zeros(count + 1, np.int64)
+    flat = labels.ravel()
+    run_label, run = 0, 0
+    for i in range(flat.size):
+        k = flat[i]
+        if k != run_label:
+            area[run_label] += run
+            run_label, run = k, 0
+        run += 1
+    area[run_label] += run
+    return area
+
+
+@numba.njit(cache=True, nogil=True)
+def _zero_labels(labels: np.ndarray, drop: np.ndarray) -> None:
+    flat = labels.ravel()
+    for i in range(flat.size):
+        k = flat[i]
+        if k != 0 and drop[k]:
+            flat[i] = 0
+
+
 def remove_masks(labels: np.ndarray, drop: np.ndarray) -> None:
     """Zero the masks whose label k has drop[k] true (drop[0] is ignored)."""
     drop = drop.copy()
     drop[0] = False
     if drop.any():
-        labels[drop[labels]] = 0
+        _zero_labels(labels, drop)
 
 
 def flow_errors(labels: np.ndarray, count: int, flows: np.ndarray) -> np.ndarray:
@@ -109,19 +137,26 @@ def flow_errors(labels: np.ndarray, count: int, flows: np.ndarray) -> np.ndarray
     return flow_error_kernel(labels, object_boxes(labels, count), flows)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _fill_object_holes(labels: np.ndarray, boxes: np.ndarray) -> None:
-    """Background pixels enclosed by one mask (not 4-connected to the outside of its box) join it."""
+    """Background pixels enclosed by one mask (not 4-connected to the outside of its box) join it.
+
+    A pixel enclosed by mask k has k pixels left and right of it in its row, so a mask whose pixels
+    form one run in every row of its box has no hole (most nuclei): those skip the flood fill."""
+    stack = np.empty(64, np.int64)
     for k in range(1, boxes.shape[0]):
         y0, y1, x0, x1 = boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3]
-        if y1 - y0 < 3 or x1 - x0 < 3:
+        if y1 - y0 < 3 or x1 - x0 < 3 or not _has_gap(labels, k, y0, y1, x0, x1):
             continue
         ly, lx = y1 - y0 + 2, x1 - x0 + 2
+        if stack.size < ly * lx:
+            stack = np.empty(ly * lx, np.int64)
         outside = np.zeros((ly, lx), np.bool_)
-        stack = [0]
+        stack[0], top = 0, 1
         outside[0, 0] = True
-        while stack:
-            pos = stack.pop()
+        while top:
+            top -= 1
+            pos = stack[top]
             y, x = pos // lx, pos % lx
             for v, u in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
                 if 0 <= v < ly and 0 <= u < lx and not outside[v, u]:
@@ -129,30 +164,95 @@ def _fill_object_holes(labels: np.ndarray, boxes: np.ndarray) -> None:
                     if inner and labels[y0 + v - 1, x0 + u - 1] == k:
                         continue
                     outside[v, u] = True
-                    stack.append(v * lx + u)
+                    stack[top] = v * lx + u
+                    top += 1
         for v in range(1, ly - 1):
             for u in range(1, lx - 1):
                 if not outside[v, u] and labels[y0 + v - 1, x0 + u - 1] == 0:
                     labels[y0 + v - 1, x0 + u - 1] = k
 
 
+@numba.njit(cache=True, nogil=True)
+def _has_gap(labels: np.ndarray, k: int, y0: int, y1: int, x0: int, x1: int) -> bool:
+    """Whether some row of the box holds two or more separate runs of label k."""
+    for y in range(y0, y1):
+        runs, inside = 0, False
+        for x in range(x0, x1):
+            here = labels[y, x] == k
+            if here and not inside:
+                runs += 1
+            inside = here
+        if runs > 1:
+            return True
+    return False
+
+
+@numba.njit(cache=True, nogil=True)
+def _inside_and_ring_sums(
+    labels: np.ndarray, values: np.ndarray, grown: np.ndarray, near: np.ndarray, count: int, finite: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per label 0..count: pixel count and float64 sum of `values` over its pixels, and the same over
+    its ring: the background pixels whose `grown` (the max label around them) is the label and, when
+    `near` is not empty, whose `near` is 0 (beyond the gap).
+
+    Bit-identical to np.bincount(..., weights=...): one pass in row-major order, so every sum adds its
+    terms in bincount's order. The running sum of the current label stays in a register while the
+    label repeats (the same additions in the same order; memory is written when the label changes).
+    finite: map values as np.nan_to_num does (NaN -> 0, +-inf -> +-float64 max) first."""
+    area = np.zeros(count + 1, np.int64)
+    inside = np.zeros(count + 1, np.float64)
+    ring_area = np.zeros(count + 1, np.int64)
+    ring_sum = np.zeros(count + 1, np.float64)
+    top = np.finfo(np.float64).max
+    gap = near.size > 0
+    ly, lx = labels.shape
+    k_run, k_sum, k_area = 0, inside[0], 0  # the label whose sum is in the register
+    g_run, g_sum, g_area = 0, ring_sum[0], 0
+    for y in range(ly):
+        for x in range(lx):
+            v = np.float64(values[y, x])
+            if finite and not np.isfinite(v):
+                v = 0.0 if np.isnan(v) else (top if v > 0 else -top)
+            k = labels[y, x]
+            if k != k_run:
+                inside[k_run], area[k_run] = k_sum, area[k_run] + k_area
+                k_run, k_sum, k_area = k, inside[k], 0
+            k_sum += v
+            k_area += 1
+            g = grown[y, x]
+            if k == 0 and g > 0 and not (gap and near[y, x] != 0):
+                if g != g_run:
+                    ring_sum[g_run], ring_area[g_run] = g_sum, ring_area[g_run] + g_area
+                    g_run, g_sum, g_area = g, ring_sum[g], 0
+                g_sum += v
+                g_area += 1
+    inside[k_run], area[k_run] = k_sum, area[k_run] + k_area
+    ring_sum[g_run], ring_area[g_run] = g_sum, ring_area[g_run] + g_area
+    return area, inside, ring_area, ring_sum
+
+
 def _inside_and_ring_means(
-    labels: np.ndarray, count: int, values: np.ndarray, ring: int, gap: int = 0
+    labels: np.ndarray,
+    count: int,
+    values: np.ndarray,
+    ring: int,
+    gap: int = 0,
+    finite: bool = True,
+    grown: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per label 0..count: (pixel count, mean of `values` inside, mean over the background pixels
-    within `ring` px of it (0.0 where there are none), the number of those ring pixels)."""
-    from scipy import ndimage
+    within `ring` px of it (0.0 where there are none), the number of those ring pixels).
 
-    flat = labels.ravel()
-    values = values.ravel()
-    area = np.bincount(flat, minlength=count + 1)
-    inside = np.bincount(flat, weights=values, minlength=count + 1) / np.maximum(area, 1)
-    grown = ndimage.grey_dilation(labels, size=2 * (ring + gap) + 1).ravel()
-    ring_px = (flat == 0) & (grown > 0)
-    if gap:  # skip the first `gap` px around the object (its glow), measure beyond
-        ring_px &= ndimage.grey_dilation(labels, size=2 * gap + 1).ravel() == 0
-    ring_area = np.bincount(grown[ring_px], minlength=count + 1)
-    ring_sum = np.bincount(grown[ring_px], weights=values[ring_px], minlength=count + 1)
+    A background pixel belongs to the ring of the largest label within ring + gap px (a square
+    window; local.window_max), skipping the first `gap` px around every object. values: (H, W) of
+    any float dtype, read as float64 (through np.nan_to_num when `finite`). grown: window_max(labels,
+    ring + gap) when the caller has it."""
+    if grown is None:
+        grown = window_max(labels, ring + gap)
+    near = window_max(labels, gap) if gap else np.zeros((0, 0), labels.dtype)
+    finite = finite and not bool(np.isfinite(values).all())  # nan_to_num changes nothing otherwise
+    area, inside_sum, ring_area, ring_sum = _inside_and_ring_sums(labels, values, grown, near, count, finite)
+    inside = inside_sum / np.maximum(area, 1)
     outside = np.where(ring_area > 0, ring_sum / np.maximum(ring_area, 1), 0.0)
     return area, inside, outside, ring_area
 
@@ -162,8 +262,7 @@ def contrast_sigmas(labels: np.ndarray, count: int, image: np.ndarray, ring: int
     noise of sigma `noise` (noise sqrt(1/n_inside + 1/n_ring)); inf where noise is 0."""
     if noise <= 0:
         return np.full(count + 1, np.inf)
-    values = np.nan_to_num(np.asarray(image, np.float64))
-    area, inside, outside, ring_area = _inside_and_ring_means(labels, count, values, ring)
+    area, inside, outside, ring_area = _inside_and_ring_means(labels, count, np.asarray(image), ring)
     error = noise * np.sqrt(1.0 / np.maximum(area, 1) + 1.0 / np.maximum(ring_area, 1))
     return np.where(area > 0, (inside - outside) / error, 0.0)
 
@@ -172,11 +271,31 @@ def contrasts(labels: np.ndarray, count: int, image: np.ndarray, ring: int) -> n
     """Per label 0..count: mean image intensity inside the mask minus the mean over the background
     pixels within `ring` px of it (0.0 for labels without pixels; the ring of an object with no
     background around it is taken as 0, the normalised background)."""
-    values = np.nan_to_num(np.asarray(image, np.float64))
-    area, inside, outside, _ = _inside_and_ring_means(labels, count, values, ring)
+    area, inside, outside, _ = _inside_and_ring_means(labels, count, np.asarray(image), ring)
     out = np.where(area > 0, inside - outside, 0.0)
     out[0] = 0.0
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _move_outlines(
+    labels: np.ndarray, smooth: np.ndarray, cut: np.ndarray, near: np.ndarray, edge: np.ndarray
+) -> None:
+    """In place: object pixels on the `edge` (background within the shell) below their object's cut
+    are released; background pixels whose `near` object (the largest label within the shell) has a
+    cut they reach are taken. Each pixel's decision reads only its own old label and the precomputed
+    windows, so updating in place equals deciding everything first."""
+    ly, lx = labels.shape
+    for y in range(ly):
+        for x in range(lx):
+            k = labels[y, x]
+            if k > 0:
+                if edge[y, x] and smooth[y, x] < cut[k]:
+                    labels[y, x] = 0
+            else:
+                n = near[y, x]
+                if n > 0 and smooth[y, x] >= cut[n]:
+                    labels[y, x] = n
 
 
 def refine_outlines(
@@ -190,26 +309,26 @@ def refine_outlines(
     px of the background that are below it are released, and background pixels within `shell` px of
     the object that are above it are taken (never another object's pixels). Works on a Gaussian
     (sigma 1) smoothed image; holes are filled again afterwards by the caller."""
-    from scipy import ndimage
-
     if count == 0:
         return
-    smooth = ndimage.gaussian_filter(np.nan_to_num(np.asarray(image, np.float32)), 1.0)
-    _, inside, outside, _ = _inside_and_ring_means(labels, count, smooth.astype(np.float64), shell + 1, gap)
+    image = np.asarray(image, np.float32)
+    smooth = gaussian(image if np.isfinite(image).all() else np.nan_to_num(image), 1.0)
+    near = window_max(labels, shell)
+    grown = window_max(near, 1) if gap == 0 else None  # the (shell + 1) window: one more px around
+    _, inside, outside, _ = _inside_and_ring_means(labels, count, smooth, shell + 1, gap, False, grown)
     cut = (outside + level * (inside - outside)).astype(np.float32)
     cut[0] = np.inf
-    depth = ndimage.distance_transform_cdt(labels > 0, metric="chessboard")
-    release = (labels > 0) & (depth <= shell) & (smooth < cut[labels])
-    near = ndimage.grey_dilation(labels, size=2 * shell + 1)
-    take = (labels == 0) & (near > 0) & (smooth >= cut[near])
-    labels[release] = 0
-    labels[take] = near[take]
+    background = (labels == 0).view(np.uint8)
+    if background.any():  # within `shell` px (chessboard) of a background pixel
+        edge = window_max(background, shell).view(np.bool_)
+    else:  # no background at all: scipy's distance transform gave -1 everywhere, i.e. within reach
+        edge = np.ones(labels.shape, np.bool_)
+    _move_outlines(labels, smooth, cut, near, edge)
 
 
 def clean_masks(labels: np.ndarray, count: int, min_size: int) -> None:
     """Remove masks under `min_size` pixels, then fill the survivors' holes (in place)."""
     if count == 0:
         return
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)
-    remove_masks(labels, sizes < max(min_size, 1))
+    remove_masks(labels, label_areas(labels, count) < max(min_size, 1))
     _fill_object_holes(labels, object_boxes(labels, count))

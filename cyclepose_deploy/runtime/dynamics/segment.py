@@ -28,6 +28,7 @@ from cyclepose_deploy.runtime.dynamics.masks import (
     contrast_sigmas,
     contrasts,
     flow_errors,
+    label_areas,
     refine_outlines,
     remove_masks,
     seed_masks,
@@ -108,6 +109,8 @@ def check_inputs(flows: np.ndarray, cellprob: np.ndarray) -> tuple[np.ndarray, n
             f"flows must be (2, H, W) and cellprob (H, W), got {flows.shape} and {cellprob.shape}: "
             "split the network output into flows = out[:2] / flow_scale and cellprob = out[2]"
         )
+    if np.isfinite(flows).all():  # the usual case: one pass, no per-pixel mask
+        return flows, cellprob
     bad = ~np.isfinite(flows).all(axis=0)
     if bad.any():
         flows = np.where(bad, np.float32(0), flows)
@@ -133,14 +136,12 @@ def segment(
     foreground = cellprob > settings.cellprob_threshold
     if not foreground.any():
         return np.zeros(cellprob.shape, np.int32), np.zeros(0, np.int64)
-    field = flows * foreground
-    ends, hist = follow_and_count(field, foreground, settings.niter)
+    ends, hist = follow_and_count(flows, foreground, settings.niter)
     labels, seeds = seed_masks(hist, ends)
     count = seeds.size
     if count == 0:
         return labels, seeds
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)
-    remove_masks(labels, sizes > settings.max_size_fraction * image_area)
+    remove_masks(labels, label_areas(labels, count) > settings.max_size_fraction * image_area)
     if settings.flow_threshold:
         remove_masks(labels, flow_errors(labels, count, flows) > settings.flow_threshold)
     clean_masks(labels, count, settings.min_size)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from cyclepose_deploy.atomic import atomic_path
@@ -40,24 +41,16 @@ class ObjectTable:
         self.sum_y, self.sum_x, self.sum_i = (np.zeros(n, np.float64) for _ in range(3))
         self.y0, self.x0 = (np.full(n, np.iinfo(np.int64).max, np.int64) for _ in range(2))
         self.y1, self.x1 = (np.full(n, -1, np.int64) for _ in range(2))
+        self.block_i = np.zeros(n, np.float64)  # one block's intensity sums (zero between blocks)
 
     def observe(self, r0: int, c0: int, labels: np.ndarray) -> None:
-        ys, xs = np.nonzero(labels)
-        if ys.size == 0:
-            return
-        lab = labels[ys, xs].astype(np.int64)
+        labels = np.ascontiguousarray(labels)
         if self.source is not None:
             raw = self.source.read(r0, r0 + labels.shape[0], c0, c0 + labels.shape[1])
-            self.sum_i += np.bincount(lab, weights=raw[ys, xs], minlength=self.area.size)
-        ys, xs = ys + r0, xs + c0
-        n = self.area.size
-        self.area += np.bincount(lab, minlength=n)
-        self.sum_y += np.bincount(lab, weights=ys, minlength=n)
-        self.sum_x += np.bincount(lab, weights=xs, minlength=n)
-        np.minimum.at(self.y0, lab, ys)
-        np.maximum.at(self.y1, lab, ys + 1)
-        np.minimum.at(self.x0, lab, xs)
-        np.maximum.at(self.x1, lab, xs + 1)
+        else:
+            raw = np.zeros((0, 0), np.float32)
+        _accumulate(labels, raw, r0, c0, self.area, self.sum_y, self.sum_x, self.sum_i, self.block_i)
+        _extents(labels, r0, c0, self.y0, self.y1, self.x0, self.x1)
 
     def rows(self) -> np.ndarray:
         """(K, 12) float64 rows for the labels that have pixels (COLUMNS; µm columns NaN if unknown)."""
@@ -94,6 +87,54 @@ class ObjectTable:
                     f"{int(row[6])},{int(row[7])},{row[8]:.4g},{_um(row[9])},{_um(row[10])},{_um(row[11])}\n"
                 )
         return len(rows)
+
+
+@numba.njit(cache=True, nogil=True)
+def _accumulate(
+    labels: np.ndarray,
+    raw: np.ndarray,
+    r0: int,
+    c0: int,
+    area: np.ndarray,
+    sum_y: np.ndarray,
+    sum_x: np.ndarray,
+    sum_i: np.ndarray,
+    block_i: np.ndarray,
+) -> None:
+    """Add one block's pixel counts and coordinate and intensity sums per label (raw empty: no
+    intensities). Coordinate sums are integers, exact in float64 in any order; intensity sums are
+    made per block in row-major order and then added to every label's total, as
+    `sum_i += np.bincount(labels, weights=raw)` did per block, so float slides get the same sums to
+    the bit (block_i: zeros, returned zeroed)."""
+    for y in range(labels.shape[0]):
+        for x in range(labels.shape[1]):
+            k = labels[y, x]
+            if k == 0:
+                continue
+            area[k] += 1
+            sum_y[k] += np.float64(r0 + y)
+            sum_x[k] += np.float64(c0 + x)
+            if raw.size:
+                block_i[k] += np.float64(raw[y, x])
+    if raw.size:
+        for k in range(sum_i.size):
+            sum_i[k] += block_i[k]
+            block_i[k] = 0.0
+
+
+@numba.njit(cache=True, nogil=True)
+def _extents(
+    labels: np.ndarray, r0: int, c0: int, y0: np.ndarray, y1: np.ndarray, x0: np.ndarray, x1: np.ndarray
+) -> None:
+    """Grow each label's bounding box (y0, x0 inclusive, y1, x1 exclusive) by one block."""
+    for y in range(labels.shape[0]):
+        for x in range(labels.shape[1]):
+            k = labels[y, x]
+            if k != 0:
+                y0[k] = min(y0[k], r0 + y)
+                y1[k] = max(y1[k], r0 + y + 1)
+                x0[k] = min(x0[k], c0 + x)
+                x1[k] = max(x1[k], c0 + x + 1)
 
 
 def _um(value: float) -> str:

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from cyclepose_deploy.atomic import scratch_prefix, writing
-from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime.run import runfolder
+from cyclepose_deploy.errors import OptionError, UserError, literal
+from cyclepose_deploy.runtime.run import runfolder, scratch
 from cyclepose_deploy.runtime.run.context import RunContext
 from cyclepose_deploy.runtime.run.pipeline import Pipeline
 from cyclepose_deploy.runtime.run.scratch import ScratchStore
@@ -36,12 +36,34 @@ def plan(ctx: RunContext) -> None:
             ctx.folder, runfolder.fingerprint(ctx), run.resume, run.overwrite, ctx.say
         )
         resumed, ctx.token = ctx.stack.enter_context(opened)
-    resumed = resumed and (ctx.folder / "ids.zarr").is_dir()  # killed before its store existed: anew
+    if resumed:
+        resumed = _whole_store(ctx, job.keep_prob, job.keep_flows)
     ctx.store = ScratchStore(
         ctx.folder, ctx.working.shape, job.keep_prob, ctx.options.tiling.chunk, job.keep_flows, not resumed
     )
     ctx.done = ctx.store.done() if resumed else set()
     ctx.todo = _to_run(ctx)
+
+
+def _whole_store(ctx: RunContext, keep_prob: bool, keep_flows: bool) -> bool:
+    """Whether the interrupted run's store can be resumed. A folder killed before its store existed
+    starts anew; a store or marker changed since (damaged, tampered with) is refused unless the user
+    asked to overwrite, because resuming it would give wrong labels without a word."""
+    assert ctx.folder is not None and ctx.working is not None
+    if not scratch.finished_chunks(ctx.folder) and not (ctx.folder / "ids.zarr").is_dir():
+        return False
+    problem = scratch.damage(ctx.folder, ctx.working.shape, keep_prob, keep_flows)
+    if problem is None:
+        return True
+    if not ctx.options.run.overwrite:
+        raise OptionError(
+            "resume",
+            f"the interrupted run in {literal(ctx.folder)} is damaged ({problem}): "
+            "pass {overwrite=True} to start over",
+        )
+    ctx.say(f"the interrupted run in {literal(ctx.folder)} is damaged ({problem}): starting over")
+    scratch.clear(ctx.folder)
+    return False
 
 
 def _to_run(ctx: RunContext) -> list[Chunk]:

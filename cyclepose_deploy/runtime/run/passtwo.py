@@ -25,6 +25,9 @@ from cyclepose_deploy.runtime.outputs.tiff import (
 from cyclepose_deploy.runtime.run.context import RunContext
 
 Reader = Callable[[int, int, int, int], np.ndarray]
+# uncompressed levels on disk (1.3 bytes per slide px): slides up to about 28,000^2 px; larger ones
+# decode the compressed ids once per level instead of filling the disk
+SPOOL_MAX_BYTES = 1 << 30
 
 
 def write(ctx: RunContext) -> tuple[int, np.ndarray | None]:
@@ -85,10 +88,12 @@ def _pyramid(
 ) -> Iterator[list[tuple[Iterator[Block], tuple[int, int]]]]:
     """The labels' sub-resolution levels as (blocks, shape), nearest-neighbour (labels are never
     averaged). On the slide's own grid (scale 1) they are picked from the level-0 blocks as those are
-    written (tiff.PyramidSpool, an observer added here); otherwise straight from the seed ids."""
+    written (tiff.PyramidSpool, an observer added here) while they fit SPOOL_MAX_BYTES; otherwise
+    straight from the seed ids."""
     assert ctx.store is not None and ctx.folder is not None
     shapes = pyramid_shapes(ctx.source.shape)
-    if not shapes or tuple(ctx.store.ids.shape) != tuple(ctx.source.shape):
+    spooled = sum(h * w for h, w in shapes) * np.dtype(np.uint32).itemsize
+    if not shapes or tuple(ctx.store.ids.shape) != tuple(ctx.source.shape) or spooled > SPOOL_MAX_BYTES:
         yield [(label_blocks(ctx.store.ids, table, shape), shape) for shape in shapes]
         return
     spool = PyramidSpool(ctx.folder, ctx.source.shape, shapes)

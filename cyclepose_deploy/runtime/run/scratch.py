@@ -37,6 +37,44 @@ def finished_chunks(folder: str | Path) -> set[int]:
     return {int(p.stem) for p in (Path(folder) / "done").glob("[0-9]*.npy")}
 
 
+STORE_PARTS = ("ids.zarr", "prob.zarr", "flows.zarr", "done")
+
+
+def damage(folder: str | Path, shape: tuple[int, int], keep_prob: bool, keep_flows: bool) -> str | None:
+    """What is wrong with an interrupted run's store before it is resumed, or None when it is whole:
+    each array this run needs opens with the working grid's shape and its dtype, and each chunk
+    marker is a 1-D uint64 array (read without pickle). Costs one small read per finished chunk."""
+    import zarr
+
+    folder = Path(folder)
+    wanted = [("ids.zarr", "uint64", shape)]
+    wanted += [("prob.zarr", "uint8", shape)] if keep_prob else []
+    wanted += [("flows.zarr", "float32", (2, *shape))] if keep_flows else []
+    for name, dtype, full in wanted:
+        try:
+            array = zarr.open_array(store=str(folder / name), mode="r")
+        except Exception:  # zarr raises several kinds for a missing or damaged array
+            return f"{name} is missing or unreadable"
+        if tuple(array.shape) != full or str(array.dtype) != dtype:
+            return f"{name} holds {array.dtype} {tuple(array.shape)}, not {dtype} {full}"
+    for marker in sorted((folder / "done").glob("[0-9]*.npy")):
+        try:
+            seeds = np.load(marker, allow_pickle=False)
+        except (OSError, ValueError):
+            return f"the chunk marker done/{marker.name} is unreadable"
+        if seeds.ndim != 1 or seeds.dtype != np.uint64:
+            return f"the chunk marker done/{marker.name} is not a list of seed ids"
+    return None
+
+
+def clear(folder: str | Path) -> None:
+    """Remove the store and its chunk markers (the run folder's settings stay)."""
+    import shutil
+
+    for name in STORE_PARTS:
+        shutil.rmtree(Path(folder) / name, ignore_errors=True)
+
+
 class ScratchStore:
     """Seed ids (uint64), optional probability (uint8) and unit flows (float32, 2 planes) on the
     working (possibly rescaled) grid.
@@ -87,7 +125,7 @@ class ScratchStore:
             self.prob[y0:y1, x0:x1] = np.round(result.prob * 255).astype(np.uint8)
         if self.flows is not None and result.flows is not None:
             self.flows[:, y0:y1, x0:x1] = result.flows
-        seeds = np.unique(result.ids)
+        seeds = result.seeds if result.seeds is not None else np.unique(result.ids)
         seeds = seeds[seeds != 0]
         marker = self.markers / f"{result.chunk.index:06d}.npy"
         handle, temp = tempfile.mkstemp(prefix=f".{marker.stem}.", suffix=".tmp", dir=self.markers)

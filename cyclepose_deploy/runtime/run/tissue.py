@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from statistics import NormalDist
 
+import numba
 import numpy as np
-from scipy import ndimage
 
 from cyclepose_deploy.runtime.source.normalize import Normalization
 from cyclepose_deploy.runtime.source.slide import Source
@@ -48,14 +48,11 @@ def tissue_blocks(source: Source, norm: Normalization, chunk: Chunk, lower: floa
     y0, y1, x0, x1 = chunk.core
     image = norm.apply(np.asarray(source.read(y0, y1, x0, x1), np.float32))
     size = min(BOX, *image.shape)
-    bright = ndimage.uniform_filter(image, size=size, mode="reflect") > empty_level(norm, lower)
+    bright = _bright_blocks(image, size, empty_level(norm, lower))
     rows = []
-    for by in range(0, bright.shape[0], TISSUE_BLOCK):
-        for bx in range(0, bright.shape[1], TISSUE_BLOCK):
-            if bright[by : by + TISSUE_BLOCK, bx : bx + TISSUE_BLOCK].any():
-                rows.append(
-                    (y0 + by, min(y0 + by + TISSUE_BLOCK, y1), x0 + bx, min(x0 + bx + TISSUE_BLOCK, x1))
-                )
+    for by, bx in zip(*np.nonzero(bright), strict=True):
+        top, left = y0 + int(by) * TISSUE_BLOCK, x0 + int(bx) * TISSUE_BLOCK
+        rows.append((top, min(top + TISSUE_BLOCK, y1), left, min(left + TISSUE_BLOCK, x1)))
     return np.array(rows, np.int64).reshape(-1, 4)
 
 
@@ -68,3 +65,84 @@ def chunks_to_run(chunks: Sequence[Chunk], blocks: Sequence[np.ndarray]) -> list
         overlap = (found[:, 0] < wy1) & (wy0 < found[:, 1]) & (found[:, 2] < wx1) & (wx0 < found[:, 3])
         out.append(bool(overlap.any()))
     return out
+
+
+def _bright_blocks(image: np.ndarray, size: int, level: float) -> np.ndarray:
+    """(ny, nx) bool: whether scipy's uniform_filter(image, size, mode='reflect') exceeds `level`
+    somewhere in each TISSUE_BLOCK px block.
+
+    scipy's box means (running sums, rounded to float32 after each axis) lie within 1e-6 of the
+    image's largest magnitude of the exact means, which numba computes here in float64
+    (`_block_box_max`); a block whose exact maximum is that far from the level is decided without
+    scipy. Only when some block is closer does scipy filter the core, as before."""
+    from scipy import ndimage
+
+    block_max = _block_box_max(image, size, TISSUE_BLOCK)
+    margin = 1e-6 * max(1.0, float(image.max()), -float(image.min()))
+    if not np.all(np.abs(block_max - level) > margin):
+        bright = ndimage.uniform_filter(image, size=size, mode="reflect") > level
+        decided = np.zeros(block_max.shape, bool)
+        for by, bx in np.ndindex(*decided.shape):
+            window = bright[
+                by * TISSUE_BLOCK : (by + 1) * TISSUE_BLOCK, bx * TISSUE_BLOCK : (bx + 1) * TISSUE_BLOCK
+            ]
+            decided[by, bx] = window.any()
+        return decided
+    return block_max > level
+
+
+@numba.njit(cache=True, nogil=True)
+def _reflect(i: int, n: int) -> int:
+    """Index i of a line of n px extended in scipy's 'reflect' mode (period 2n)."""
+    i = i % (2 * n)
+    return i if i < n else 2 * n - 1 - i
+
+
+@numba.njit(cache=True, nogil=True)
+def _block_box_max(image: np.ndarray, size: int, block: int) -> np.ndarray:
+    """Per block x block px block, the largest mean over the size x size box of each of its pixels
+    (float64, boxes reaching beyond the image reflected as scipy reflects them; the box of pixel i
+    spans i - size // 2 .. i - size // 2 + size - 1 on each axis). The box sums along x of the last
+    `size` rows stay in a ring (no image-sized float64 array), and every loop over x runs on
+    contiguous rows."""
+    ly, lx = image.shape
+    before = size // 2
+    ring = np.empty((size, lx), np.float64)  # box sums along x of source row r in slot r % size
+    held = np.full(size, -1, np.int64)
+    line = np.empty(lx + size - 1, np.float64)
+    total = np.empty(lx, np.float64)
+    out = np.full(((ly + block - 1) // block, (lx + block - 1) // block), -np.inf)
+    for y in range(ly):
+        total[:] = 0.0
+        for k in range(size):
+            r = _reflect(y - before + k, ly)
+            if held[r % size] != r:
+                _row_box_sums(image[r], before, size, line, ring[r % size])
+                held[r % size] = r
+            sums = ring[r % size]
+            for x in range(lx):
+                total[x] += sums[x]
+        best = out[y // block]
+        for bx in range(best.size):
+            top = -np.inf  # the largest sum, then one division (monotone, so the largest mean)
+            for x in range(bx * block, min(lx, (bx + 1) * block)):
+                top = max(top, total[x])
+            best[bx] = max(best[bx], top / (size * size))
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_box_sums(row: np.ndarray, before: int, size: int, line: np.ndarray, sums: np.ndarray) -> None:
+    """sums[x] = the sum of row[x - before .. x - before + size - 1] (reflected), in float64."""
+    lx = row.size
+    for x in range(lx):
+        line[x + before] = np.float64(row[x])
+    for i in range(before):
+        line[i] = np.float64(row[_reflect(i - before, lx)])
+    for i in range(lx + before, lx + size - 1):
+        line[i] = np.float64(row[_reflect(i - before, lx)])
+    sums[:] = 0.0
+    for k in range(size):
+        shifted = line[k : k + lx]
+        for x in range(lx):
+            sums[x] += shifted[x]

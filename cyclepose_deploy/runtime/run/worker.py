@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cyclepose_deploy.runtime.backends.base import Runner
-from cyclepose_deploy.runtime.dynamics.halo import chunk_halo, segment_chunk
+from cyclepose_deploy.runtime.dynamics.halo import chunk_halo, chunk_ids
 from cyclepose_deploy.runtime.dynamics.segment import DynamicsSettings
 from cyclepose_deploy.runtime.model.artifacts import Model
 from cyclepose_deploy.runtime.source.normalize import Normalization
 from cyclepose_deploy.runtime.source.slide import SlideOptions, Source
 from cyclepose_deploy.runtime.tiling.chunks import Chunk
 from cyclepose_deploy.runtime.tiling.grid import TileGrid
-from cyclepose_deploy.runtime.tiling.merger import Merger
+from cyclepose_deploy.runtime.tiling.merger import BlendBuffers, Merger
 from cyclepose_deploy.runtime.tiling.options import Tiling
 from cyclepose_deploy.runtime.tiling.splitter import TileBatch, split
 
@@ -70,8 +70,9 @@ class ChunkJob:
 
 @dataclass
 class ChunkResult:
-    """Per core pixel: 1 + global linear index of its object's seed (0 = background), the probability,
-    and (when the job keeps them) the unit flows (2, h, w)."""
+    """Per core pixel: 1 + global linear index of its object's seed (0 = background), and (when the job
+    keeps them) the probability (else an empty array) and the unit flows (2, h, w); seeds: the sorted
+    distinct nonzero ids (None: the store finds them)."""
 
     chunk: Chunk
     ids: np.ndarray
@@ -79,14 +80,18 @@ class ChunkResult:
     flows: np.ndarray | None = None
     tiles: int = 0
     times: dict[str, float] = field(default_factory=dict)
+    seeds: np.ndarray | None = None
 
 
 class ChunkWorker:
-    """The steps of one chunk for a job, a source on the working grid and an active runner."""
+    """The steps of one chunk for a job, a source on the working grid and an active runner. Its chunks
+    are blended one after the other in the same memory (merger.BlendBuffers): a window returned by
+    Merger.finalize is valid until the next chunk's blend finalizes."""
 
     def __init__(self, job: ChunkJob, source: Source, runner: Runner) -> None:
         self.job, self.source, self.runner = job, source, runner
         self.grid = job.grid
+        self.buffers = BlendBuffers()
 
     def batches(self, chunk: Chunk, skip: frozenset[tuple[int, int]] = frozenset()) -> Iterator[TileBatch]:
         """Step 1: the tile batches covering the chunk's window, on the global grid, less `skip`."""
@@ -119,7 +124,7 @@ class ChunkWorker:
 
     def merger(self, chunk: Chunk) -> Merger:
         """Step 3 begins: an empty blend of the chunk's window (Merger.add / add_batch, finalize)."""
-        return Merger(self.grid, chunk.window, BLEND_CHANNELS)
+        return Merger(self.grid, chunk.window, BLEND_CHANNELS, self.buffers)
 
     def segment(self, chunk: Chunk, blended: np.ndarray) -> ChunkResult:
         """Step 4: flow dynamics on the blended window; the core's seed ids and probability."""
@@ -127,7 +132,7 @@ class ChunkWorker:
         y0, y1, x0, x1 = chunk.local_core
         logits = blended[2]
         flows = blended[:2] / np.float32(job.model.flow_scale)
-        ids = segment_chunk(
+        ids, seeds = chunk_ids(
             flows,
             logits,
             core=(slice(y0, y1), slice(x0, x1)),
@@ -137,9 +142,11 @@ class ChunkWorker:
             image=blended[3],
             noise=job.norm.noise,
         )
-        prob = 1.0 / (1.0 + np.exp(-logits[y0:y1, x0:x1]))
+        prob = np.zeros((0, 0), np.float32)  # the store keeps it only when asked: no work otherwise
+        if job.keep_prob:
+            prob = (1.0 / (1.0 + np.exp(-logits[y0:y1, x0:x1]))).astype(np.float32, copy=False)
         kept = np.ascontiguousarray(flows[:, y0:y1, x0:x1]) if job.keep_flows else None
-        return ChunkResult(chunk, np.asarray(ids, dtype=np.uint64), prob.astype(np.float32), kept)
+        return ChunkResult(chunk, ids, prob, kept, seeds=seeds)
 
     def process(self, chunk: Chunk) -> ChunkResult:
         """The four steps in sequence (a Dask task, the diameter estimate)."""

@@ -222,6 +222,14 @@ def _select(axes: str, shape: tuple[int, ...], opts: SlideOptions, path: Path) -
         if axis in "YX":
             index.append(slice(None))
         elif axis in CHANNEL_AXES and size > 1:
+            if axis == "S" and axes.index("S") < axes.index("Y") and opts.channel is None:
+                # planar samples: what numpy's (N, H, W) becomes in a TIFF; a stack as often as channels
+                raise OptionError(
+                    "channel",
+                    f"{literal(path)} holds {size} planes stored as the samples of one page (axes {axes!r}): "
+                    f"a stack or the channels of one image; pick the one to segment with {{channel}} N "
+                    f"(0..{size - 1})",
+                )
             if channels > 1:
                 raise UserError(f"{path} has several channel axes ({axes!r}): save one channel axis")
             channels, chosen = size, _check_channel(opts.channel, size, path)
