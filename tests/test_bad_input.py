@@ -387,6 +387,52 @@ def test_a_model_with_nan_outputs_is_refused_at_load(
     assert "NaN or infinite outputs" in line and not (tmp_path / "l.tif").exists()
 
 
+def test_a_model_giving_nan_on_some_tile_of_a_run_is_named_with_the_tile(
+    tmp_path: Path, onnx: ModuleType, invoke: Callable, error_line: Callable
+) -> None:
+    """A model that passes the load probe but overflows on part of a slide (outputs sqrt(1.5 - x):
+    NaN where the normalised image is above 1.5) ends in one line naming the tile, and no labels:
+    never background in silence."""
+    from onnx import helper, numpy_helper
+
+    ones = numpy_helper.from_array(np.ones((3, 1, 1, 1), np.float32), "w")
+    limit = numpy_helper.from_array(np.array(1.5, np.float32), "limit")
+    nodes = [
+        helper.make_node("Conv", ["image", "w"], ["x"]),
+        helper.make_node("Sub", ["limit", "x"], ["d"]),
+        helper.make_node("Sqrt", ["d"], ["flows"]),
+    ]
+    model = _graph_model(nodes, [ones, limit], ["N", 1, "H", "W"], ["N", 3, "H", "W"], tmp_path / "m.onnx")
+    from cyclepose_deploy.synth.slide import make_slide
+
+    image, _ = make_slide(300, 300, 4)
+    image = image.astype(np.float32)
+    image[250:253, 200:203] = 50 * image.max()  # a hot spot: normalised far above 1.5
+    tifffile.imwrite(tmp_path / "s.tif", image)
+    out = tmp_path / "l.tif"
+    line = error_line(*invoke("infer", tmp_path / "s.tif", "--model", model, "-o", out, "--diameter", 30))
+    assert "NaN or infinite outputs on the tile at y=" in line and "fp32" in line, line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("factor", [1e298, 1e-45])
+def test_float64_intensities_float32_cannot_hold_are_refused(
+    net: Path, tmp_path: Path, invoke: Callable, error_line: Callable, factor: float
+) -> None:
+    """1e300 would become inf and 1e-45 zero in float32, both an empty result: one line instead, from
+    a file and from the Python API."""
+    from cyclepose_deploy.api import Segmenter
+    from cyclepose_deploy.synth.slide import make_slide
+
+    image = make_slide(128, 128, 4)[0].astype(np.float64) * factor
+    tifffile.imwrite(tmp_path / "s.tif", image)
+    out = tmp_path / "l.tif"
+    line = error_line(*invoke("infer", tmp_path / "s.tif", "--model", net, "-o", out, "--diameter", 20))
+    assert "outside the float32 range" in line and "rescale" in line and not out.exists()
+    with pytest.raises(UserError, match="outside the float32 range"):
+        Segmenter(net, diameter=20).segment(image)
+
+
 def test_manifest_hash_mismatch(
     infer_data: dict[str, Path],
     tmp_path: Path,

@@ -38,7 +38,7 @@ def test_infer_writes_labels_objects_preview_prob(
         labels = tif.asarray()
         assert tif.is_bigtiff and tif.pages[0].is_tiled and 'PhysicalSizeX="0.65"' in tif.ome_metadata
     n = int(labels.max())
-    assert labels.dtype == np.uint32 and n > 20
+    assert labels.dtype == np.uint16 and n > 20  # as Cellpose saves masks; ImageJ reads it as labels
     assert np.array_equal(np.unique(labels), np.arange(n + 1))
     rows = (tmp_path / "obj.csv").read_text().splitlines()
     assert rows[0].startswith("label,centroid_y,centroid_x,area") and len(rows) == n + 1
@@ -70,3 +70,10 @@ def test_export_folder_picks_verified_onnx_without_tensorrt(
     line = error_line(*invoke("infer", slide, "--model", export / "model.engine", "-o", tmp_path / "e.tif"))
     assert "TensorRT engine" in line and "use the .onnx" in line, line
     assert leftovers(tmp_path) == ["export", "l.tif"]
+
+
+def test_labels_file_is_uint16_until_the_labels_need_uint32() -> None:
+    from cyclepose_deploy.runtime.run.passtwo import labels_dtype
+
+    assert labels_dtype(0) == labels_dtype(65_535) == "uint16"
+    assert labels_dtype(65_536) == "uint32"

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from scipy import ndimage
 
 from cyclepose_deploy.errors import UserError
 from cyclepose_deploy.runtime.source.slide import Slide, SlideOptions
@@ -81,6 +82,28 @@ def test_sparse_field_scores_like_the_patch_alone(
     )
     assert f_alone > 0.5  # the blur proxy network merges touching nuclei; the comparison is the point
     assert f_sparse >= f_alone - 0.05, (f_alone, f_sparse, sparse["objects"], int(truth_patch.max()))
+
+
+def test_a_dim_8bit_field_of_a_few_nuclei_is_not_saturated(
+    net: Path, tmp_path: Path, infer: Callable
+) -> None:
+    """An 8-bit field whose background is one flat value and whose 4 nuclei cover 0.3 %: the noise
+    is at least the rounding noise, so the guards hold and the nuclei map near 1, not to 50x it."""
+    from cyclepose_deploy.runtime.source.normalize import QUANTIZATION_SIGMA, Normalization
+
+    yy, xx = np.mgrid[:512, :512]
+    truth = np.zeros((512, 512), np.int32)
+    for k, (cy, cx) in enumerate([(80, 100), (300, 400), (420, 150), (200, 250)], start=1):
+        truth[(yy - cy) ** 2 + (xx - cx) ** 2 <= 7**2] = k
+    image = ndimage.gaussian_filter(np.where(truth > 0, 150.0, 0.0), 1.0) + 6
+    image = np.round(image + RNG.normal(0, 2, image.shape) * (image > 10)).clip(0, 255).astype(np.uint8)
+    norm = Normalization.from_sample(image)
+    assert norm.noise * (norm.high - norm.low) == pytest.approx(QUANTIZATION_SIGMA)
+    assert 0.5 < norm.apply(np.array([150.0 + 6]))[0] < 2.0  # a nucleus reads as one, not saturated
+    tifffile.imwrite(tmp_path / "dim.tif", image)
+    code, text, summary = infer(tmp_path / "dim.tif", net, tmp_path / "d.tif", "--diameter", 15)
+    assert code == 0, text
+    assert summary["objects"] == 4, summary
 
 
 @pytest.mark.parametrize("illumination", [False, True])
@@ -332,6 +355,29 @@ def test_units_reach_labels_prob_and_object_table(
     assert "--pixel-size" in line and not (tmp_path / "h.tif").exists()
     line = error_line(*infer(tmp_path / "plain.tif", net, tmp_path / "h.tif", "--pixel-size", "nan")[:2])
     assert "--pixel-size" in line
+
+
+def test_micrometre_columns_are_exact_far_from_the_origin(tmp_path: Path) -> None:
+    """Positions to 0.001 µm and areas to 0.0001 µm² wherever the nucleus lies: 15 mm into a slide,
+    significant digits would have written 1.5e+04 (10 µm steps)."""
+    from cyclepose_deploy.runtime.outputs.objects import ObjectTable
+
+    labels = np.zeros((64, 64), np.int32)
+    labels[10:13, 20:24] = 1  # 12 px, centroid (11, 21.5) in the block
+    image = np.full((64, 64), 4321.5, np.float32)
+
+    class Raw:
+        def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+            return image[: y1 - y0, : x1 - x0]
+
+    table = ObjectTable(1, Raw(), pixel_size=(0.65, 0.325))  # type: ignore[arg-type]
+    table.observe(23_000, 46_000, labels)
+    table.save_csv(tmp_path / "o.csv")
+    (row,) = list(csv.DictReader(open(tmp_path / "o.csv")))
+    assert float(row["centroid_y_um"]) == pytest.approx(23_011 * 0.65, abs=5e-4)
+    assert float(row["centroid_x_um"]) == pytest.approx(46_021.5 * 0.325, abs=5e-4)
+    assert float(row["area_um2"]) == pytest.approx(12 * 0.65 * 0.325, abs=5e-5)
+    assert float(row["mean_intensity"]) == 4321.5
 
 
 # 6. other formats ----------------------------------------------------------------------------------

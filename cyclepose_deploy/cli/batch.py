@@ -269,7 +269,7 @@ def _one(
         "objects": summary.objects,
         "seconds": f"{summary.seconds:.2f}",
         "diameter_px": f"{summary.diameter.diameter:.2f}" if summary.diameter else "",
-        "pixel_size_um": f"{size[1]:.4g}" if size else "",
+        "pixel_size_um": f"{size[1]:.6g}" if size else "",
     }
 
 

@@ -97,6 +97,12 @@ def register(app: typer.Typer) -> None:
         flow_threshold: float = typer.Option(
             defaults.FLOW_THRESHOLD, "--flow-threshold", help="Max flow error per object."
         ),
+        min_size: int = typer.Option(
+            defaults.MIN_SIZE, "--min-size", help="Smaller nuclei are removed (px, on the model's scale)."
+        ),
+        exclude_on_edges: bool = typer.Option(
+            False, "--exclude-on-edges", help="Drop nuclei that touch the image's edge (Cellpose's option)."
+        ),
         objects: Path | None = typer.Option(None, "--objects", help="Object table CSV, one row per nucleus."),
         preview: Path | None = typer.Option(
             None, "--preview", help="Downsampled PNG with outlines (batch mode: OUT/NAME.preview.png)."
@@ -152,6 +158,8 @@ def register(app: typer.Typer) -> None:
             chunk=chunk,
             cellprob_threshold=cellprob_threshold,
             flow_threshold=flow_threshold,
+            min_size=min_size,
+            exclude_on_edges=exclude_on_edges,
             diameter=diameter,
             diameter_um=diameter_um,
             diameter_fields=diameter_fields,

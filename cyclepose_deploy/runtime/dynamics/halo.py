@@ -94,7 +94,9 @@ def chunk_ids(
     flows, cellprob = check_inputs(flows, cellprob)
     height, width = (int(v) for v in image_shape)
     _check_placement(cellprob.shape, core, origin, (height, width))
-    labels, seeds = segment(flows, cellprob, settings, height * width, image, noise)
+    h, w = cellprob.shape
+    edges = (origin[0] == 0, origin[0] + h == height, origin[1] == 0, origin[1] + w == width)
+    labels, seeds = segment(flows, cellprob, settings, height * width, image, noise, edges)
     seed_y, seed_x = np.divmod(seeds, cellprob.shape[1])
     table = np.zeros(seeds.size + 1, np.uint64)
     global_y, global_x = (seed_y + origin[0]).astype(np.uint64), (seed_x + origin[1]).astype(np.uint64)

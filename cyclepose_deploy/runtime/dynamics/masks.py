@@ -332,3 +332,76 @@ def clean_masks(labels: np.ndarray, count: int, min_size: int) -> None:
         return
     remove_masks(labels, label_areas(labels, count) < max(min_size, 1))
     _fill_object_holes(labels, object_boxes(labels, count))
+
+
+def edge_objects(labels: np.ndarray, count: int, edges: tuple[bool, bool, bool, bool]) -> np.ndarray:
+    """bool per label 0..count: the mask touches one of the window's sides that is an edge of the
+    whole image. edges: (top, bottom, left, right) of `labels`, True where that side is the image's
+    own edge (a chunk's side inside the slide is not: its objects continue beyond it)."""
+    touching = np.zeros(count + 1, np.bool_)
+    sides = (labels[0], labels[-1], labels[:, 0], labels[:, -1])
+    for side, is_edge in zip(sides, edges, strict=True):
+        if is_edge:
+            touching[side] = True
+    touching[0] = False
+    return touching
+
+
+@numba.njit(cache=True, nogil=True)
+def _root(parent: np.ndarray, i: int) -> int:
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]  # path halving
+        i = parent[i]
+    return i
+
+
+@numba.njit(cache=True, nogil=True)
+def _drop_small_pieces(labels: np.ndarray, count: int) -> bool:
+    """Union-find over 4-neighbours of equal label; per label keep the piece with most pixels (ties:
+    the piece whose first pixel comes first in row-major order), zero the others. True if any pixel
+    changed."""
+    h, w = labels.shape
+    flat = labels.ravel()
+    parent = np.empty(h * w, np.int32)
+    for i in range(h * w):
+        parent[i] = i
+    for y in range(h):
+        for x in range(w):
+            k = flat[y * w + x]
+            if k == 0:
+                continue
+            i = y * w + x
+            for j in (i - 1 if x > 0 else -1, i - w if y > 0 else -1):
+                if j >= 0 and flat[j] == k:
+                    a, b = _root(parent, i), _root(parent, j)
+                    if a != b:  # the smaller index becomes the root: a piece's root is its first pixel
+                        if a < b:
+                            parent[b] = a
+                        else:
+                            parent[a] = b
+    size = np.zeros(h * w, np.int32)
+    for i in range(h * w):
+        if flat[i] != 0:
+            size[_root(parent, i)] += 1
+    best = np.full(count + 1, -1, np.int64)
+    for i in range(h * w):  # roots in row-major order: on a tie the first piece stays
+        k = flat[i]
+        if k != 0 and parent[i] == i and (best[k] < 0 or size[i] > size[best[k]]):
+            best[k] = i
+    changed = False
+    for i in range(h * w):
+        k = flat[i]
+        if k != 0 and _root(parent, i) != best[k]:
+            flat[i] = 0
+            changed = True
+    return changed
+
+
+def keep_largest_piece(labels: np.ndarray, count: int) -> bool:
+    """One 4-connected piece per mask (in place): stray pixels a mask holds apart from its body (flow
+    tails, outline moves) are released to the background, so a nucleus is one simple polygon in
+    GeoJSON and ROI outputs and its table area is its outline's. Returns whether anything changed.
+    Local to the mask, so chunked runs keep it. Not in Cellpose (its masks can hold several pieces)."""
+    if count == 0 or not labels.size:
+        return False
+    return bool(_drop_small_pieces(labels, count))

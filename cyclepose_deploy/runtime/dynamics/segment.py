@@ -27,7 +27,9 @@ from cyclepose_deploy.runtime.dynamics.masks import (
     clean_masks,
     contrast_sigmas,
     contrasts,
+    edge_objects,
     flow_errors,
+    keep_largest_piece,
     label_areas,
     refine_outlines,
     remove_masks,
@@ -41,8 +43,11 @@ class DynamicsSettings:
     against cyclepose_deploy.limits (OptionError naming the setting).
 
     cellprob_threshold: pixels whose logit exceeds it are foreground.
-    flow_threshold: drop masks whose flow error exceeds it; 0 (or None) disables the check.
+    flow_threshold: drop masks whose flow error exceeds it; 0 (or None) disables the check. Masks cut
+    by the image's edge are exempt (not in Cellpose): their flows point at a centre outside the image,
+    so their error is large by construction, and the check removed a third of them on real fields.
     niter: steps of flow following. min_size: smaller masks are removed (pixels).
+    exclude_on_edges: drop masks that touch the image's edge (Cellpose's exclude_on_edges).
     max_size_fraction: drop masks larger than this fraction of the whole image (Cellpose 3.1).
     min_contrast: with the normalised image given, drop masks not at least this much brighter than
     the CONTRAST_RING px around them (0 disables; not in Cellpose).
@@ -60,6 +65,7 @@ class DynamicsSettings:
     min_contrast: float = MIN_CONTRAST
     outline_shell: int = OUTLINE_SHELL
     contrast_sigmas: float = CONTRAST_SIGMAS
+    exclude_on_edges: bool = False
 
     def __post_init__(self) -> None:
         if self.flow_threshold is None:  # Cellpose's way of saying "no flow check"
@@ -125,13 +131,18 @@ def segment(
     image_area: int,
     image: np.ndarray | None = None,
     noise: float = 0.0,
+    edges: tuple[bool, bool, bool, bool] = (True, True, True, True),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Masks labelled by seed rank 1..n (int32) and the seeds' row-major linear indices.
+    """Masks labelled by seed rank 1..n (int32), each one 4-connected piece, and the seeds' row-major
+    linear indices.
 
     image_area: pixels in the whole image, for max_size_fraction (chunks pass the slide's area).
     image: the normalised image under the flows, for settings.min_contrast (None: no check).
     noise: the slide's noise sigma in normalised units (runtime.source.normalize; 0.0: unknown), for
     settings.contrast_sigmas.
+    edges: (top, bottom, left, right): which sides of this window are the image's own edges (all of a
+    whole image; a chunk's sides on the slide's edge), for the flow check's exemption and
+    settings.exclude_on_edges.
     """
     foreground = cellprob > settings.cellprob_threshold
     if not foreground.any():
@@ -143,16 +154,21 @@ def segment(
         return labels, seeds
     remove_masks(labels, label_areas(labels, count) > settings.max_size_fraction * image_area)
     if settings.flow_threshold:
-        remove_masks(labels, flow_errors(labels, count, flows) > settings.flow_threshold)
+        bad = flow_errors(labels, count, flows) > settings.flow_threshold
+        remove_masks(labels, bad & ~edge_objects(labels, count, edges))
     clean_masks(labels, count, settings.min_size)
     if image is not None and settings.min_contrast > 0:
         remove_masks(labels, contrasts(labels, count, image, CONTRAST_RING) < settings.min_contrast)
     if image is not None and noise > 0 and settings.contrast_sigmas > 0:
         weak = contrast_sigmas(labels, count, image, CONTRAST_RING, noise) < settings.contrast_sigmas
         remove_masks(labels, weak)
-    if image is not None and settings.outline_shell > 0:
+    refined = image is not None and settings.outline_shell > 0
+    if refined:
         refine_outlines(labels, count, image, settings.outline_shell, OUTLINE_LEVEL, OUTLINE_GAP)
+    if keep_largest_piece(labels, count) or refined:
         clean_masks(labels, count, settings.min_size)
+    if settings.exclude_on_edges:
+        remove_masks(labels, edge_objects(labels, count, edges))
     return labels, seeds
 
 

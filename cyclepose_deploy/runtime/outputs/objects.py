@@ -84,7 +84,8 @@ class ObjectTable:
             for row in rows:
                 handle.write(
                     f"{int(row[0])},{row[1]:.2f},{row[2]:.2f},{int(row[3])},{int(row[4])},{int(row[5])},"
-                    f"{int(row[6])},{int(row[7])},{row[8]:.4g},{_um(row[9])},{_um(row[10])},{_um(row[11])}\n"
+                    f"{int(row[6])},{int(row[7])},{row[8]:.7g},{_um(row[9], 3)},{_um(row[10], 3)},"
+                    f"{_um(row[11], 4)}\n"
                 )
         return len(rows)
 
@@ -137,6 +138,8 @@ def _extents(
                 x1[k] = max(x1[k], c0 + x + 1)
 
 
-def _um(value: float) -> str:
-    """A physical value, or an empty field (read as missing by pandas / R) when the size is unknown."""
-    return "" if not np.isfinite(value) else f"{value:.4g}"
+def _um(value: float, decimals: int) -> str:
+    """A physical value in fixed point (0.001 µm for positions, 0.0001 µm² for areas, at any distance
+    from the origin: significant digits would lose whole µm on a large slide), or an empty field
+    (read as missing by pandas / R) when the pixel size is unknown."""
+    return "" if not np.isfinite(value) else f"{value:.{decimals}f}"

@@ -138,13 +138,17 @@ class PyramidSpool:
 
 
 def tiles_of(
-    blocks: Iterator[Block], observers: Sequence[BlockObserver], tile: int = TIFF_TILE
+    blocks: Iterator[Block],
+    observers: Sequence[BlockObserver],
+    tile: int = TIFF_TILE,
+    dtype: np.dtype | None = None,
 ) -> Iterator[np.ndarray]:
-    """Row-major tiles (padded to tile x tile) as tifffile expects; observers see every block first."""
+    """Row-major tiles (padded to tile x tile) as tifffile expects, in `dtype` (default: the
+    blocks'; the caller makes sure the values fit); observers see every block first."""
     for r0, c0, block in blocks:
         for observe in observers:
             observe(r0, c0, block)
-        padded = np.zeros((tile, -(-block.shape[1] // tile) * tile), dtype=block.dtype)
+        padded = np.zeros((tile, -(-block.shape[1] // tile) * tile), dtype=dtype or block.dtype)
         padded[: block.shape[0], : block.shape[1]] = block
         for x in range(0, padded.shape[1], tile):
             yield padded[:, x : x + tile]
@@ -190,7 +194,7 @@ def write_tiled_tiff(
     workers = min(2, len(os.sched_getaffinity(0)))
     with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
         tif.write(
-            encoded(tiles_of(blocks, observers), workers),
+            encoded(tiles_of(blocks, observers, dtype=np.dtype(dtype)), workers),
             shape=shape,
             dtype=np.dtype(dtype),
             tile=(TIFF_TILE, TIFF_TILE),
@@ -200,7 +204,7 @@ def write_tiled_tiff(
         )
         for level_blocks, level_shape in levels:
             tif.write(
-                encoded(tiles_of(level_blocks, ()), workers),
+                encoded(tiles_of(level_blocks, (), dtype=np.dtype(dtype)), workers),
                 shape=level_shape,
                 dtype=np.dtype(dtype),
                 tile=(TIFF_TILE, TIFF_TILE),

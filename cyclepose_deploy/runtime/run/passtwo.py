@@ -57,7 +57,7 @@ def write(ctx: RunContext) -> tuple[int, np.ndarray | None]:
                 ctx.temps[outputs.labels],
                 blocks,
                 source.shape,
-                "uint32",
+                labels_dtype(len(table)),
                 source.pixel_size,
                 observers,
                 levels,
@@ -103,6 +103,12 @@ def _pyramid(
     finally:
         observers.remove(spool.observe)
         spool.close()
+
+
+def labels_dtype(count: int) -> str:
+    """uint16 while the labels fit (as Cellpose saves masks): ImageJ opens uint32 as 32-bit float and
+    rasterio-based readers refuse it; uint32 beyond 65,535 nuclei."""
+    return "uint16" if count <= np.iinfo(np.uint16).max else "uint32"
 
 
 def flows_and_prob(ctx: RunContext) -> tuple[np.ndarray, np.ndarray]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cyclepose_deploy.errors import UserError
 from cyclepose_deploy.runtime.backends.base import Runner
 from cyclepose_deploy.runtime.dynamics.halo import chunk_halo, chunk_ids
 from cyclepose_deploy.runtime.dynamics.segment import DynamicsSettings
@@ -120,6 +121,14 @@ class ChunkWorker:
                     sign[0, axis - 2] = -1.0  # a flip along y turns dY around, along x dX
                 out += flipped * sign
             out = (out / 4.0).astype(np.float32)
+        if not np.isfinite(out).all():  # inputs are always finite (missing pixels read as 0)
+            bad = int(np.flatnonzero(~np.isfinite(out).reshape(len(out), -1).all(axis=1))[0])
+            y, x = batch.origins[bad]
+            raise UserError(
+                f"the model ({self.runner.name}) gave NaN or infinite outputs on the tile at y={y}, x={x} "
+                "(px of the working grid): its numbers overflow on this input; use the export's fp32 "
+                "model.onnx, or export again"
+            )
         return np.concatenate([out, images[:, :1]], axis=1)
 
     def merger(self, chunk: Chunk) -> Merger:

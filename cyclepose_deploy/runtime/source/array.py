@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from cyclepose_deploy.errors import UserError
-from cyclepose_deploy.runtime.source.normalize import fill_missing
+from cyclepose_deploy.runtime.source.normalize import check_float32_range, fill_missing
 from cyclepose_deploy.runtime.source.units import check_pixel_size
 
 
@@ -33,11 +33,15 @@ class ArraySource:
         self.file_pixel_size = self.pixel_size
         self.level_scale = (1.0, 1.0)
         self.float_pixels = dtype.kind == "f" and not filled
+        self.wide_floats = dtype.kind == "f" and dtype.itemsize > 4
         self.description = f"{description} ({shape[0]}x{shape[1]} px, {dtype})"
         self.notes: list[str] = []
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        window = np.asarray(self.array[y0:y1, x0:x1], dtype=np.float32)
+        window = np.asarray(self.array[y0:y1, x0:x1])
+        if self.wide_floats:
+            check_float32_range(window, f"the image (at y={y0}, x={x0})")
+        window = np.asarray(window, dtype=np.float32)
         return fill_missing(window) if self.float_pixels else window
 
     def close(self) -> None:

@@ -11,7 +11,8 @@ same numbers) and adds two guards:
 - a noise floor: high - low is at least FLOOR_SIGMAS noise sigmas, so camera noise is never stretched
   to nucleus contrast (an empty field stays dark).
 The noise sigma comes from first differences of neighbouring pixels (1.4826 MAD / sqrt 2), which
-ignores smooth background and uneven illumination. The statistics are a function of the slide only
+ignores smooth background and uneven illumination; for integer pixels it is at least the rounding
+noise, 1/sqrt(12) DN. The statistics are a function of the slide only
 (never of a chunk), so chunked results still equal whole-image results.
 
 Speed: the percentiles and medians are numpy's, to the bit, but found from counts when the values lie
@@ -31,6 +32,10 @@ import numba
 import numpy as np
 
 FLOOR_SIGMAS = 12.0
+# integer pixels are never noiseless: rounding alone spreads them by 1/sqrt(12) DN. A flat, quantised
+# background (8-bit fields of a few nuclei) measures sigma 0, which turned both guards off, so the
+# 99th percentile fell on the background and the nuclei saturated.
+QUANTIZATION_SIGMA = float(1 / np.sqrt(12.0))
 MISSING_FILL = 5  # px: a missing (NaN/Inf) pixel takes the mean of the finite pixels in this window
 FOREGROUND_SIGMAS = 8.0  # pure noise: a 64 x 64 block spreads about 4.7 sigmas from p1 to p99
 BLOCK = 64
@@ -85,7 +90,8 @@ def _noise_from_counts(planes: list[np.ndarray]) -> float | None:
     steps = np.rint(deviations * 2).astype(np.int64)  # deviations are multiples of 1/2
     total = np.bincount(steps, weights=np.concatenate([c for _, c in merged]).astype(np.float64))
     values = (np.arange(total.size) / 2).astype(np.float32)
-    return float(MAD_TO_SIGMA * _median_of_counts(total.astype(np.int64), values) / np.sqrt(2.0))
+    sigma = float(MAD_TO_SIGMA * _median_of_counts(total.astype(np.int64), values) / np.sqrt(2.0))
+    return max(sigma, QUANTIZATION_SIGMA)
 
 
 def _median_of_counts(counts: np.ndarray, values: np.ndarray) -> np.floating:
@@ -174,6 +180,24 @@ def _normalise(image: np.ndarray, low: np.float32, scale: np.float32, out: np.nd
     for i in range(image.size):
         v = (np.float32(image[i]) - low) * scale
         out[i] = v if np.isfinite(v) else np.float32(0)
+
+
+FLOAT32_SAFE = 1e30  # magnitudes float32 (what the runtime computes in) holds with full precision
+
+
+def check_float32_range(data: np.ndarray, where: str) -> None:
+    """UserError for float64 intensities float32 cannot hold: beyond FLOAT32_SAFE they become inf,
+    below its inverse they lose their precision; either way the image would segment as empty.
+    where: what to name (the file and window)."""
+    from cyclepose_deploy.errors import UserError
+
+    finite = np.abs(data[np.isfinite(data)])
+    top = float(finite.max()) if finite.size else 0.0
+    if top > FLOAT32_SAFE or 0 < top < 1 / FLOAT32_SAFE:
+        raise UserError(
+            f"{where} holds intensities of {top:.3g}, outside the float32 range the runtime computes in "
+            f"({1 / FLOAT32_SAFE:g} to {FLOAT32_SAFE:g}): rescale the image, e.g. to 0..65535"
+        )
 
 
 def fill_missing(raw: np.ndarray) -> np.ndarray:

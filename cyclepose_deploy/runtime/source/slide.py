@@ -12,7 +12,7 @@ from scipy import ndimage
 
 from cyclepose_deploy import limits
 from cyclepose_deploy.errors import OptionError, UserError, literal
-from cyclepose_deploy.runtime.source.normalize import Normalization, fill_missing
+from cyclepose_deploy.runtime.source.normalize import Normalization, check_float32_range, fill_missing
 from cyclepose_deploy.runtime.source.units import check_pixel_size
 
 CHANNEL_AXES = ("C", "S")
@@ -125,6 +125,8 @@ class Slide:
             raise UserError(
                 f"cannot decode {self.path} at y={y0}, x={x0} ({exc}): the file may be corrupt"
             ) from None
+        if self.dtype.kind == "f" and self.dtype.itemsize > 4:
+            check_float32_range(np.asarray(data), f"{literal(self.path)} (at y={y0}, x={x0})")
         data = np.asarray(data, dtype=np.float32)
         return fill_missing(data) if self.dtype.kind == "f" else data
 
