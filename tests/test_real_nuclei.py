@@ -240,3 +240,21 @@ def test_area_weighted_diameter_discounts_fragments() -> None:
     assert n == m == 7
     assert plain < 5  # the plain median is a fragment
     assert weighted == pytest.approx(30, rel=0.05)
+
+
+def test_the_estimate_measures_only_nuclei_the_window_does_not_cut() -> None:
+    """Nuclei cut by the sample window's edge are parts of nuclei (the dynamics keep them): they must
+    not pull the measured median down."""
+    from cyclepose_deploy.runtime.run.diameter import mask_diameter
+    from cyclepose_deploy.runtime.run.scale import _interior
+
+    labels = np.zeros((120, 120), np.int32)
+    yy, xx = np.mgrid[:120, :120]
+    for i, (y, x) in enumerate([(40, 40), (40, 80), (80, 40), (80, 80)]):  # whole discs of 20 px
+        labels[(yy - y) ** 2 + (xx - x) ** 2 <= 10**2] = i + 1
+    for i, (y, x) in enumerate([(0, 60), (119, 60), (60, 0), (60, 119), (0, 0)]):  # cut at the edge
+        labels[(yy - y) ** 2 + (xx - x) ** 2 <= 10**2] = 10 + i
+    inner = _interior(labels)
+    assert set(np.unique(inner)) == {0, 1, 2, 3, 4}
+    assert mask_diameter(inner)[0] == pytest.approx(20, rel=0.05)
+    assert mask_diameter(labels)[0] < 16

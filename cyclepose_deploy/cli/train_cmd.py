@@ -96,6 +96,12 @@ def register(app: typer.Typer) -> None:
         refine_rounds: int = typer.Option(
             2, "--refine-rounds", help="Times the images are labelled again during --refine-steps."
         ),
+        refine_synthetic: float = typer.Option(
+            0.25,
+            "--refine-synthetic",
+            help="Share of each --refine-steps batch rendered by G from synthetic masks (exact targets: "
+            "the shape prior and its outlines stay), in [0, 1).",
+        ),
         border: float = typer.Option(
             0.25,
             "--border-crops",
@@ -146,6 +152,7 @@ def register(app: typer.Typer) -> None:
             border=border,
             refine_steps=refine_steps,
             refine_rounds=refine_rounds,
+            refine_synthetic=refine_synthetic,
         )
         start = shipped_or_path(init) if init is not None else None
         trainer = make_trainer([*images, *(more or [])], config, device, out if resume else None, start)
@@ -173,9 +180,11 @@ def _provenance() -> dict[str, str]:
 
     import torch
 
+    from cyclepose_deploy.runtime.benchmark import cpu_model
+
     return {
         "command": "cyclepose " + shlex.join(_collapse_paths(sys.argv[1:])),
-        "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
+        "hardware": f"{cpu_model()} ({platform.machine()}), {os.cpu_count()} CPU cores"
         + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"),
         "torch": str(torch.__version__),  # TorchVersion would not load with weights_only=True
     }

@@ -49,9 +49,11 @@ def predict(net: torch.nn.Module, image: np.ndarray, autocast: Any, memory_forma
     padded = np.zeros((1, c, -(-h // 16) * 16, -(-w // 16) * 16), np.float32)
     padded[0, :, :h, :w] = image
     net.eval()
+    device = next(net.parameters()).device
     with torch.no_grad(), autocast():
-        out = net(torch.from_numpy(padded).contiguous(memory_format=memory_format)).float()
-    return out[0, :, :h, :w].numpy()
+        x = torch.from_numpy(padded).to(device).contiguous(memory_format=memory_format)
+        out = net(x).float()
+    return out[0, :, :h, :w].cpu().numpy()
 
 
 def pseudo_label(
@@ -163,7 +165,7 @@ def rendered_batch(trainer: Any, count: int) -> tuple[torch.Tensor, torch.Tensor
     with nothing ignored."""
     cfg = trainer.config
     r, inside = trainer.bank.sample(trainer.rng, count, cfg.tile, cfg.border)
-    r_t, inside_t = torch.from_numpy(r), torch.from_numpy(inside)
+    r_t, inside_t = trainer._tensor(r), trainer._tensor(inside)
     trainer.G.eval()
     with torch.no_grad(), trainer._autocast():
         images = trainer.G(r_t.contiguous(memory_format=trainer.memory_format)).float() * inside_t
@@ -183,6 +185,8 @@ class Refiner:
         cfg = trainer.config
         self.per_round = max(1, math.ceil(cfg.refine_steps / cfg.refine_rounds))
         self.optimizer = torch.optim.Adam(trainer.S.parameters(), lr=cfg.refine_lr)
+        # fp16 autocast on CUDA needs loss scaling, as the CycleGAN steps have (off on CPU)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=trainer.device.type == "cuda")
         self.generator = torch.Generator().manual_seed(cfg.seed + 7)
         self.rng = np.random.default_rng([cfg.seed, 7])
         self.step = 0  # refinement steps done
@@ -219,6 +223,7 @@ class Refiner:
         synthetic = int(round(cfg.batch * cfg.refine_synthetic))
         x, t = sample_crops(self.rng, self.targets, cfg.batch - synthetic, cfg.tile, cfg.border)
         x_t, t_t = augment(torch.from_numpy(x), torch.from_numpy(t), self.generator)
+        x_t, t_t = x_t.to(trainer.device), t_t.to(trainer.device)  # augmented on the CPU generator
         if synthetic:
             x_s, t_s = rendered_batch(trainer, synthetic)
             x_t, t_t = torch.cat([x_t, x_s]), torch.cat([t_t, t_s])
@@ -227,8 +232,9 @@ class Refiner:
             output = trainer.S(x_t.contiguous(memory_format=trainer.memory_format)).float()
         loss = masked_flow_loss(output, t_t)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.step += 1
         return {"refine": float(loss.item())}
 
@@ -236,6 +242,7 @@ class Refiner:
         return {
             "step": self.step,
             "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "generator": self.generator.get_state(),
             "rng": self.rng.bit_generator.state,
             "labeller": self.labeller or {},
@@ -245,6 +252,8 @@ class Refiner:
         """Continue a phase: the round's labels are made again by the S that made them."""
         self.step = int(state["step"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["generator"])
         self.rng.bit_generator.state = state["rng"]
         if state.get("labeller") and self.step % self.per_round:
