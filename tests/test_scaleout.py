@@ -326,17 +326,27 @@ def test_ctrl_c_in_the_cli_keeps_the_run_folder_and_resume_finishes_it(
     out = tmp_path / "l.tif"
     args = [sys.executable, "-m", "cyclepose_deploy", "infer", data["slide"], "--model", data["net"]]
     args += ["-o", out, *OPTS, "--chunk", 128, "--threads", 1]
-    process = subprocess.Popen(
-        [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
     done = tmp_path / "l.tif.run" / "done"
-    end = time.monotonic() + 120
-    while time.monotonic() < end and process.poll() is None and len(list(done.glob("*.npy"))) < 2:
-        time.sleep(0.02)
-    if process.poll() is not None:
-        pytest.skip("the run ended before the interrupt could land (machine too fast)")
-    process.send_signal(signal.SIGINT)
-    output, _ = process.communicate(timeout=120)
+    for _attempt in range(3):  # a run that outruns the signal (a fast, quiet machine) is run again
+        process = subprocess.Popen(
+            [str(a) for a in args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            # Python installs its Ctrl-C handler only where SIGINT is not inherited as ignored
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        end = time.monotonic() + 120
+        while time.monotonic() < end and process.poll() is None and len(list(done.glob("*.npy"))) < 2:
+            time.sleep(0.02)
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=120)
+        if process.returncode != 0:
+            break
+        out.unlink()
+    else:
+        pytest.skip("three runs ended before the interrupt could land (machine too fast)")
     assert process.returncode == 130, output
     assert "Traceback" not in output and "interrupted" in output
     kept = _markers(tmp_path / "l.tif.run")

@@ -150,6 +150,8 @@ def test_full_disk_while_saving_a_checkpoint(tmp_path: Path, monkeypatch: pytest
         (["--max-minutes", "-1"], "--max-minutes"),
         (["--tile", "100"], "multiple of 16"),
         (["--coverage", "nan"], "--coverage"),
+        (["--refine-synthetic", "1"], "--refine-synthetic 1.0 must be in [0, 1)"),
+        (["--refine-steps", "10", "--batch", "2", "--refine-synthetic", "0.9"], "leaves no real crop"),
     ],
 )
 def test_absurd_training_options_are_refused(tmp_path: Path, args: list[str], message: str) -> None:

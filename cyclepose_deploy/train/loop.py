@@ -120,6 +120,12 @@ def check_train_config(config: TrainConfig) -> None:
         raise OptionError(
             "refine_synthetic", f"{{refine_synthetic}} {config.refine_synthetic} must be in [0, 1)"
         )
+    if config.refine_steps and round(config.batch * config.refine_synthetic) >= config.batch:
+        raise OptionError(
+            "refine_synthetic",
+            f"{{refine_synthetic}} {config.refine_synthetic} of a {{batch}} of {config.batch} leaves no "
+            "real crop in a refinement batch: lower it or raise {batch}",
+        )
     if config.precision not in ("auto", "bf16", "fp32"):
         raise OptionError("precision", f"{{precision}} {config.precision!r} must be auto, bf16 or fp32")
 

@@ -186,7 +186,12 @@ class Refiner:
         self.per_round = max(1, math.ceil(cfg.refine_steps / cfg.refine_rounds))
         self.optimizer = torch.optim.Adam(trainer.S.parameters(), lr=cfg.refine_lr)
         # fp16 autocast on CUDA needs loss scaling, as the CycleGAN steps have (off on CPU)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=trainer.device.type == "cuda")
+        # warm: the CycleGAN's scale, so the first refinement steps are not skipped as overflows
+        self.scaler = torch.amp.GradScaler(
+            "cuda",
+            init_scale=trainer.scaler_gen.get_scale() or 65536.0,
+            enabled=trainer.device.type == "cuda",
+        )
         self.generator = torch.Generator().manual_seed(cfg.seed + 7)
         self.rng = np.random.default_rng([cfg.seed, 7])
         self.step = 0  # refinement steps done

@@ -19,10 +19,10 @@ run's network work):
    it measures more than every guess, else g.
 Measurements count only the nuclei the window does not cut (the dynamics keep cut ones, which are
 parts). On a small field the first pass covers at most SMALL_FIELD_SHARE of the field. Measured on the
-60 DSB2018 dev images with the `nuclei` model (benchmarks/diameter_check.py --dev, int8 export): 45
-within 15 % of the true median diameter, mean |log error| 0.086, worst 1.41x (without the secant step
-47, 0.084, 1.41x; it costs dev nothing in F1: `synth` 0.823 / 0.657 / 0.337 with it, 0.824 / 0.658 /
-0.340 without).
+60 DSB2018 dev images (benchmarks/diameter_check.py --dev, int8 export): with the shipped `nuclei`
+model 49 within 15 % of the true median diameter, mean |log error| 0.081, worst 1.41x; with the
+previous `nuclei` model 45 / 0.086 / 1.41x, and 47 / 0.084 / 1.41x without the secant step (which
+changed dev F1 by at most 0.003: `synth` 0.823 / 0.657 / 0.337 with it, 0.824 / 0.658 / 0.340 without).
 """
 
 from __future__ import annotations
@@ -166,8 +166,9 @@ def _densest_window(blobs: Blobs, shape: tuple[int, int], side: int) -> tuple[in
 
 
 def _measure(ctx: RunContext, sample: ScaledSource) -> tuple[float, int]:
-    """(median mask diameter in the sample's px, objects) of the network's segmentation of
-    `sample`, run as one tile (the engine profile's tiling where a tile that large does not fit)."""
+    """(median mask diameter in the sample's px, objects) of the nuclei the window does not cut in the
+    network's segmentation of `sample`, run as one tile (the engine profile's tiling where a tile that
+    large does not fit); every pass measures the same kind of nucleus."""
     assert ctx.runner is not None
     h, w = sample.shape
     tile = max(16, -(-max(h, w) // 16) * 16)
@@ -177,9 +178,7 @@ def _measure(ctx: RunContext, sample: ScaledSource) -> tuple[float, int]:
         tiling = replace(ctx.options.tiling, tta=False)
     job = replace(ctx.job(), tiling=tiling, shape=sample.shape)
     result = ChunkWorker(job, sample, ctx.runner).process(Chunk(0, (0, h, 0, w), (0, h, 0, w)))
-    inner = _interior(result.ids)
-    measured = mask_diameter(inner)
-    return measured if measured[1] >= MIN_OBJECTS else mask_diameter(result.ids)
+    return mask_diameter(_interior(result.ids))
 
 
 def _interior(ids: np.ndarray) -> np.ndarray:
