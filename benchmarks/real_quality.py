@@ -3,8 +3,8 @@ run through `cyclepose infer`'s own code path at default settings (no per-image 
 StarDist's `matching_dataset` (TP/FP/FN summed over images at each IoU), beside a classical Otsu +
 distance-transform watershed baseline computed in the same run.
 
-    python benchmarks/real_quality.py --model cyclepose_deploy/models/cyclepose-real.pt \
-        [--data ../shared/data/dsb2018-fluo/dev] [--limit N] [--no-baseline] \
+    python benchmarks/real_quality.py --model cyclepose_deploy/models/cyclepose-nuclei.pt [--model ...] \
+        [--name NAME ...] [--data ../shared/data/dsb2018-fluo/dev] [--limit N] [--no-baseline] \
         [--out benchmarks/results/real-quality-NAME]          # writes NAME.json and NAME.md
 
 `--model` takes a checkpoint (.pt, exported to a temporary fp32 ONNX first), an export folder or an .onnx.
@@ -217,22 +217,29 @@ def main(argv: list[str] | None = None) -> int:
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--model", type=Path, action="append", required=True, help="repeat to score several")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--no-baseline", action="store_true")
-    parser.add_argument("--name", default=None, help="row name in the table (default: the model's file name)")
+    parser.add_argument(
+        "--name", action="append", default=None, help="row name per --model (default: the model's file name)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write OUT.json and OUT.md")
     args = parser.parse_args(argv)
+    names = args.name or [m.name for m in args.model]
+    if len(names) != len(args.model):
+        parser.error("give one --name per --model, or none")
     pairs = dataset_pairs(args.data, args.limit)
     results: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        model = args.model
-        if model.suffix == ".pt" or (model.is_file() and model.suffix not in (".onnx", ".engine")):
-            model = export_checkpoint(model, Path(tmp) / "export")
-        tally, rows = score_model(model, pairs, infer_options(extra))
-    name = args.name or args.model.name
-    results[f"cyclepose ({name})"] = tally.to_dict()
+    per_image: list[dict] = []
+    for name, given in zip(names, args.model, strict=True):
+        with tempfile.TemporaryDirectory() as tmp:
+            model = given
+            if model.suffix == ".pt" or (model.is_file() and model.suffix not in (".onnx", ".engine")):
+                model = export_checkpoint(model, Path(tmp) / "export")
+            tally, rows = score_model(model, pairs, infer_options(extra))
+        results[f"cyclepose ({name})"] = tally.to_dict()
+        per_image += [{"model": name, **row} for row in rows]
     if not args.no_baseline:
         results["Otsu + watershed"] = score_baseline(pairs).to_dict()
     text = table(results)
@@ -244,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             "images": len(pairs),
             "infer_options": extra,
             "results": results,
-            "per_image": rows,
+            "per_image": per_image,
         }
         args.out.with_suffix(".json").write_text(json.dumps(payload, indent=1))
         args.out.with_suffix(".md").write_text(text + "\n")

@@ -185,8 +185,8 @@ class Refiner:
         cfg = trainer.config
         self.per_round = max(1, math.ceil(cfg.refine_steps / cfg.refine_rounds))
         self.optimizer = torch.optim.Adam(trainer.S.parameters(), lr=cfg.refine_lr)
-        # fp16 autocast on CUDA needs loss scaling, as the CycleGAN steps have (off on CPU)
-        # warm: the CycleGAN's scale, so the first refinement steps are not skipped as overflows
+        # fp16 autocast on CUDA needs loss scaling (off on CPU); it starts at the CycleGAN's scale so
+        # the first refinement steps are not skipped as overflows
         self.scaler = torch.amp.GradScaler(
             "cuda",
             init_scale=trainer.scaler_gen.get_scale() or 65536.0,
