@@ -17,7 +17,7 @@ from cyclepose_deploy.cli import app
 from cyclepose_deploy.errors import UserError
 from cyclepose_deploy.export.compare import compare_arrays, compare_labels
 from cyclepose_deploy.export.fp16 import convert_fp16
-from cyclepose_deploy.export.int8 import TileReader
+from cyclepose_deploy.export.int8 import TileReader, bn_as_conv
 from cyclepose_deploy.export.onnx_export import export_fp32
 from cyclepose_deploy.export.pipeline import ExportOptions, run_export
 from cyclepose_deploy.export.profiles import DEFAULT
@@ -118,6 +118,21 @@ def test_fp16_model_keeps_fp32_io_and_is_checked(exported: tuple[Path, list[str]
 def test_int8_model_is_quantized(exported: tuple[Path, list[str]]) -> None:
     ops = {node.op_type for node in onnx.load(str(exported[0] / "model.int8.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    assert "BatchNormalization" not in ops  # no float island: every BN went in as a depthwise conv
+
+
+def test_batchnorm_as_depthwise_conv_is_the_same_function(tmp_path: Path) -> None:
+    path, _ = export_fp32(tiny_net(seed=4), tmp_path / "model.onnx", 1)
+    model = onnx.load(str(path))
+    before = sum(node.op_type == "BatchNormalization" for node in model.graph.node)
+    assert bn_as_conv(model) == before > 0
+    assert not any(node.op_type == "BatchNormalization" for node in model.graph.node)
+    onnx.checker.check_model(model)
+    rewritten = tmp_path / "dw.onnx"
+    onnx.save(model, str(rewritten))
+    x = np.random.default_rng(1).random((2, 1, 96, 64), dtype=np.float32)
+    with OrtRunner(path, threads=1) as ref, OrtRunner(rewritten, threads=1) as dw:
+        assert compare_arrays("bn as conv", ref.infer(x), dw.infer(x), 1e-4)
 
 
 def test_failed_check_fails_the_export_naming_it_and_keeps_the_previous_one(

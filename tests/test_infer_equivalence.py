@@ -22,7 +22,7 @@ from cyclepose_deploy.synth.slide import make_slide
 
 pytest.importorskip("onnxruntime")
 SHAPE = (544, 608)
-FAST = {"tile": 128, "overlap": 16, "batch": 8}
+FAST = {"tile": 128, "overlap": 16, "batch": 8, "whole_image": False}  # these tests are about tiles
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,15 @@ def test_chunked_labels_equal_whole_image_labels(case: dict[str, Path]) -> None:
     assert s1.chunks == 1 and s2.chunks == 12 and whole.max() > 50
     np.testing.assert_array_equal(chunked, whole)  # the same numbering, not only the same objects
     assert s2.objects == s1.objects
+
+
+def test_an_image_of_one_chunk_runs_as_one_tile_of_its_own_shape(case: dict[str, Path], f1: Callable) -> None:
+    tiled, s1 = infer(case, "tiled")
+    one, s2 = infer(case, "one", whole_image=True)
+    cut, s3 = infer(case, "cut", whole_image=True, chunk=192)  # chunks smaller than the image: tiles
+    assert (s1.tiles_grid, s2.tiles_grid, s3.tiles_grid) == (30, 1, 30)
+    assert s2.tiles_run == 1 and np.array_equal(cut, tiled)
+    assert f1(one, tiled) > 0.97  # the same nuclei; only the seams differ
 
 
 def test_tiling_agrees_with_the_untiled_network(

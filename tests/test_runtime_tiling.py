@@ -70,10 +70,28 @@ def test_taper_is_positive_and_flat_inside() -> None:
     assert w.min() > 0 and w[32, 32] == 1.0 and w[0, 0] < w[8, 8]
 
 
-@pytest.mark.parametrize("shape", [(300, 517), (40, 33)])
-def test_identity_network_split_merge_reproduces_input(shape: tuple[int, int]) -> None:
+def test_an_image_that_fits_runs_as_one_tile_of_its_padded_shape() -> None:
+    grid = TileGrid.plan((520, 696), 256, 32, whole_image=True, chunk=2048)
+    assert grid.sides == (560, 736) and grid.total == 1 and grid.origin(0, 1) == -16
+    assert grid.tiles((0, 520, 0, 696)) == [(-16, -16)] and grid.weight.shape == (560, 736)
+    assert grid.cover(grid.tiles((0, 520, 0, 696))) == (-16, 544, -16, 720)
+    square = TileGrid((520, 696), 256, 32)
+    assert TileGrid.plan((520, 696), 256, 32, whole_image=False, chunk=2048) == square
+    assert TileGrid.plan((520, 696), 256, 32, whole_image=True, chunk=512) == square  # two chunks
+    assert TileGrid.plan((1100, 1000), 256, 32, whole_image=True, chunk=2048).sides == (256, 256)
+
+
+@pytest.mark.parametrize(
+    "shape, grid",
+    [
+        ((300, 517), TileGrid((300, 517), 64, 16)),
+        ((40, 33), TileGrid((40, 33), 64, 16)),
+        ((300, 517), TileGrid.plan((300, 517), 64, 16, whole_image=True, chunk=2048)),
+    ],
+)
+def test_identity_network_split_merge_reproduces_input(shape: tuple[int, int], grid: TileGrid) -> None:
     image = np.random.default_rng(1).random(shape, dtype=np.float32)
-    out = split_merge(BoundedSource(image), TileGrid(shape, 64, 16), (0, shape[0], 0, shape[1]))
+    out = split_merge(BoundedSource(image), grid, (0, shape[0], 0, shape[1]))
     np.testing.assert_allclose(out[0], image, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(out[1], 2 * image, rtol=1e-6, atol=1e-6)
 

@@ -67,7 +67,7 @@ def register(app: typer.Typer) -> None:
         """Export S to ONNX (fp32, fp16, int8) and TensorRT, verified against torch, with a manifest."""
         from cyclepose_deploy.export.pipeline import ExportOptions, run_export
         from cyclepose_deploy.export.profiles import load_profile
-        from cyclepose_deploy.train.checkpoint import shipped_or_path
+        from cyclepose_deploy.shipped import shipped_or_path
 
         checkpoint = shipped_or_path(checkpoint)
         if out_dir.exists() and not out_dir.is_dir():

@@ -85,6 +85,13 @@ def register(app: typer.Typer) -> None:
             help="Test-time augmentation: each tile also runs flipped in y, in x and both, flows averaged "
             "(Cellpose's augment); about 4x the network time.",
         ),
+        whole_image: bool = typer.Option(
+            True,
+            "--whole-image/--no-whole-image",
+            help="An image that fits one tile of at most 1024x1024 px (after rescaling) runs as one tile "
+            "of its own shape: no seams, about half the network work of 256 px tiles on a 520x696 field. "
+            "--no-whole-image: always --tile tiles.",
+        ),
         norm_percentiles: str | None = typer.Option(
             None, "--norm-percentiles", help="LO,HI percentiles mapped to 0 and 1 (default: the model's)."
         ),
@@ -164,6 +171,7 @@ def register(app: typer.Typer) -> None:
             diameter_um=diameter_um,
             diameter_fields=diameter_fields,
             tta=tta,
+            whole_image=whole_image,
             norm_percentiles=_pair(norm_percentiles, "norm_percentiles", "1,99.8"),
             norm_range=_pair(norm_range, "norm_range", "100,4000"),
             channel=channel,

@@ -113,7 +113,7 @@ def register(app: typer.Typer) -> None:
         import torch
 
         from cyclepose_deploy.atomic import check_writable
-        from cyclepose_deploy.train.checkpoint import shipped_or_path
+        from cyclepose_deploy.shipped import shipped_or_path
         from cyclepose_deploy.train.loop import TrainConfig
         from cyclepose_deploy.train.progress import progress_callback
         from cyclepose_deploy.train.run import make_trainer, run

@@ -29,7 +29,7 @@ def cache_root() -> Path:
 def needs_export(model: str | os.PathLike[str]) -> bool:
     """True for a shipped model name or a checkpoint file: what the runtime cannot load as it is (an
     export folder, .onnx or TensorRT engine it can)."""
-    from cyclepose_deploy.train.checkpoint import SHIPPED
+    from cyclepose_deploy.shipped import SHIPPED
 
     path = Path(model)
     if not path.exists():
@@ -49,7 +49,7 @@ def exported(model: str | os.PathLike[str], say: Callable[[str], None] = lambda 
             "'cyclepose-deploy[torch]', or run `cyclepose export` on a machine with torch and pass the folder"
         ) from None
     from cyclepose_deploy.export.pipeline import ExportOptions, run_export
-    from cyclepose_deploy.train.checkpoint import shipped_or_path
+    from cyclepose_deploy.shipped import shipped_or_path
 
     checkpoint = shipped_or_path(model)
     if not checkpoint.is_file():

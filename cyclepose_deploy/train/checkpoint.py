@@ -14,22 +14,10 @@ from cyclepose_deploy.atomic import atomic_path
 from cyclepose_deploy.errors import UserError
 from cyclepose_deploy.nets.segmenter import Segmenter
 
-SHIPPED = {  # name -> file in cyclepose_deploy/models (see README: the shipped models)
-    "nuclei": "cyclepose-nuclei.pt",  # real fluorescence nuclei (DSB2018 images, no labels)
-    "synth": "cyclepose-synth.pt",  # the synthetic slides of `cyclepose synth`
-}
 FORMAT = "cyclepose-checkpoint"
 VERSION = 1
 DEFAULT_NORMALIZATION = {"lower": 1.0, "upper": 99.0}
 _FIRST_PROJ = "downsample.down.res_down_{n}.proj.1.weight"
-
-
-def shipped_or_path(name_or_path: str | Path) -> Path:
-    """A path as given, or the file of a shipped model named in SHIPPED (when no such path exists)."""
-    path = Path(name_or_path)
-    if not path.exists() and str(name_or_path) in SHIPPED:
-        return Path(__file__).resolve().parents[1] / "models" / SHIPPED[str(name_or_path)]
-    return path
 
 
 def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> Path:

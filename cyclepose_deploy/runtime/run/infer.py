@@ -109,8 +109,8 @@ def _runner(ctx: RunContext) -> None:
         ctx.runner = ctx.stack.enter_context(ctx.model.runner(threads=None))
     tiling = ctx.options.tiling
     limits = ctx.runner.input_metadata().shape_limits
-    if limits is not None:  # an engine profile: fit the batch, refuse a tile outside it
-        ctx.options = ctx.options.updated(batch=min(tiling.batch, limits.max_batch))
+    if limits is not None:  # an engine profile: fit the batch, refuse a tile outside it, square tiles
+        ctx.options = ctx.options.updated(batch=min(tiling.batch, limits.max_batch), whole_image=False)
         limits.check(ctx.options.tiling.batch, tiling.tile, tiling.tile)
     largest = ctx.model.diameter[1]
     if tiling.overlap < largest:

@@ -172,8 +172,8 @@ def _measure(ctx: RunContext, sample: ScaledSource) -> tuple[float, int]:
     assert ctx.runner is not None
     h, w = sample.shape
     tile = max(16, -(-max(h, w) // 16) * 16)
-    tiling = Tiling(tile=tile, overlap=0, batch=1, chunk=max(tile, 64))
     limits = ctx.runner.input_metadata().shape_limits
+    tiling = Tiling(tile=tile, overlap=0, batch=1, chunk=max(tile, 64), whole_image=limits is None)
     if limits is not None and not (limits.min_tile[0] <= tile <= limits.max_tile[0]):
         tiling = replace(ctx.options.tiling, tta=False)
     job = replace(ctx.job(), tiling=tiling, shape=sample.shape)

@@ -66,7 +66,8 @@ class ChunkJob:
 
     @property
     def grid(self) -> TileGrid:
-        return TileGrid(self.shape, self.tiling.tile, self.tiling.overlap)
+        t = self.tiling
+        return TileGrid.plan(self.shape, t.tile, t.overlap, t.whole_image, t.chunk)
 
 
 @dataclass

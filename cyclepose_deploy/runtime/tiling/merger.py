@@ -68,12 +68,12 @@ class Merger:
             raise RuntimeError("this Merger was finalized: its sums are gone; start a new Merger")
 
     def add(self, output: np.ndarray, origin: tuple[int, int]) -> None:
-        """Add one tile's (C, T, T) output whose top-left is at global `origin`."""
+        """Add one tile's (C, TH, TW) output (grid.sides) whose top-left is at global `origin`."""
         self._check_open()
         y0, y1, x0, x1 = self.window
-        t = self.grid.tile
+        th, tw = self.grid.sides
         ty, tx = origin
-        oy0, oy1, ox0, ox1 = max(ty, y0), min(ty + t, y1), max(tx, x0), min(tx + t, x1)
+        oy0, oy1, ox0, ox1 = max(ty, y0), min(ty + th, y1), max(tx, x0), min(tx + tw, x1)
         if oy1 <= oy0 or ox1 <= ox0:
             return
         w = self.grid.weight[oy0 - ty : oy1 - ty, ox0 - tx : ox1 - tx]

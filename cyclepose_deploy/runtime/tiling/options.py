@@ -16,7 +16,9 @@ class Tiling:
     tile: network tile side (px, a multiple of 16); overlap: px neighbouring tiles share, blended with
     a taper (at most tile / 2); batch: tiles per network call; chunk: side of a work chunk's core (px,
     at least the tile), which bounds the memory; tta: test-time augmentation, each tile also run
-    flipped in y, in x and in both, the flows averaged (Cellpose's `augment`; 4x the network work).
+    flipped in y, in x and in both, the flows averaged (Cellpose's `augment`; 4x the network work);
+    whole_image: an image that fits one tile of at most tiling.grid.WHOLE_PIXELS (1024^2 px) runs as
+    one tile of its own shape instead (TileGrid.plan; not with an engine's fixed profile).
     Raises OptionError naming the setting."""
 
     tile: int = TILE
@@ -24,6 +26,7 @@ class Tiling:
     batch: int = BATCH
     chunk: int = CHUNK
     tta: bool = False
+    whole_image: bool = True
 
     def __post_init__(self) -> None:
         for name in ("tile", "overlap", "batch", "chunk"):
@@ -43,5 +46,6 @@ class Tiling:
                 f"{{batch}} {self.batch} of {self.tile} px tiles is {self.batch * self.tile**2:,} px per "
                 f"network call, over the {limits.MAX_BATCH_PIXELS:,} that fit in memory: lower {{batch}}",
             )
-        if not isinstance(self.tta, bool):
-            raise OptionError("tta", f"{{tta}} must be True or False, got {self.tta!r}")
+        for name in ("tta", "whole_image"):
+            if not isinstance(getattr(self, name), bool):
+                raise OptionError(name, f"{{{name}}} must be True or False, got {getattr(self, name)!r}")

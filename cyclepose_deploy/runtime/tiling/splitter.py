@@ -14,7 +14,7 @@ from cyclepose_deploy.runtime.tiling.grid import TileGrid, Window
 
 @dataclass
 class TileBatch:
-    """A network batch (N, C, T, T) and the global top-left of each tile in it."""
+    """A network batch (N, C, TH, TW) (the grid's sides) and the global top-left of each tile in it."""
 
     images: np.ndarray
     origins: list[tuple[int, int]]
@@ -46,10 +46,10 @@ def split(
         return
     cover = grid.cover(origins)
     region = read_padded(source, norm, cover)
-    t = grid.tile
+    th, tw = grid.sides
     for start in range(0, len(origins), batch):
         part = origins[start : start + batch]
-        images = np.zeros((len(part), channels, t, t), dtype=np.float32)
+        images = np.zeros((len(part), channels, th, tw), dtype=np.float32)
         for k, (ty, tx) in enumerate(part):
-            images[k, 0] = region[ty - cover[0] : ty - cover[0] + t, tx - cover[2] : tx - cover[2] + t]
+            images[k, 0] = region[ty - cover[0] : ty - cover[0] + th, tx - cover[2] : tx - cover[2] + tw]
         yield TileBatch(images, part)
