@@ -16,6 +16,9 @@ from cyclepose_deploy.runtime.model.artifacts import SUFFIX_FORMATS
 from cyclepose_deploy.runtime.model.manifest import MANIFEST_NAME, sha256_file
 
 CACHE_PRECISIONS = ("fp32", "int8")  # the CPU runtime's choice (int8 where it verifies) and its source
+# Part of the cache key: raise it when the exporter writes different artifacts for the same checkpoint
+# (2: int8 with BatchNormalization as depthwise convs), so an older cached export is not reused.
+EXPORTER_REVISION = 2
 
 
 def cache_root() -> Path:
@@ -39,7 +42,7 @@ def needs_export(model: str | os.PathLike[str]) -> bool:
 
 def exported(model: str | os.PathLike[str], say: Callable[[str], None] = lambda text: None) -> Path:
     """The export folder of a shipped model name or a checkpoint file, exported on first use (about a
-    minute) and reused while the checkpoint's bytes are unchanged. UserError for anything that is not a
+    minute) and reused while the checkpoint's bytes and EXPORTER_REVISION are unchanged. UserError for anything that is not a
     loadable checkpoint (train.checkpoint), or when torch is missing."""
     try:
         import torch  # noqa: F401
@@ -54,7 +57,7 @@ def exported(model: str | os.PathLike[str], say: Callable[[str], None] = lambda 
     checkpoint = shipped_or_path(model)
     if not checkpoint.is_file():
         raise UserError(f"model {model} not found: give an export folder, an .onnx, a .pt or nuclei / synth")
-    folder = cache_root() / sha256_file(checkpoint)[:24]
+    folder = cache_root() / f"{sha256_file(checkpoint)[:24]}-r{EXPORTER_REVISION}"
     if (folder / MANIFEST_NAME).is_file():
         return folder
     say(f"exporting {checkpoint.name} once to {folder} (ONNX fp32 and int8, verified)")
