@@ -7,7 +7,8 @@ distance-transform watershed baseline computed in the same run.
         [--name NAME ...] [--data ../shared/data/dsb2018-fluo/dev] [--limit N] [--no-baseline] \
         [--out benchmarks/results/real-quality-NAME]          # writes NAME.json and NAME.md
 
-`--model` takes a checkpoint (.pt, exported to a temporary fp32 ONNX first), an export folder or an .onnx.
+`--model` takes a checkpoint (.pt, exported first to a temporary folder with fp32 and int8 ONNX, as
+`cyclepose infer --model NAME` caches it: the runtime then picks int8), an export folder or an .onnx.
 Extra `cyclepose infer` options go after `--`, e.g. `-- --diameter 30`.
 """
 
@@ -122,7 +123,7 @@ def export_checkpoint(checkpoint: Path, folder: Path) -> Path:
             "-o",
             str(folder),
             "--precision",
-            "fp32",
+            "fp32,int8",  # what `--model NAME` caches, so the scores are the default path's (int8)
         ],
         check=True,
         stdout=subprocess.DEVNULL,

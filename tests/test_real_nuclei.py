@@ -90,6 +90,20 @@ def test_blob_diameter_on_discs_within_15_percent(diameter: float) -> None:
     assert estimate == pytest.approx(diameter, rel=0.15)
 
 
+def test_blob_scales_on_the_half_resolution_image_find_the_same_blobs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cyclepose_deploy.runtime.run import diameter
+
+    image = _discs((384, 384), 30.0, 40, seed=5)
+    normalised = Normalization.from_sample(image).apply(image)
+    pyramid = diameter.find_blobs(normalised)
+    monkeypatch.setattr(diameter, "PYRAMID_SIGMA", float("inf"))  # every scale at full resolution
+    full = diameter.find_blobs(normalised)
+    assert full.count > 20 and abs(pyramid.count - full.count) <= 0.1 * full.count
+    assert pyramid.median == pytest.approx(full.median, rel=0.05)
+
+
 def test_blob_diameter_of_an_empty_field_is_nothing() -> None:
     noise = np.random.default_rng(1).normal(100, 5, (256, 256))
     norm = Normalization.from_sample(noise)

@@ -42,8 +42,8 @@ def needs_export(model: str | os.PathLike[str]) -> bool:
 
 def exported(model: str | os.PathLike[str], say: Callable[[str], None] = lambda text: None) -> Path:
     """The export folder of a shipped model name or a checkpoint file, exported on first use (about a
-    minute) and reused while the checkpoint's bytes and EXPORTER_REVISION are unchanged. UserError for anything that is not a
-    loadable checkpoint (train.checkpoint), or when torch is missing."""
+    minute) and reused while the checkpoint's bytes and EXPORTER_REVISION are unchanged. UserError for
+    anything that is not a loadable checkpoint (train.checkpoint), or when torch is missing."""
     try:
         import torch  # noqa: F401
     except ImportError:

@@ -20,9 +20,12 @@ run's network work):
 Measurements count only the nuclei the window does not cut (the dynamics keep cut ones, which are
 parts). On a small field the first pass covers at most SMALL_FIELD_SHARE of the field. Measured on the
 60 DSB2018 dev images (benchmarks/diameter_check.py --dev, int8 export): with the shipped `nuclei`
-model 49 within 15 % of the true median diameter, mean |log error| 0.081, worst 1.41x; with the
+model 50 within 15 % of the true median diameter, mean |log error| 0.072, worst 1.30x (int8 with
+BatchNorm as depthwise convs, LoG pyramid; 49 / 0.081 / 1.41x with the earlier int8); with the
 previous `nuclei` model 45 / 0.086 / 1.41x, and 47 / 0.084 / 1.41x without the secant step (which
 changed dev F1 by at most 0.003: `synth` 0.823 / 0.657 / 0.337 with it, 0.824 / 0.658 / 0.340 without).
+A first window of 256 instead of PASS_SIDE px (2.25x less network work) measured the synthetic 40 px
+nuclei 30 % low: too few whole nuclei fit at 2g and 4g.
 """
 
 from __future__ import annotations

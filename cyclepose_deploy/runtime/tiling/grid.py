@@ -50,6 +50,7 @@ class TileGrid:
 
     @property
     def stride(self) -> int:
+        """px between square tiles (a one-tile grid has none: see sides)."""
         return self.tile - self.overlap
 
     @property
