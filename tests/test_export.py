@@ -122,7 +122,12 @@ def test_int8_model_is_quantized(exported: tuple[Path, list[str]]) -> None:
 
 
 def test_batchnorm_as_depthwise_conv_is_the_same_function(tmp_path: Path) -> None:
-    path, _ = export_fp32(tiny_net(seed=4), tmp_path / "model.onnx", 1)
+    net = tiny_net(seed=4)
+    for module in net.modules():  # every BN parameter away from its initial value
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.3, 0.3)
+    path, _ = export_fp32(net, tmp_path / "model.onnx", 1)
     model = onnx.load(str(path))
     before = sum(node.op_type == "BatchNormalization" for node in model.graph.node)
     assert bn_as_conv(model) == before > 0

@@ -427,6 +427,26 @@ def test_shared_batcher_concatenates_callers_and_returns_their_own_rows() -> Non
         batcher.infer(np.ones((1, 1, 32, 32), np.float32))
 
 
+def test_shared_batcher_keeps_a_call_within_the_pixel_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cyclepose_deploy.runtime.backends import batching
+
+    monkeypatch.setattr(batching, "MAX_BATCH_PIXELS", 3 * 32 * 32)  # three 32 px tiles per call
+    inner = _RecordingRunner()
+    inner.activate()
+    batcher = batching.SharedBatcher(inner, max_batch=8, linger=0.05)
+    batcher.activate()
+    inner.sizes.clear()
+    with ThreadPoolExecutor(6) as pool:
+        outs = list(
+            pool.map(batcher.infer, [np.full((1, 1, 32, 32), float(k), np.float32) for k in range(12)])
+        )
+    batcher.deactivate()
+    assert all((out == k).all() for k, out in enumerate(outs))
+    assert max(inner.sizes) <= 3 and sum(inner.sizes) == 12
+
+
 def test_batch_of_small_fields_equals_fields_run_alone(
     net: Path, tmp_path: Path, invoke: Callable, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -64,7 +64,7 @@ def bn_as_conv(model: onnx.ModelProto) -> int:
     for node in model.graph.node:  # torch.onnx shares equal parameters through Identity nodes
         if node.op_type == "Identity" and node.input[0] in init:
             init[node.output[0]] = init[node.input[0]]
-    nodes, replaced = [], 0
+    nodes, replaced, statistics = [], 0, set()
     for node in model.graph.node:
         if node.op_type != "BatchNormalization":
             nodes.append(node)
@@ -73,12 +73,14 @@ def bn_as_conv(model: onnx.ModelProto) -> int:
             raise ValueError(
                 f"BatchNormalization {node.name} is not an inference node with constant statistics"
             )
+        statistics.update(init[name].name for name in node.input[1:5])
         gamma, beta, mean, var = (
             numpy_helper.to_array(init[name]).astype(np.float64) for name in node.input[1:5]
         )
         eps = next((attr.f for attr in node.attribute if attr.name == "epsilon"), 1e-5)
         scale = gamma / np.sqrt(var + eps)
-        weight, bias = f"{node.name}.dw.weight", f"{node.name}.dw.bias"
+        name = f"{node.name or 'bn'}.dw{replaced}"  # unique even for unnamed nodes
+        weight, bias = f"{name}.weight", f"{name}.bias"
         model.graph.initializer.extend(
             [
                 numpy_helper.from_array(scale.astype(np.float32).reshape(-1, 1, 1, 1), weight),
@@ -89,7 +91,7 @@ def bn_as_conv(model: onnx.ModelProto) -> int:
             "Conv",
             [node.input[0], weight, bias],
             list(node.output),
-            name=f"{node.name}.dw",
+            name=name,
             group=len(scale),
             kernel_shape=[1, 1],
         )
@@ -98,7 +100,8 @@ def bn_as_conv(model: onnx.ModelProto) -> int:
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     used = {name for node in model.graph.node for name in node.input}
-    kept = [tensor for tensor in model.graph.initializer if tensor.name in used]
+    used |= {value.name for value in [*model.graph.input, *model.graph.output]}
+    kept = [t for t in model.graph.initializer if t.name in used or t.name not in statistics]
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
     return replaced

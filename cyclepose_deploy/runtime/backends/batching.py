@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from cyclepose_deploy.limits import MAX_BATCH_PIXELS
 from cyclepose_deploy.runtime.backends.base import Runner
 
 LINGER_S = 0.002  # how long the first request of a batch waits for others to join it
@@ -34,7 +35,8 @@ class SharedBatcher(Runner):
     """A runner over an active runner, for concurrent callers: `infer` has the runner contract
     (float32 (N, C, H, W) -> float32 (N, 3, H, W)) and blocks until its rows are back; its metadata
     (channels, shape limits, device, precision) are the inner runner's. Requests of another tile size
-    never share a batch. `calls` and `tiles` count network calls and tiles (mean batch = tiles / calls).
+    never share a batch, and a batch holds at most limits.MAX_BATCH_PIXELS px (one-tile images can be
+    large). `calls` and `tiles` count network calls and tiles (mean batch = tiles / calls).
     activate() starts the batching thread; deactivate() serves what is queued, then stops it (later
     calls raise)."""
 
@@ -99,6 +101,7 @@ class SharedBatcher(Runner):
     def _serve(self) -> None:
         while (first := self._next(None)) is not None:
             group, size = [first], len(first.images)
+            pixels = first.images.shape[-2] * first.images.shape[-1]
             while size < self.max_batch:
                 try:
                     more = self._next(self.linger)
@@ -110,6 +113,7 @@ class SharedBatcher(Runner):
                 if (
                     more.images.shape[1:] != first.images.shape[1:]
                     or size + len(more.images) > self.max_batch
+                    or (size + len(more.images)) * pixels > MAX_BATCH_PIXELS  # whole-image tiles
                 ):
                     self._held = more
                     break

@@ -3,7 +3,7 @@ in one place (ranges in cyclepose_deploy.limits), grouped by the part of the run
 each part receives its group as it is (no field is copied from one object to another).
 
     InferOptions
-      tiling     runtime.tiling.options.Tiling          tile, overlap, batch, chunk, tta
+      tiling     runtime.tiling.options.Tiling          tile, overlap, batch, chunk, tta, whole_image
       dynamics   runtime.dynamics.DynamicsSettings      cellprob_threshold, flow_threshold, niter, ...
       scale      ScaleOptions                           diameter, diameter_um, diameter_fields
       intensity  IntensityOptions                       norm_percentiles, norm_range

@@ -18,7 +18,8 @@ class Tiling:
     at least the tile), which bounds the memory; tta: test-time augmentation, each tile also run
     flipped in y, in x and in both, the flows averaged (Cellpose's `augment`; 4x the network work);
     whole_image: an image that fits one tile of at most tiling.grid.WHOLE_PIXELS (1024^2 px) runs as
-    one tile of its own shape instead (TileGrid.plan; not with an engine's fixed profile).
+    one tile of its own shape instead (TileGrid.plan; CPU runners only: run.infer turns it off on a
+    GPU, where each new input shape is tuned or built again).
     Raises OptionError naming the setting."""
 
     tile: int = TILE
