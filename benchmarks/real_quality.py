@@ -7,8 +7,9 @@ distance-transform watershed baseline computed in the same run.
         [--name NAME ...] [--data ../shared/data/dsb2018-fluo/dev] [--limit N] [--no-baseline] \
         [--out benchmarks/results/real-quality-NAME]          # writes NAME.json and NAME.md
 
-`--model` takes a checkpoint (.pt, exported first to a temporary folder with fp32 and int8 ONNX, as
-`cyclepose infer --model NAME` caches it: the runtime then picks int8), an export folder or an .onnx.
+`--model` takes anything `cyclepose infer --model` takes: a checkpoint or shipped model's name (exported
+once into the export cache with fp32 and int8 ONNX, export/cache.py: the runtime then picks int8, the
+default path), an export folder or an .onnx.
 Extra `cyclepose infer` options go after `--`, e.g. `-- --diameter 30`.
 """
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -110,25 +110,6 @@ def otsu_watershed(image: np.ndarray) -> np.ndarray:
     markers = np.zeros(image.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     return watershed(-dist, markers, mask=fg).astype(np.int32)
-
-
-def export_checkpoint(checkpoint: Path, folder: Path) -> Path:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cyclepose_deploy",
-            "export",
-            str(checkpoint),
-            "-o",
-            str(folder),
-            "--precision",
-            "fp32,int8",  # what `--model NAME` caches, so the scores are the default path's (int8)
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    return folder
 
 
 def infer_options(extra: list[str]) -> dict[str, object]:
@@ -233,12 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     pairs = dataset_pairs(args.data, args.limit)
     results: dict[str, dict] = {}
     per_image: list[dict] = []
-    for name, given in zip(names, args.model, strict=True):
-        with tempfile.TemporaryDirectory() as tmp:
-            model = given
-            if model.suffix == ".pt" or (model.is_file() and model.suffix not in (".onnx", ".engine")):
-                model = export_checkpoint(model, Path(tmp) / "export")
-            tally, rows = score_model(model, pairs, infer_options(extra))
+    for name, model in zip(names, args.model, strict=True):
+        tally, rows = score_model(model, pairs, infer_options(extra))
         results[f"cyclepose ({name})"] = tally.to_dict()
         per_image += [{"model": name, **row} for row in rows]
     if not args.no_baseline:

@@ -63,7 +63,7 @@ def pseudo_label(
     module docstring); image: the normalised (C, H, W) image S saw."""
     from scipy import ndimage
 
-    from cyclepose_deploy.runtime.dynamics.masks import flow_errors
+    from cyclepose_deploy.runtime.dynamics.masks import edge_objects, flow_errors
     from cyclepose_deploy.runtime.dynamics.segment import DynamicsSettings, segment
     from cyclepose_deploy.runtime.source.normalize import noise_sigma
 
@@ -75,9 +75,7 @@ def pseudo_label(
     ignore = (logit > 0) & (labels == 0)
     if count:
         errors = flow_errors(labels, count, flows)
-        cut = np.zeros(count + 1, bool)
-        for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
-            cut[np.unique(edge)] = True
+        cut = edge_objects(labels, count, (True, True, True, True))
         untrusted = (errors > max_flow_error) & ~cut
         untrusted[0] = False
         ignore |= untrusted[labels]

@@ -50,28 +50,30 @@ class TileGrid:
 
     @property
     def stride(self) -> int:
-        """px between square tiles (a one-tile grid has none: see sides)."""
-        return self.tile - self.overlap
+        """px between square tiles (step(axis) for either shape)."""
+        return self.step(0)
 
     @property
     def offset(self) -> int:
         return self.overlap // 2
 
+    def step(self, axis: int) -> int:
+        """px between tiles along `axis`."""
+        return self.sides[axis] - self.overlap
+
     def count(self, axis: int) -> int:
         """Tiles along an axis: enough that the last one reaches the image's end."""
         extra = self.shape[axis] + self.offset - self.sides[axis]
-        return 1 + max(0, math.ceil(extra / (self.sides[axis] - self.overlap)))
+        return 1 + max(0, math.ceil(extra / self.step(axis)))
 
     def span(self, axis: int, lo: int, hi: int) -> range:
         """Indices of the tiles along `axis` that overlap [lo, hi)."""
-        side = self.sides[axis]
-        stride = side - self.overlap
-        first = max(0, (lo + self.offset - side) // stride + 1)
-        last = min(self.count(axis) - 1, (hi - 1 + self.offset) // stride)
+        first = max(0, (lo + self.offset - self.sides[axis]) // self.step(axis) + 1)
+        last = min(self.count(axis) - 1, (hi - 1 + self.offset) // self.step(axis))
         return range(first, last + 1)
 
     def origin(self, index: int, axis: int = 0) -> int:
-        return index * (self.sides[axis] - self.overlap) - self.offset
+        return index * self.step(axis) - self.offset
 
     def tiles(self, window: Window) -> list[tuple[int, int]]:
         """Top-left corners (global, may be negative) of every tile that touches `window`, column by
