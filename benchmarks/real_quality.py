@@ -114,7 +114,7 @@ def otsu_watershed(image: np.ndarray) -> np.ndarray:
 
 def infer_options(extra: list[str]) -> dict[str, object]:
     """`cyclepose infer` options given after `--`, as Segmenter options: --name VALUE (a number or a
-    word) or a bare --switch (True), e.g. `-- --diameter 30 --tta`."""
+    word), a bare --switch (True) or --no-switch (False), e.g. `-- --diameter 30 --tta --no-whole-image`."""
     out: dict[str, object] = {}
     k = 0
     while k < len(extra):
@@ -127,6 +127,8 @@ def infer_options(extra: list[str]) -> dict[str, object]:
             except ValueError:
                 pass
             out[name], k = value, k + 2
+        elif name.startswith("no_"):
+            out[name.removeprefix("no_")], k = False, k + 1
         else:
             out[name], k = True, k + 1
     return out

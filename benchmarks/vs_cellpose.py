@@ -23,8 +23,10 @@ one-child wrapper, as in the suite):
                 cellprob_threshold 0.0, min_size 15, percentile 1-99 normalisation), torch threads = --threads
   ours-auto     `cyclepose infer` at default settings: automatic diameter, ONNX Runtime's default threads
   ours-given    `cyclepose infer --diameter D`, the same diameter as Cellpose
-interleaved: for each case, for each repeat: cellpose, ours-auto, ours-given. Reported per case and
-runner: medians over the repeats, the ratio Cellpose / ours, and pooled F1@0.5 against the truth.
+  ours-fields   plates only: `cyclepose infer --diameter-fields 4`, one automatic estimate for the
+                acquisition from its first 4 fields (still no diameter given)
+interleaved: for each case, for each repeat: cellpose, ours-auto, ours-given (, ours-fields). Reported
+per case and runner: medians over the repeats, the ratio Cellpose / ours, and pooled F1@0.5 against the truth.
 
 S goes into Cellpose like this. `CellposeModel` hard-codes the widths [32, 64, 128, 256] when it builds
 its CPnet, and `pretrained_model=PATH` loads into that net, so a narrower S (the shipped models are
@@ -63,7 +65,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-RUNNERS = ("cellpose", "ours-auto", "ours-given")
+RUNNERS = ("cellpose", "ours-auto", "ours-given", "ours-fields")
+ACQUISITION_FIELDS = 4  # ours-fields: one automatic estimate from the plate's first 4 fields
 SLIDE_SEED, FIELD_SEED = 3, 100
 SCHEMA = "cyclepose-vs-cellpose/1"
 TARGET_SPEEDUP = 4.0  # issue #23: ours at default settings >= 4x faster than Cellpose given the diameter
@@ -330,7 +333,7 @@ def run_case(name: str, args: argparse.Namespace, root: Path, export: Path, scri
     inputs = make_inputs(name, args, root)
     runs: list[dict[str, Any]] = []
     for repeat in range(args.repeats):
-        for runner in RUNNERS:
+        for runner in runners(name):
             out = root / name / "out" / f"{runner}-{repeat}"
             out.mkdir(parents=True)
             cmd = command(runner, name, inputs, out, export, script, args)
@@ -352,8 +355,13 @@ def run_case(name: str, args: argparse.Namespace, root: Path, export: Path, scri
         "true_diameter_px": inputs["diameter"],
         "true_objects": inputs["objects"],
         "runs": runs,
-        "summary": summary(runs),
+        "summary": summary(runs, runners(name)),
     }
+
+
+def runners(case: str) -> tuple[str, ...]:
+    """The runners of a case: ours-fields only where there are fields (batch mode)."""
+    return RUNNERS if case == "plate" else tuple(r for r in RUNNERS if r != "ours-fields")
 
 
 def command(
@@ -378,7 +386,10 @@ def command(
         return [str(args.cellpose_python), str(script), json.dumps(spec)]
     target = ["--out-dir", str(out)] if case == "plate" else ["-o", str(out / "slide.labels.ome.tif")]
     source = inputs["folder"] if case == "plate" else inputs["images"][0]
-    given = ["--diameter", f"{diameter}"] if runner == "ours-given" else []
+    given = {
+        "ours-given": ["--diameter", f"{diameter}"],
+        "ours-fields": ["--diameter-fields", str(ACQUISITION_FIELDS)],
+    }.get(runner, [])
     return [*cyclepose("infer"), str(source), "--model", str(export), *target, *given]
 
 
@@ -440,9 +451,9 @@ def brief(row: dict[str, Any]) -> str:
 
 
 # summary -----------------------------------------------------------------------------------------
-def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def summary(runs: list[dict[str, Any]], names: tuple[str, ...]) -> dict[str, Any]:
     table: dict[str, Any] = {}
-    for runner in RUNNERS:
+    for runner in names:
         done = [r for r in runs if r["runner"] == runner and "seconds" in r]
         if not done:
             table[runner] = {"failed": True}
@@ -457,7 +468,7 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
             **inside(runner, done),
         }
     base = table["cellpose"]
-    for runner in RUNNERS[1:]:
+    for runner in names[1:]:
         row = table[runner]
         if "median_seconds" in row and "median_seconds" in base:
             row["cellpose_over_ours_time"] = base["median_seconds"] / row["median_seconds"]

@@ -116,3 +116,27 @@ def test_ort_runner_errors_are_user_errors(tmp_path: Path) -> None:
     broken.write_bytes(b"garbage")
     with pytest.raises(UserError, match="could not load"), OrtRunner(broken):
         pass
+
+
+@pytest.mark.parametrize(
+    "device, limits", [("cuda", None), ("cpu", ShapeLimits(1, 2, 4, (64, 64), (256, 256), (256, 256)))]
+)
+def test_gpu_runners_and_engine_profiles_get_square_tiles(device: str, limits: ShapeLimits | None) -> None:
+    """run.infer._runner: a GPU runner (shapes tuned or built per input shape) and an engine profile
+    turn the tiling fitted to the image off; the profile also fits the batch (8 -> its max, 4)."""
+    from types import SimpleNamespace
+
+    from cyclepose_deploy.runtime.run.infer import _runner
+    from cyclepose_deploy.runtime.run.options import InferOptions
+
+    said: list[str] = []
+    ctx = SimpleNamespace(
+        runner=EchoRunner(device=device, shape_limits=limits),
+        options=InferOptions(),
+        model=SimpleNamespace(diameter=(10.0, 30.0)),
+        say=said.append,
+    )
+    assert ctx.options.tiling.whole_image
+    _runner(ctx)  # type: ignore[arg-type]
+    assert not ctx.options.tiling.whole_image and not said
+    assert ctx.options.tiling.batch == (4 if limits is not None else 8)

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cyclepose_deploy.runtime.run.diameter import blob_diameter, coarse_blobs, mask_diameter
 from cyclepose_deploy.runtime.source.normalize import FLOOR_SIGMAS, Normalization, noise_sigma
@@ -272,3 +274,23 @@ def test_the_estimate_measures_only_nuclei_the_window_does_not_cut() -> None:
     assert set(np.unique(inner)) == {0, 1, 2, 3, 4}
     assert mask_diameter(inner)[0] == pytest.approx(20, rel=0.05)
     assert mask_diameter(labels)[0] < 16
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    first=st.floats(3.0, 100.0),
+    ratios=st.lists(st.one_of(st.none(), st.floats(0.2, 5.0)), min_size=3, max_size=3),
+)
+def test_the_4g_pass_is_skipped_only_where_it_cannot_change_the_estimate(
+    first: float, ratios: list[float | None]
+) -> None:
+    """scale._settled: when the largest guess measured so far measured less than itself, the 4g
+    pass's measurement (any value, or too few nuclei) leaves `_decide` unchanged."""
+    from cyclepose_deploy.runtime.run.scale import GUESS_FACTORS, _decide, _settled
+
+    points = [
+        (first * f, first * f * r, 10) for f, r in zip(GUESS_FACTORS, ratios, strict=True) if r is not None
+    ]
+    before = [p for p in points if p[0] < first * GUESS_FACTORS[-1]]
+    if _settled(before):
+        assert _decide(first, 5, before) == _decide(first, 5, points)

@@ -77,8 +77,28 @@ def test_an_image_that_fits_runs_as_one_tile_of_its_padded_shape() -> None:
     assert grid.cover(grid.tiles((0, 520, 0, 696))) == (-16, 544, -16, 720)
     square = TileGrid((520, 696), 256, 32)
     assert TileGrid.plan((520, 696), 256, 32, whole_image=False, chunk=2048) == square
-    assert TileGrid.plan((520, 696), 256, 32, whole_image=True, chunk=512) == square  # two chunks
-    assert TileGrid.plan((1100, 1000), 256, 32, whole_image=True, chunk=2048).sides == (256, 256)
+    # two chunks, or over WHOLE_PIXELS: square tiles, fitted to the image
+    two_chunks = TileGrid.plan((520, 696), 256, 32, whole_image=True, chunk=512)
+    assert two_chunks.sides == (288, 288) and two_chunks.total == 6 and square.total == 12
+    large = TileGrid.plan((1100, 1000), 256, 32, whole_image=True, chunk=2048)
+    assert large.sides == (400, 400) and large.total == 9 and TileGrid((1100, 1000), 256, 32).total == 25
+
+
+def test_fitted_tiles_cover_the_image_with_the_fewest_network_pixels() -> None:
+    """A 2144^2 working grid: 100 tiles of 256 px (6.55 MPix) or 25 of 464 (5.38 MPix); no side from
+    256 to 512 px needs fewer pixels; the side never drops below --tile nor exceeds the chunk."""
+    from cyclepose_deploy.runtime.tiling.grid import FIT_MAX_TILE, fitted_tile
+
+    shape = (2144, 2144)
+    grid = TileGrid.plan(shape, 256, 32, whole_image=True, chunk=2048)
+    assert grid.sides == (464, 464) and grid.total == 25
+    assert TileGrid(shape, 256, 32).total == 100
+    for side in range(256, FIT_MAX_TILE + 1, 16):
+        assert TileGrid(shape, side, 32).total * side**2 >= 25 * 464**2
+    assert fitted_tile(shape, 320, 32, 2048) >= 320
+    assert fitted_tile(shape, 256, 32, 300) <= 300
+    assert fitted_tile((4000, 4000), 640, 32, 2048) == 640  # a --tile above FIT_MAX_TILE is kept
+    assert TileGrid.plan(shape, 256, 32, whole_image=False, chunk=2048) == TileGrid(shape, 256, 32)
 
 
 @pytest.mark.parametrize(

@@ -149,3 +149,33 @@ def test_cli_user_errors(image_path: Path, tmp_path: Path, extra: list[str], nee
     args = ["train", "--images", str(image_path), "--out", str(tmp_path / "m.pt"), "--steps", "1", *extra]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and needle in result.output
+
+
+class _CentralDifferences(torch.nn.Module):
+    """A flip-equivariant stand-in for S: flows = central differences of the image, logit = image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dy, dx = torch.zeros_like(x), torch.zeros_like(x)
+        dy[..., 1:-1, :] = x[..., 2:, :] - x[..., :-2, :]
+        dx[..., 1:-1] = x[..., 2:] - x[..., :-2]
+        return torch.cat([dy, dx, x], 1)
+
+
+def test_tta_pseudo_labels_flip_the_outputs_back_and_turn_the_flows() -> None:
+    """refine.predict with tta: for a flip-equivariant net the mean over flips is its plain output
+    (a flipped output not flipped back, or a flow component not negated, would differ)."""
+    from contextlib import nullcontext
+
+    from cyclepose_deploy.train.refine import predict
+
+    image = np.random.default_rng(0).random((1, 40, 50), dtype=np.float32)
+    net = _CentralDifferences()
+    plain = predict(net, image, nullcontext, torch.contiguous_format)
+    averaged = predict(net, image, nullcontext, torch.contiguous_format, tta=True)
+    # away from the zero padding (its edge moves with the flip)
+    np.testing.assert_allclose(averaged[:, 1:-1, 1:-1], plain[:, 1:-1, 1:-1], atol=1e-6)
+    assert np.abs(plain[:2]).max() > 0.5

@@ -88,9 +88,11 @@ def register(app: typer.Typer) -> None:
         whole_image: bool = typer.Option(
             True,
             "--whole-image/--no-whole-image",
-            help="An image of at most 1024x1024 px in area (after rescaling and padding) and one --chunk "
-            "runs as one tile of its own shape: no seams, about half the network work of 256 px tiles on a "
-            "520x696 field (CPU only). --no-whole-image: always --tile tiles.",
+            help="Fit the tiles to the image (CPU only): one of at most 1024x1024 px in area (after "
+            "rescaling and padding) and one --chunk runs as one tile of its own shape (no seams, about half "
+            "the network work of 256 px tiles on a 520x696 field); a larger one as square tiles of --tile "
+            "to 512 px, the side that covers it with the fewest network pixels. --no-whole-image: always "
+            "--tile tiles.",
         ),
         norm_percentiles: str | None = typer.Option(
             None, "--norm-percentiles", help="LO,HI percentiles mapped to 0 and 1 (default: the model's)."

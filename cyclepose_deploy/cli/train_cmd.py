@@ -102,6 +102,12 @@ def register(app: typer.Typer) -> None:
             help="Share of each --refine-steps batch rendered by G from synthetic masks (exact targets: "
             "the shape prior and its outlines stay), in [0, 1).",
         ),
+        refine_tta: bool = typer.Option(
+            False,
+            "--refine-tta",
+            help="Pseudo-labels from S's outputs averaged over flips in y, x and both (Cellpose's augment): "
+            "smoother outlines to learn from, 4x the labelling time.",
+        ),
         border: float = typer.Option(
             0.25,
             "--border-crops",
@@ -153,6 +159,7 @@ def register(app: typer.Typer) -> None:
             refine_steps=refine_steps,
             refine_rounds=refine_rounds,
             refine_synthetic=refine_synthetic,
+            refine_tta=refine_tta,
         )
         start = shipped_or_path(init) if init is not None else None
         trainer = make_trainer([*images, *(more or [])], config, device, out if resume else None, start)

@@ -65,6 +65,7 @@ class TrainConfig:
     refine_lr: float = 3e-4
     refine_synthetic: float = 0.25  # share of each refinement batch rendered from synthetic masks
     refine_flow_error: float = 0.4  # pseudo-label objects whose flow error exceeds it are ignored
+    refine_tta: bool = False  # pseudo-labels from S's outputs averaged over flips (4x the labelling)
 
     def __post_init__(self) -> None:
         """Every number within its declared range (limits.TRAIN), so that a run that starts also writes

@@ -4,6 +4,7 @@
 CyclePose teaches S about real images only through the image cycle and the mask-domain discriminator.
 Refinement adds a supervised phase on the real images themselves, with targets S makes: each round,
   1. pseudo-labels: S segments every training image as the runtime would (its normalisation and scale,
+     with `refine_tta` its outputs averaged over flips in y, x and both, as Cellpose's `augment`;
      Cellpose's dynamics with the runtime's contrast checks and half-maximum outlines, nuclei cut by the
      image's edge exempt from the flow check); objects whose flows disagree with their masks by more than
      `refine_flow_error` are not trusted: their pixels, and S's foreground that no kept object covers,
@@ -42,18 +43,33 @@ class Target:
     target: np.ndarray
 
 
-def predict(net: torch.nn.Module, image: np.ndarray, autocast: Any, memory_format: Any) -> np.ndarray:
-    """S's (3, H, W) output for one normalised (C, H, W) image, padded with zeros (the normalised
-    background, as the runtime pads) to multiples of 16."""
+def predict(
+    net: torch.nn.Module, image: np.ndarray, autocast: Any, memory_format: Any, tta: bool = False
+) -> np.ndarray:
+    """S's (3, H, W) output (flows dY, dX x FLOW_SCALE, cellprob logit) for one normalised (C, H, W)
+    image, padded with zeros (the normalised background, as the runtime pads) to multiples of 16.
+    tta: the mean over the image as it is and flipped in y, in x and both, each output flipped back
+    and its flow component along a flipped axis negated (Cellpose's `augment`)."""
     c, h, w = image.shape
     padded = np.zeros((1, c, -(-h // 16) * 16, -(-w // 16) * 16), np.float32)
     padded[0, :, :h, :w] = image
     net.eval()
     device = next(net.parameters()).device
+    flips: list[tuple[int, ...]] = [(), (2,), (3,), (2, 3)] if tta else [()]
     with torch.no_grad(), autocast():
-        x = torch.from_numpy(padded).to(device).contiguous(memory_format=memory_format)
-        out = net(x).float()
-    return out[0, :, :h, :w].cpu().numpy()
+        x = torch.from_numpy(padded).to(device)
+        total = torch.zeros((3, *padded.shape[2:]), dtype=torch.float32, device=device)
+        for dims in flips:
+            # flipping the padded image moves the padding to the other side: crop after flipping back
+            seen = torch.flip(x, dims) if dims else x
+            out = net(seen.contiguous(memory_format=memory_format)).float()[0]
+            out = torch.flip(out, [d - 1 for d in dims]) if dims else out
+            if 2 in dims:
+                out[0] = -out[0]
+            if 3 in dims:
+                out[1] = -out[1]
+            total += out
+    return (total / len(flips))[:, :h, :w].cpu().numpy()
 
 
 def pseudo_label(
@@ -207,7 +223,9 @@ class Refiner:
         self.targets = []
         kept = 0
         for image in trainer.crops.images:
-            output = predict(trainer.S, image, trainer._autocast, trainer.memory_format)
+            output = predict(
+                trainer.S, image, trainer._autocast, trainer.memory_format, trainer.config.refine_tta
+            )
             labels, ignore = pseudo_label(output, image, trainer.config.refine_flow_error)
             self.targets.append(Target(image, make_target(labels, ignore)))
             kept += int(len(np.unique(labels)) - 1)

@@ -111,10 +111,10 @@ def _runner(ctx: RunContext) -> None:
     limits = ctx.runner.input_metadata().shape_limits
     if limits is not None:  # an engine profile: fit the batch, refuse a tile outside it, square tiles
         ctx.options = ctx.options.updated(batch=min(tiling.batch, limits.max_batch), whole_image=False)
+        limits.check(ctx.options.tiling.batch, tiling.tile, tiling.tile)
     elif ctx.runner.device != "cpu" and tiling.whole_image:
         # GPU providers tune (cuDNN) or build (TensorRT EP) per input shape: one square tile shape
         ctx.options = ctx.options.updated(whole_image=False)
-        limits.check(ctx.options.tiling.batch, tiling.tile, tiling.tile)
     largest = ctx.model.diameter[1]
     if tiling.overlap < largest:
         ctx.say(

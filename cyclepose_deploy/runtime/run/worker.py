@@ -96,16 +96,13 @@ class ChunkWorker:
         self.buffers = BlendBuffers()
 
     def batches(self, chunk: Chunk, skip: frozenset[tuple[int, int]] = frozenset()) -> Iterator[TileBatch]:
-        """Step 1: the tile batches covering the chunk's window, on the global grid, less `skip`."""
-        return split(
-            self.source,
-            self.job.norm,
-            self.grid,
-            chunk.window,
-            self.job.tiling.batch,
-            self.job.channels,
-            skip,
-        )
+        """Step 1: the tile batches covering the chunk's window, on the global grid, less `skip`.
+        Tiles larger than tiling.tile (fitted or whole-image) go fewer per call: at most batch x
+        tile^2 px, so a call holds about the pixels the user's batch asked for."""
+        t = self.job.tiling
+        th, tw = self.grid.sides
+        per_call = max(1, t.batch * t.tile * t.tile // (th * tw))
+        return split(self.source, self.job.norm, self.grid, chunk.window, per_call, self.job.channels, skip)
 
     def network(self, batch: TileBatch) -> np.ndarray:
         """Step 2: (N, 4, T, T) network outputs (5 x flows, logit) and the tiles' first input channel,

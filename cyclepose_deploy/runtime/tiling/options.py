@@ -17,9 +17,11 @@ class Tiling:
     a taper (at most tile / 2); batch: tiles per network call; chunk: side of a work chunk's core (px,
     at least the tile), which bounds the memory; tta: test-time augmentation, each tile also run
     flipped in y, in x and in both, the flows averaged (Cellpose's `augment`; 4x the network work);
-    whole_image: an image that fits one tile of at most tiling.grid.WHOLE_PIXELS (1024^2 px) runs as
-    one tile of its own shape instead (TileGrid.plan; CPU runners only: run.infer turns it off on a
-    GPU, where each new input shape is tuned or built again).
+    whole_image: the tiling fits the image (TileGrid.plan): an image that fits one tile of at most
+    tiling.grid.WHOLE_PIXELS (1024^2 px) runs as one tile of its own shape, a larger one as square
+    tiles of the side from `tile` to FIT_MAX_TILE (512) px that covers it with the fewest network
+    pixels (CPU runners only: run.infer turns it off on a GPU, where each new input shape is tuned or
+    built again).
     Raises OptionError naming the setting."""
 
     tile: int = TILE
