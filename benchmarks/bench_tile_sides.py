@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_info  # noqa: E402
 
-SIDES = (256, 320, 384, 448, 464, 512)
+SIDES = (256, 320, 384, 448, 464, 480, 496, 512)
 CALL_PIXELS = 8 * 256 * 256
 RESULTS = Path(__file__).resolve().parent / "results"
 WORKING = (1024, 2144, 2347, 4096, 8192)  # 2144 / 2347: a 2048^2 slide at 19.1 / 17.4 px nuclei

@@ -86,7 +86,7 @@ def test_an_image_that_fits_runs_as_one_tile_of_its_padded_shape() -> None:
 
 def test_fitted_tiles_cover_the_image_with_the_fewest_network_pixels() -> None:
     """A 2144^2 working grid: 100 tiles of 256 px (6.55 MPix) or 25 of 464 (5.38 MPix); no side from
-    256 to 512 px needs fewer pixels; the side never drops below --tile nor exceeds the chunk."""
+    256 to FIT_MAX_TILE px needs fewer pixels; the side never drops below --tile nor exceeds the chunk."""
     from cyclepose_deploy.runtime.tiling.grid import FIT_MAX_TILE, fitted_tile
 
     shape = (2144, 2144)

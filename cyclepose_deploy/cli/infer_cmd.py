@@ -39,12 +39,19 @@ def register(app: typer.Typer) -> None:
         ),
         recursive: bool = typer.Option(False, "--recursive", help="Batch mode: also search sub-folders."),
         tile: int = typer.Option(
-            defaults.TILE, "--tile", help=f"Network tile size (multiple of {defaults.SIZE_MULTIPLE})."
+            defaults.TILE,
+            "--tile",
+            help=f"Network tile size (multiple of {defaults.SIZE_MULTIPLE}); with --whole-image on CPU the "
+            "smallest side tried.",
         ),
         overlap: int = typer.Option(
             defaults.OVERLAP, "--overlap", help="Tile overlap in pixels, blended with a taper."
         ),
-        batch_size: int = typer.Option(defaults.BATCH, "--batch", help="Tiles per network call."),
+        batch_size: int = typer.Option(
+            defaults.BATCH,
+            "--batch",
+            help="Tiles of --tile px per network call (larger fitted tiles go fewer per call).",
+        ),
         chunk: int = typer.Option(
             defaults.CHUNK, "--chunk", help="Chunk size for dynamics; bounds the memory."
         ),
@@ -91,8 +98,8 @@ def register(app: typer.Typer) -> None:
             help="Fit the tiles to the image (CPU only): one of at most 1024x1024 px in area (after "
             "rescaling and padding) and one --chunk runs as one tile of its own shape (no seams, about half "
             "the network work of 256 px tiles on a 520x696 field); a larger one as square tiles of --tile "
-            "to 512 px, the side that covers it with the fewest network pixels. --no-whole-image: always "
-            "--tile tiles.",
+            "to 480 px (at most --chunk), the side that covers it with the fewest network pixels. "
+            "--no-whole-image: always --tile tiles.",
         ),
         norm_percentiles: str | None = typer.Option(
             None, "--norm-percentiles", help="LO,HI percentiles mapped to 0 and 1 (default: the model's)."

@@ -31,7 +31,7 @@ SUFFIX = ".run"
 FINGERPRINT = "run.json"
 TISSUE = "tissue.json"
 OWNER = "owner.json"  # the session writing now: {"token": ..., "owner": "PID@HOST"}
-VERSION = 2  # 2: fingerprints of InferOptions groups
+VERSION = 3  # 2: fingerprints of InferOptions groups; 3: the planned tile sides
 
 
 def run_folder(labels: Path) -> Path:
@@ -78,6 +78,7 @@ def fingerprint(ctx: RunContext) -> dict[str, Any]:
         "normalization": ctx.norm,
         "scale": ctx.scale,
         "shape": ctx.working.shape,
+        "tile_sides": ctx.job().grid.sides,  # the planned grid: a rule that fits tiles may change
         "chunks": len(ctx.chunks),
         "prob": ctx.outputs.prob is not None,
     }

@@ -97,8 +97,9 @@ class ChunkWorker:
 
     def batches(self, chunk: Chunk, skip: frozenset[tuple[int, int]] = frozenset()) -> Iterator[TileBatch]:
         """Step 1: the tile batches covering the chunk's window, on the global grid, less `skip`.
-        Tiles larger than tiling.tile (fitted or whole-image) go fewer per call: at most batch x
-        tile^2 px, so a call holds about the pixels the user's batch asked for."""
+        Tiles larger than tiling.tile (fitted or whole-image) go fewer per batch: at most batch x
+        tile^2 px, about the pixels the user's batch asks for (the API's shared batcher may still
+        merge the batches of several images, up to `batch` tiles and limits.MAX_BATCH_PIXELS)."""
         t = self.job.tiling
         th, tw = self.grid.sides
         per_call = max(1, t.batch * t.tile * t.tile // (th * tw))

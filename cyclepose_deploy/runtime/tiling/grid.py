@@ -21,10 +21,11 @@ Window = tuple[int, int, int, int]  # y0, y1, x0, x1 (half-open)
 WHOLE_PIXELS = 1 << 20
 # Largest fitted tile side (px). Fitting the side to the image cuts the network pixels of a 2144^2
 # working grid from 6.55 (100 tiles of 256) to 5.38 MPix (25 of 464): less overlap, less padding past
-# its end. Speed per pixel does not fall with the side up to 512 (benchmarks/bench_tile_sides.py, int8
-# S on the 2-core Xeon: 1.29 MPix/s at 256, 1.48-1.50 at 384-480, 1.27 at 496-512; it varies with the
-# shape, not its size, so the rule counts pixels and stays machine-independent).
-FIT_MAX_TILE = 512
+# its end. Speed per pixel varies with the side, not monotonically (benchmarks/bench_tile_sides.py,
+# int8 S on the 2-core Xeon: 1.29 MPix/s at 256, 1.48-1.50 at 384-480, 1.27 at 496 and 512), so the
+# rule counts pixels and stops at 480: on the 2048^2 slide at 17.4 px (a 2347^2 grid) 49 tiles of
+# 368 px (6.64 MPix) ran 0.6 s faster than 25 of 512 (6.55 MPix; medians of 3 interleaved runs).
+FIT_MAX_TILE = 480
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,10 @@ class TileGrid:
         """The run's grid: one tile of the image's own padded shape (overlap // 2 of zero padding on
         every side, rounded up to SIZE_MULTIPLE) when `whole_image`, it fits WHOLE_PIXELS and the
         image is one chunk (`chunk` px; chunks cut smaller would each run the whole tile); else, with
-        `whole_image`, square tiles of the side from `tile` to FIT_MAX_TILE px that covers the image
-        with the fewest network pixels (fitted_tile), without it square tiles of `tile` px. Chunked
-        labels equal whole-image labels on the square grids (the grid depends on the image alone)."""
+        `whole_image`, square tiles of the side from `tile` to min(FIT_MAX_TILE, chunk) px that covers
+        the image with the fewest network pixels (fitted_tile; a `tile` above that is kept), without it
+        square tiles of `tile` px. The grid depends on the image's shape and these settings, never on
+        a chunk, so chunked labels equal whole-image labels on the square grids."""
         side = [-(-(n + 2 * (overlap // 2)) // SIZE_MULTIPLE) * SIZE_MULTIPLE for n in shape]
         if whole_image and side[0] * side[1] <= WHOLE_PIXELS and max(shape) <= chunk:
             return cls(shape, max(side), overlap, (side[0], side[1]))

@@ -19,7 +19,7 @@ class Tiling:
     flipped in y, in x and in both, the flows averaged (Cellpose's `augment`; 4x the network work);
     whole_image: the tiling fits the image (TileGrid.plan): an image that fits one tile of at most
     tiling.grid.WHOLE_PIXELS (1024^2 px) runs as one tile of its own shape, a larger one as square
-    tiles of the side from `tile` to FIT_MAX_TILE (512) px that covers it with the fewest network
+    tiles of the side from `tile` to FIT_MAX_TILE (480) px that covers it with the fewest network
     pixels (CPU runners only: run.infer turns it off on a GPU, where each new input shape is tuned or
     built again).
     Raises OptionError naming the setting."""
