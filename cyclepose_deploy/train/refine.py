@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cyclepose_deploy.runtime.tiling.augment import flip_mean
 from cyclepose_deploy.train.losses import FLOW_SCALE, augment_rendering
 
 SCALE_JITTER = 1.25  # crops are zoomed by a factor in [1/1.25, 1.25]
@@ -48,28 +49,21 @@ def predict(
 ) -> np.ndarray:
     """S's (3, H, W) output (flows dY, dX x FLOW_SCALE, cellprob logit) for one normalised (C, H, W)
     image, padded with zeros (the normalised background, as the runtime pads) to multiples of 16.
-    tta: the mean over the image as it is and flipped in y, in x and both, each output flipped back
-    and its flow component along a flipped axis negated (Cellpose's `augment`)."""
+    tta: the mean over the image as it is and flipped in y, in x and both (runtime.tiling.augment,
+    as the runtime's --tta)."""
     c, h, w = image.shape
     padded = np.zeros((1, c, -(-h // 16) * 16, -(-w // 16) * 16), np.float32)
     padded[0, :, :h, :w] = image
     net.eval()
     device = next(net.parameters()).device
-    flips: list[tuple[int, ...]] = [(), (2,), (3,), (2, 3)] if tta else [()]
-    with torch.no_grad(), autocast():
-        x = torch.from_numpy(padded).to(device)
-        total = torch.zeros((3, *padded.shape[2:]), dtype=torch.float32, device=device)
-        for dims in flips:
-            # flipping the padded image moves the padding to the other side: crop after flipping back
-            seen = torch.flip(x, dims) if dims else x
-            out = net(seen.contiguous(memory_format=memory_format)).float()[0]
-            out = torch.flip(out, [d - 1 for d in dims]) if dims else out
-            if 2 in dims:
-                out[0] = -out[0]
-            if 3 in dims:
-                out[1] = -out[1]
-            total += out
-    return (total / len(flips))[:, :h, :w].cpu().numpy()
+
+    def infer(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad(), autocast():
+            x = torch.from_numpy(batch).to(device).contiguous(memory_format=memory_format)
+            return net(x).float().cpu().numpy()
+
+    out = flip_mean(infer, padded) if tta else infer(padded)
+    return out[0, :, :h, :w]
 
 
 def pseudo_label(

@@ -20,6 +20,7 @@ from cyclepose_deploy.runtime.dynamics.segment import DynamicsSettings
 from cyclepose_deploy.runtime.model.artifacts import Model
 from cyclepose_deploy.runtime.source.normalize import Normalization
 from cyclepose_deploy.runtime.source.slide import SlideOptions, Source
+from cyclepose_deploy.runtime.tiling.augment import flip_mean
 from cyclepose_deploy.runtime.tiling.chunks import Chunk
 from cyclepose_deploy.runtime.tiling.grid import TileGrid
 from cyclepose_deploy.runtime.tiling.merger import BlendBuffers, Merger
@@ -110,16 +111,7 @@ class ChunkWorker:
         so that blending yields the normalised image beside the flows (for the contrast check). With
         tiling.tta the outputs are averaged over the tile and its flips (flows turned back)."""
         images = batch.images
-        out = self.runner.infer(images)
-        if self.job.tiling.tta:
-            out = out.astype(np.float64)
-            for axes in ((2,), (3,), (2, 3)):
-                flipped = np.flip(self.runner.infer(np.ascontiguousarray(np.flip(images, axes))), axes)
-                sign = np.ones((1, 3, 1, 1))
-                for axis in axes:
-                    sign[0, axis - 2] = -1.0  # a flip along y turns dY around, along x dX
-                out += flipped * sign
-            out = (out / 4.0).astype(np.float32)
+        out = flip_mean(self.runner.infer, images) if self.job.tiling.tta else self.runner.infer(images)
         if not np.isfinite(out).all():  # inputs are always finite (missing pixels read as 0)
             bad = int(np.flatnonzero(~np.isfinite(out).reshape(len(out), -1).all(axis=1))[0])
             y, x = batch.origins[bad]
