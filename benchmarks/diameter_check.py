@@ -9,7 +9,10 @@ equivalent-circle diameter of its true labels: images within 15 %, mean |log err
 and the estimate's time per image.
 
     python benchmarks/diameter_check.py --model EXPORT_DIR [--diameters 10,20,40] [--seed 5] \\
-        [--dev [DEV_DIR]] [--out benchmarks/results/diameter-check]        # writes .json and .md
+        [--dev [DEV_DIR] [--guesses]] [--out benchmarks/results/diameter-check]   # writes .json and .md
+
+`--dev --guesses`: the batch's first guess (`diameter_guess`) on the dev images, right and wrong
+(`guess_check`).
 """
 
 from __future__ import annotations
@@ -96,6 +99,66 @@ def dev_check(model_path: Path, dev: Path, out: Path | None) -> int:
     return 0
 
 
+GUESSES = ("none", "own", "other", "x0.5", "x0.7", "x1.4", "x2")
+
+
+def guess_check(model_path: Path, dev: Path, out: Path | None) -> int:
+    """`diameter_guess` on every dev image: no guess; its own estimate ("own", as a batch of one
+    acquisition gives it); another image's estimate (7 places on in the sorted list: mixed
+    magnifications, as a folder of unrelated images gives it); its own estimate x 0.5, 0.7, 1.4, 2.
+    Per kind: guesses confirmed in one pass (method "guess"), images within 15 % of the truth, mean
+    |log error|, worst ratio, seconds per image (the estimate alone)."""
+    import math
+    import time
+
+    images = sorted((dev / "images").glob("*.tif"))
+    rows = []
+    with Segmenter(model_path) as seg:
+        own = {p.name: seg.estimate_diameter(p) for p in images}
+        for k, image in enumerate(images):
+            truth, _ = mask_diameter(tifffile.imread(dev / "labels" / image.name))
+            mine = own[image.name]
+            if mine is None:
+                continue
+            other = own[images[(k + 7) % len(images)].name]
+            guesses = {"none": None, "own": mine.diameter, "other": other.diameter if other else None}
+            guesses |= {f"x{f:g}": f * mine.diameter for f in (0.5, 0.7, 1.4, 2.0)}
+            for kind, guess in guesses.items():
+                start = time.perf_counter()
+                found = seg.estimate_diameter(image, **({"diameter_guess": guess} if guess else {}))
+                seconds = time.perf_counter() - start
+                rows.append(
+                    {
+                        "image": image.name,
+                        "kind": kind,
+                        "guess": guess,
+                        "truth": truth,
+                        "estimate": found.diameter if found else float("nan"),
+                        "confirmed": bool(found and found.method == "guess"),
+                        "seconds": seconds,
+                    }
+                )
+    lines = [
+        "| guess | confirmed (one pass) | within 15 % | mean abs log error | worst | s per image |",
+        "|---|--:|--:|--:|--:|--:|",
+    ]
+    for kind in GUESSES:
+        mine = [r for r in rows if r["kind"] == kind]
+        errors = [abs(math.log(r["estimate"] / r["truth"])) for r in mine if math.isfinite(r["estimate"])]
+        lines.append(
+            f"| {kind} | {sum(r['confirmed'] for r in mine)} / {len(mine)} "
+            f"| {sum(e < math.log(1.15) for e in errors)} | {sum(errors) / len(errors):.3f} "
+            f"| {math.exp(max(errors)):.2f}x | {sum(r['seconds'] for r in mine) / len(mine):.2f} |"
+        )
+    text = "\n".join(lines)
+    print(text)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps({"model": str(model_path), "rows": rows}, indent=1))
+        out.with_suffix(".md").write_text(text + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True)
@@ -103,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--dev", nargs="?", const=DEV, type=Path, default=None)
+    parser.add_argument("--guesses", action="store_true", help="with --dev: the diameter_guess check")
     args = parser.parse_args(argv)
+    if args.dev is not None and args.guesses:
+        return guess_check(args.model, args.dev, args.out)
     if args.dev is not None:
         return dev_check(args.model, args.dev, args.out)
     rows = []

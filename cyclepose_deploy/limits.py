@@ -93,6 +93,7 @@ INFER: Mapping[str, Range] = {
     "niter": Range(1, 2000, "steps", integer=True, example="200"),
     "min_size": Range(0, 1_000_000, "px", integer=True, example="15"),
     "diameter": Range(1, 2000, "px", example="17"),
+    "diameter_guess": Range(1, 2000, "px", example="17"),
     "diameter_um": Range(0.05, 1000, "µm", example="6.5"),
     "percentile": Range(0, 100, "%", example="1,99.8"),
     "intensity": Range(-3.0e38, 3.0e38, "", example="100,4000"),  # float32's range

@@ -77,3 +77,29 @@ def test_labels_file_is_uint16_until_the_labels_need_uint32() -> None:
 
     assert labels_dtype(0) == labels_dtype(65_535) == "uint16"
     assert labels_dtype(65_536) == "uint32"
+
+
+def test_batch_passes_the_first_images_estimate_as_every_images_guess() -> None:
+    """Issue 23: at default settings a batch estimates its first image once and gives that diameter to
+    every image as `diameter_guess`; a given diameter or --diameter-fields leave it alone."""
+    from cyclepose_deploy.cli.batch import _acquisition_diameter
+    from cyclepose_deploy.runtime.run.diameter import DiameterEstimate
+    from cyclepose_deploy.runtime.run.options import InferOptions
+
+    class Seg:
+        def __init__(self, **options: object) -> None:
+            self.options = InferOptions().updated(**options)
+            self.asked: list[object] = []
+
+        def estimate_diameter(self, image: object) -> DiameterEstimate:
+            self.asked.append(image)
+            return DiameterEstimate(18.5, "network", 15.0, 40)
+
+    images = [Path("a.tif"), Path("b.tif")]
+    seg = Seg()
+    _acquisition_diameter(seg, images, print)
+    assert seg.asked == [images[0]] and seg.options.scale.diameter_guess == 18.5
+    for given in ({"diameter": 20.0}, {"diameter_fields": 2}):
+        seg = Seg(**given)
+        _acquisition_diameter(seg, images, print)
+        assert seg.options.scale.diameter_guess is None

@@ -294,3 +294,33 @@ def test_the_4g_pass_is_skipped_only_where_it_cannot_change_the_estimate(
     before = [p for p in points if p[0] < first * GUESS_FACTORS[-1]]
     if _settled(before):
         assert _decide(first, 5, before) == _decide(first, 5, points)
+
+
+@pytest.mark.slow
+def test_a_diameter_guess_is_confirmed_in_one_pass_or_left_alone(
+    synth_export: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 23: a guess near the image's own estimate is confirmed by one network pass (the image's
+    measurement at that scale, within 10 % of the estimate); a guess 2x off is refused and the image
+    gets exactly the estimate it gets without one."""
+    from cyclepose_deploy import Segmenter
+    from cyclepose_deploy.runtime.run import scale
+
+    image, _ = make_slide(384, 384, 1, ShapePrior(17.0, 23.0))
+    passes: list[float] = []
+    add_point = scale._add_point
+
+    def counted(ctx, sample, guess, points):  # type: ignore[no-untyped-def]
+        passes.append(guess)
+        add_point(ctx, sample, guess, points)
+
+    monkeypatch.setattr(scale, "_add_point", counted)
+    with Segmenter(synth_export) as seg:
+        own = seg.estimate_diameter(image)
+        assert own is not None and len(passes) >= 2
+        passes.clear()
+        confirmed = seg.estimate_diameter(image, diameter_guess=own.diameter)
+        assert passes == [own.diameter] and confirmed is not None and confirmed.method == "guess"
+        assert confirmed.diameter == pytest.approx(own.diameter, rel=0.1)
+        for wrong in (0.5 * own.diameter, 2.0 * own.diameter):
+            assert seg.estimate_diameter(image, diameter_guess=wrong) == own

@@ -187,3 +187,27 @@ def test_pipeline_stops_all_stages_when_the_network_fails(tmp_path: Path) -> Non
     with pytest.raises(RuntimeError, match="device lost"):
         list(Pipeline(ChunkWorker(job, source, Broken()), chunks, tmp_path).results())  # type: ignore[arg-type]
     assert len(reads) < len(chunks) // 4  # the reader stopped instead of reading the whole slide
+
+
+@pytest.mark.parametrize(
+    ("shape", "chunk", "tile", "expected"),
+    [
+        ((696, 520), 2048, 256, 704),  # a field: one chunk
+        ((2144, 2144), 2048, 368, 1088),  # past PIPELINE_SIDE: 2 x 2 chunks, not one chunk and strips
+        ((2353, 2353), 2048, 368, 1216),
+        ((9000, 300), 2048, 256, 1856),  # 5 equal parts along the long side
+        ((3000, 3000), 1000, 256, 1000),  # rounding up to 64 px never passes --chunk
+        ((1100, 1100), 2048, 1024, 1024),  # never smaller than the tile
+    ],
+)
+def test_work_block_cuts_the_grid_into_equal_chunks_of_at_most_chunk(
+    shape: tuple[int, int], chunk: int, tile: int, expected: int
+) -> None:
+    from cyclepose_deploy.runtime.tiling.chunks import PIPELINE_SIDE, work_block
+
+    block = work_block(shape, chunk, tile)
+    assert block == expected and block <= chunk
+    cores = chunk_windows(shape, block, 0)
+    assert sum((c.core[1] - c.core[0]) * (c.core[3] - c.core[2]) for c in cores) == shape[0] * shape[1]
+    if max(shape) > PIPELINE_SIDE:
+        assert len(cores) >= 2

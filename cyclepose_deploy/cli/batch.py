@@ -200,9 +200,14 @@ def _earlier_rows(summary: Path) -> dict[str, dict[str, Any]]:
 
 def _acquisition_diameter(seg: Any, images: Sequence[Path], say: Callable[[str], None]) -> None:
     """With --diameter-fields N: one diameter for the batch, the median of the first N images' estimates
-    (the same acquisition imaged alike), so each field does not run an estimate of its own."""
-    fields = seg.options.scale.diameter_fields
+    (the same acquisition imaged alike), so each field does not run an estimate of its own. Without
+    it (and without a diameter), the first image's estimate becomes every image's first guess
+    (`diameter_guess`): each image is still measured, in one network pass where the guess holds."""
+    scale = seg.options.scale
+    fields = scale.diameter_fields
     if not fields:
+        if scale.diameter is None and scale.diameter_um is None and scale.diameter_guess is None:
+            _first_guess(seg, images[0])
         return
     sample = list(images[:fields])
     try:
@@ -216,6 +221,17 @@ def _acquisition_diameter(seg: Any, images: Sequence[Path], say: Callable[[str],
         return
     seg.options = seg.options.updated(diameter=estimate.diameter, diameter_fields=None)
     say(f"diameter {estimate.diameter:.1f} px for every image (median of {estimate.objects} field estimates)")
+
+
+def _first_guess(seg: Any, image: Path) -> None:
+    """The first image's estimate as the batch's diameter_guess (nothing when it has none or fails:
+    its own row reports why)."""
+    try:
+        estimate = seg.estimate_diameter(image)
+    except UserError:
+        return
+    if estimate is not None:
+        seg.options = seg.options.updated(diameter_guess=estimate.diameter)
 
 
 def _pixels(image: Path, options: Any) -> int:

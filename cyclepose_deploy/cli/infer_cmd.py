@@ -53,7 +53,10 @@ def register(app: typer.Typer) -> None:
             help="Tiles of --tile px per network call (larger fitted tiles go fewer per call).",
         ),
         chunk: int = typer.Option(
-            defaults.CHUNK, "--chunk", help="Chunk size for dynamics; bounds the memory."
+            defaults.CHUNK,
+            "--chunk",
+            help="Largest chunk side for the dynamics (px); bounds the memory. Images over 1024 px are cut "
+            "into at least 2 x 2 equal chunks, so the dynamics overlap the network.",
         ),
         channel: int | None = typer.Option(
             None, "--channel", help="Channel of a multi-channel or RGB image (0-based)."
@@ -78,7 +81,8 @@ def register(app: typer.Typer) -> None:
             None,
             "--diameter",
             help="Median nucleus diameter in px; the slide is rescaled to the model's. Default: estimated "
-            "per slide (reported in the summary).",
+            "per slide (reported in the summary); in batch mode the first image's estimate is each "
+            "image's first guess, kept after one check pass where its nuclei measure alike.",
         ),
         diameter_fields: int | None = typer.Option(
             None,
@@ -315,5 +319,10 @@ def _diameter_line(result: Any) -> str:
     est = result.diameter
     if est is None:
         return "diameter: no nucleus-like structure found for an estimate; ran at the model's scale"
-    how = {"given": "given", "network": "estimated (network)", "blob": "estimated (blob filter)"}[est.method]
+    how = {
+        "given": "given",
+        "network": "estimated (network)",
+        "blob": "estimated (blob filter)",
+        "guess": "estimated (network, at the first image's diameter)",
+    }[est.method]
     return f"diameter {est.diameter:.1f} px ({how}); slide rescaled by {result.scale:.3f}"

@@ -86,6 +86,9 @@ class OrtRunner(Runner):
         opts.intra_op_num_threads = self.threads or usable_cores()
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        # idle threads sleep instead of spinning: the reader and dynamics threads need the cores between
+        # network calls (2 cores: CPU time -15 %, whole run up to 4 % faster)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return opts
 
     def activate_impl(self) -> None:

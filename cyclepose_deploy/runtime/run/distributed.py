@@ -172,7 +172,7 @@ def _open(job: ChunkJob) -> tuple[ChunkWorker, Any]:
     runner = job.model.runner(threads=job.threads)
     runner.activate()
     worker = ChunkWorker(job, at_scale(slide, job.scale), runner)
-    store = ScratchStore(job.folder, job.shape, job.keep_prob, job.tiling.chunk, job.keep_flows, create=False)
+    store = ScratchStore(job.folder, job.shape, job.keep_prob, job.block, job.keep_flows, create=False)
     with _lock:
         _opened[thread] = (job.token, worker, store, slide)
     return worker, store

@@ -5,7 +5,8 @@ each part receives its group as it is (no field is copied from one object to ano
     InferOptions
       tiling     runtime.tiling.options.Tiling          tile, overlap, batch, chunk, tta, whole_image
       dynamics   runtime.dynamics.DynamicsSettings      cellprob_threshold, flow_threshold, niter, ...
-      scale      ScaleOptions                           diameter, diameter_um, diameter_fields
+      scale      ScaleOptions                           diameter, diameter_um, diameter_fields,
+                                                            diameter_guess
       intensity  IntensityOptions                       norm_percentiles, norm_range
       image      runtime.source.slide.SlideOptions      channel, series, level, z, t, plane, pixel_size
       run        RunOptions                             scheduler, resume, skip_empty, threads, overwrite
@@ -33,14 +34,18 @@ from cyclepose_deploy.runtime.tiling.options import Tiling
 class ScaleOptions:
     """diameter: median nucleus diameter in px (None: estimated per image, runtime.run.scale);
     diameter_um: the same in µm (needs a pixel size); diameter_fields: in batch mode, estimate once
-    from the first N images and use that diameter for all of them (one acquisition; None: per image)."""
+    from the first N images and use that diameter for all of them (one acquisition; None: per image);
+    diameter_guess: px, the automatic estimate's first guess (batch mode passes the first image's
+    estimate): one network pass checks it, and the image's own measurement at that scale is kept
+    when it agrees (runtime.run.scale.estimate); else the image is estimated from scratch."""
 
     diameter: float | None = None
     diameter_um: float | None = None
     diameter_fields: int | None = None
+    diameter_guess: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("diameter", "diameter_um", "diameter_fields"):
+        for name in ("diameter", "diameter_um", "diameter_fields", "diameter_guess"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, limits.INFER[name].check(name, value))

@@ -25,7 +25,7 @@ def plan(ctx: RunContext) -> None:
     run (ctx.todo): not finished yet and, with skip_empty, with tissue in reach."""
     assert ctx.working is not None
     job = ctx.job()
-    ctx.chunks = chunk_windows(ctx.working.shape, ctx.options.tiling.chunk, job.halo)
+    ctx.chunks = chunk_windows(ctx.working.shape, job.block, job.halo)
     if ctx.outputs.labels is None or ctx.ref is None:  # in-memory labels (the API): nothing to resume
         ctx.folder = Path(ctx.stack.enter_context(tempfile.TemporaryDirectory(prefix=scratch_prefix())))
         resumed = False
@@ -39,7 +39,7 @@ def plan(ctx: RunContext) -> None:
     if resumed:
         resumed = _whole_store(ctx, job.keep_prob, job.keep_flows)
     ctx.store = ScratchStore(
-        ctx.folder, ctx.working.shape, job.keep_prob, ctx.options.tiling.chunk, job.keep_flows, not resumed
+        ctx.folder, ctx.working.shape, job.keep_prob, job.block, job.keep_flows, not resumed
     )
     ctx.done = ctx.store.done() if resumed else set()
     ctx.todo = _to_run(ctx)

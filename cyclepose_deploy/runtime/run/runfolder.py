@@ -31,7 +31,7 @@ SUFFIX = ".run"
 FINGERPRINT = "run.json"
 TISSUE = "tissue.json"
 OWNER = "owner.json"  # the session writing now: {"token": ..., "owner": "PID@HOST"}
-VERSION = 3  # 2: fingerprints of InferOptions groups; 3: the planned tile sides
+VERSION = 4  # 2: fingerprints of InferOptions groups; 3: the planned tile sides; 4: chunk side
 
 
 def run_folder(labels: Path) -> Path:
@@ -79,6 +79,7 @@ def fingerprint(ctx: RunContext) -> dict[str, Any]:
         "scale": ctx.scale,
         "shape": ctx.working.shape,
         "tile_sides": ctx.job().grid.sides,  # the planned grid: a rule that fits tiles may change
+        "chunk_side": ctx.job().block,  # the chunks' rule may change between versions too
         "chunks": len(ctx.chunks),
         "prob": ctx.outputs.prob is not None,
     }

@@ -21,7 +21,7 @@ from cyclepose_deploy.runtime.model.artifacts import Model
 from cyclepose_deploy.runtime.source.normalize import Normalization
 from cyclepose_deploy.runtime.source.slide import SlideOptions, Source
 from cyclepose_deploy.runtime.tiling.augment import flip_mean
-from cyclepose_deploy.runtime.tiling.chunks import Chunk
+from cyclepose_deploy.runtime.tiling.chunks import Chunk, work_block
 from cyclepose_deploy.runtime.tiling.grid import TileGrid
 from cyclepose_deploy.runtime.tiling.merger import BlendBuffers, Merger
 from cyclepose_deploy.runtime.tiling.options import Tiling
@@ -69,6 +69,11 @@ class ChunkJob:
     def grid(self) -> TileGrid:
         t = self.tiling
         return TileGrid.plan(self.shape, t.tile, t.overlap, t.whole_image, t.chunk)
+
+    @property
+    def block(self) -> int:
+        """The work chunks' side in px (tiling.chunks.work_block: at most tiling.chunk)."""
+        return work_block(self.shape, self.tiling.chunk, max(self.grid.sides))
 
 
 @dataclass

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from scipy import ndimage
 
 from cyclepose_deploy import limits
 from cyclepose_deploy.errors import OptionError, UserError, literal
 from cyclepose_deploy.runtime.source.normalize import Normalization, check_float32_range, fill_missing
+from cyclepose_deploy.runtime.source.resample import bilinear
 from cyclepose_deploy.runtime.source.units import check_pixel_size
 
 CHANNEL_AXES = ("C", "S")
@@ -330,9 +330,7 @@ class ScaledSource:
         xs = (np.arange(x0, x1) + 0.5) / self.scale - 0.5
         sy0, sy1 = _source_span(ys, self.base.shape[0])
         sx0, sx1 = _source_span(xs, self.base.shape[1])
-        raw = self.base.read(sy0, sy1, sx0, sx1)
-        coords = np.meshgrid(ys - sy0, xs - sx0, indexing="ij")
-        return ndimage.map_coordinates(raw, coords, order=1, mode="nearest").astype(np.float32)
+        return bilinear(self.base.read(sy0, sy1, sx0, sx1), ys - sy0, xs - sx0)
 
 
 def at_scale(source: Source, scale: float) -> Source:
