@@ -103,3 +103,22 @@ def test_batch_passes_the_first_images_estimate_as_every_images_guess() -> None:
         seg = Seg(**given)
         _acquisition_diameter(seg, images, print)
         assert seg.options.scale.diameter_guess is None
+
+
+def test_console_script_exit_codes_and_output_survive_the_fast_exit(tmp_path: Path) -> None:
+    """The console script ends with os._exit after the exit handlers (cli._leave): its status and
+    every printed line must be those sys.exit would give."""
+    import subprocess
+    import sys
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        code = "from cyclepose_deploy.cli import main; main()"
+        return subprocess.run(
+            [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, check=False
+        )
+
+    done = run("--version")
+    assert done.returncode == 0 and done.stdout.startswith("cyclepose-deploy ")
+    bad = run("eval", str(tmp_path / "missing.tif"), str(tmp_path / "truth.tif"))
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error:"), bad.stderr
+    assert "Traceback" not in bad.stderr

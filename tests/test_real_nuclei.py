@@ -300,13 +300,15 @@ def test_the_4g_pass_is_skipped_only_where_it_cannot_change_the_estimate(
 def test_a_diameter_guess_is_confirmed_in_one_pass_or_left_alone(
     synth_export: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Issue 23: a guess near the image's own estimate is confirmed by one network pass (the image's
-    measurement at that scale, within 10 % of the estimate); a guess 2x off is refused and the image
-    gets exactly the estimate it gets without one."""
+    """Issue 23: a guess near the image's own estimate is confirmed by one network pass: on a field
+    that runs as one tile the pass is the segmentation at the guess (the run reuses it: the labels are
+    those of `diameter=guess`); on a larger image, one window measured at the guess's scale. A guess
+    2x off is refused and the image gets exactly the estimate it gets without one."""
     from cyclepose_deploy import Segmenter
     from cyclepose_deploy.runtime.run import scale
 
-    image, _ = make_slide(384, 384, 1, ShapePrior(17.0, 23.0))
+    image, _ = make_slide(1152, 1152, 1, ShapePrior(17.0, 23.0))  # over one tile: a window pass
+    field = image[:384, :448]
     passes: list[float] = []
     add_point = scale._add_point
 
@@ -324,3 +326,10 @@ def test_a_diameter_guess_is_confirmed_in_one_pass_or_left_alone(
         assert confirmed.diameter == pytest.approx(own.diameter, rel=0.1)
         for wrong in (0.5 * own.diameter, 2.0 * own.diameter):
             assert seg.estimate_diameter(image, diameter_guess=wrong) == own
+        mine = seg.estimate_diameter(field)
+        assert mine is not None
+        passes.clear()
+        run = seg.segment(field, diameter_guess=mine.diameter)
+        assert passes == [] and run.diameter is not None and run.diameter.method == "guess"
+        assert run.diameter.diameter == mine.diameter and run.tiles_run == 1
+        assert np.array_equal(run.labels, seg.segment(field, diameter=mine.diameter).labels)

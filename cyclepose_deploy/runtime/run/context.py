@@ -19,7 +19,7 @@ from cyclepose_deploy.runtime.model.artifacts import Model
 from cyclepose_deploy.runtime.run.diameter import DiameterEstimate
 from cyclepose_deploy.runtime.run.options import InferOptions
 from cyclepose_deploy.runtime.run.scratch import ScratchStore
-from cyclepose_deploy.runtime.run.worker import ChunkJob, ChunkWorker, SlideRef
+from cyclepose_deploy.runtime.run.worker import ChunkJob, ChunkResult, ChunkWorker, SlideRef
 from cyclepose_deploy.runtime.source.normalize import Normalization
 from cyclepose_deploy.runtime.source.slide import Source
 from cyclepose_deploy.runtime.tiling.chunks import Chunk
@@ -84,6 +84,7 @@ class RunContext:
     folder: Path | None = None
     token: str = ""
     store: ScratchStore | None = None
+    prepared: ChunkResult | None = None  # the one chunk, segmented by a confirmed diameter_guess
     cluster: Any = None
     temps: dict[Path, Path] = field(default_factory=dict)
     times: dict[str, float] = field(default_factory=dict)
