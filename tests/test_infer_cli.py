@@ -81,7 +81,8 @@ def test_labels_file_is_uint16_until_the_labels_need_uint32() -> None:
 
 def test_batch_passes_the_first_images_estimate_as_every_images_guess() -> None:
     """Issue 23: at default settings a batch estimates its first image once and gives that diameter to
-    every image as `diameter_guess`; a given diameter or --diameter-fields leave it alone."""
+    the other images as `diameter_guess`; one image, a given diameter or --diameter-fields: no guess;
+    a first image that cannot be read gives no guess and does not end the batch."""
     from cyclepose_deploy.cli.batch import _acquisition_diameter
     from cyclepose_deploy.runtime.run.diameter import DiameterEstimate
     from cyclepose_deploy.runtime.run.options import InferOptions
@@ -93,15 +94,21 @@ def test_batch_passes_the_first_images_estimate_as_every_images_guess() -> None:
 
         def estimate_diameter(self, image: object) -> DiameterEstimate:
             self.asked.append(image)
+            if image == Path("bad.tif"):
+                raise ValueError("not a TIFF")
             return DiameterEstimate(18.5, "network", 15.0, 40)
 
     images = [Path("a.tif"), Path("b.tif")]
     seg = Seg()
-    _acquisition_diameter(seg, images, print)
-    assert seg.asked == [images[0]] and seg.options.scale.diameter_guess == 18.5
+    assert _acquisition_diameter(seg, images, print) == {"diameter_guess": 18.5}
+    assert seg.asked == [images[0]] and seg.options.scale.diameter_guess is None
+    assert _acquisition_diameter(Seg(), images[:1], print) == {}
+    notes: list[str] = []
+    assert _acquisition_diameter(Seg(), [Path("bad.tif"), *images], notes.append) == {}
+    assert notes and notes[0].startswith("warning: bad.tif")
     for given in ({"diameter": 20.0}, {"diameter_fields": 2}):
         seg = Seg(**given)
-        _acquisition_diameter(seg, images, print)
+        assert _acquisition_diameter(seg, images, print) == {}
         assert seg.options.scale.diameter_guess is None
 
 

@@ -53,3 +53,19 @@ def test_scaled_source_windows_equal_the_whole_image_resampled() -> None:
     ys = (np.arange(scaled.shape[0]) + 0.5) / 1.149 - 0.5
     xs = (np.arange(scaled.shape[1]) + 0.5) / 1.149 - 0.5
     assert np.array_equal(whole, _reference(source.read(0, 300, 0, 257), ys, xs))
+
+
+def test_bilinear_kernel_equals_map_coordinates_in_float64() -> None:
+    """Before any cast: ndimage takes the upper weight as 1 minus the lower (not t), 1 ulp apart."""
+    from cyclepose_deploy.runtime.source.resample import _interpolate, _neighbours
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        raw = rng.random((30, 31)) * 1000
+        scale = float(np.exp(rng.uniform(-2.0, 1.4)))
+        ys = (np.arange(max(1, round(30 * scale))) + 0.5) / scale - 0.5
+        xs = (np.arange(max(1, round(31 * scale))) + 0.5) / scale - 0.5
+        reference = ndimage.map_coordinates(raw, np.meshgrid(ys, xs, indexing="ij"), order=1, mode="nearest")
+        out = np.empty((ys.size, xs.size))
+        _interpolate(raw, *_neighbours(ys, 30), *_neighbours(xs, 31), out, 0)
+        assert np.array_equal(out, reference)

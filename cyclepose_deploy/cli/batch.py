@@ -140,7 +140,7 @@ def run_batch(
     names = output_names(images)
     wanted = ["objects", *(name for name in outputs if name != "objects")]
     earlier = _earlier_rows(out_dir / SUMMARY)
-    _acquisition_diameter(seg, images, say)
+    guess = _acquisition_diameter(seg, images, say)
     rows: list[dict[str, Any]] = [{} for _ in images]
     bar = Progress(
         TextColumn("images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
@@ -150,7 +150,8 @@ def run_batch(
         running: list[Future] = []
 
         def one(k: int) -> None:
-            rows[k] = _one(seg, images[k], out_dir / names[k], wanted, say)
+            extra = guess if k > 0 else {}  # the first image keeps its own estimate, as alone
+            rows[k] = _one(seg, images[k], out_dir / names[k], wanted, say, extra)
             if rows[k]["status"] == "skipped":
                 rows[k] = {**earlier.get(rows[k]["image"], {}), **rows[k]}
             bar.advance(task)
@@ -198,17 +199,16 @@ def _earlier_rows(summary: Path) -> dict[str, dict[str, Any]]:
         return {}
 
 
-def _acquisition_diameter(seg: Any, images: Sequence[Path], say: Callable[[str], None]) -> None:
+def _acquisition_diameter(seg: Any, images: Sequence[Path], say: Callable[[str], None]) -> dict[str, float]:
     """With --diameter-fields N: one diameter for the batch, the median of the first N images' estimates
     (the same acquisition imaged alike), so each field does not run an estimate of its own. Without
-    it (and without a diameter), the first image's estimate becomes every image's first guess
-    (`diameter_guess`): each image is still measured, in one network pass where the guess holds."""
+    it (and without a diameter), the options the other images get: the first image's estimate as
+    their first guess (`diameter_guess`; each is still measured, in one network pass where it holds)."""
     scale = seg.options.scale
     fields = scale.diameter_fields
     if not fields:
-        if scale.diameter is None and scale.diameter_um is None and scale.diameter_guess is None:
-            _first_guess(seg, images[0])
-        return
+        automatic = scale.diameter is None and scale.diameter_um is None and scale.diameter_guess is None
+        return _first_guess(seg, images[0], say) if automatic and len(images) > 1 else {}
     sample = list(images[:fields])
     try:
         estimate = seg.estimate_diameter(sample)
@@ -221,17 +221,21 @@ def _acquisition_diameter(seg: Any, images: Sequence[Path], say: Callable[[str],
         return
     seg.options = seg.options.updated(diameter=estimate.diameter, diameter_fields=None)
     say(f"diameter {estimate.diameter:.1f} px for every image (median of {estimate.objects} field estimates)")
+    return {}
 
 
-def _first_guess(seg: Any, image: Path) -> None:
-    """The first image's estimate as the batch's diameter_guess (nothing when it has none or fails:
-    its own row reports why)."""
+def _first_guess(seg: Any, image: Path, say: Callable[[str], None]) -> dict[str, float]:
+    """{"diameter_guess": the first image's estimate}; empty when it has none, or when it cannot be
+    estimated (its own row then reports why: a damaged first file must not end the batch)."""
     try:
         estimate = seg.estimate_diameter(image)
-    except UserError:
-        return
-    if estimate is not None:
-        seg.options = seg.options.updated(diameter_guess=estimate.diameter)
+        if estimate is None:
+            return {}
+        seg.options.updated(diameter_guess=estimate.diameter)  # in range for the option
+    except Exception as exc:  # as _one: any failure of one file is that file's
+        say(f"warning: {image}: no first guess for the other images ({type(exc).__name__})")
+        return {}
+    return {"diameter_guess": estimate.diameter}
 
 
 def _pixels(image: Path, options: Any) -> int:
@@ -249,9 +253,15 @@ def _pixels(image: Path, options: Any) -> int:
 
 
 def _one(
-    seg: Any, image: Path, stem: Path, outputs: Sequence[str], say: Callable[[str], None]
+    seg: Any,
+    image: Path,
+    stem: Path,
+    outputs: Sequence[str],
+    say: Callable[[str], None],
+    extra: dict[str, float],
 ) -> dict[str, Any]:
-    """One image's row of the summary; `stem`: OUT/NAME, its outputs' common start."""
+    """One image's row of the summary; `stem`: OUT/NAME, its outputs' common start; extra: options of
+    this image's call (its diameter_guess)."""
     labels = stem.with_name(stem.name + LABELS_SUFFIX)
     files = {name: stem.with_name(stem.name + OUTPUT_SUFFIXES[name]) for name in outputs}
     row: dict[str, Any] = {"image": str(image), "labels": str(labels)}
@@ -265,6 +275,7 @@ def _one(
             **files,
             overwrite=True,
             resume=True,  # an image interrupted last time keeps its finished chunks (same settings)
+            **extra,
             warn=lambda text: say(f"{image.name}: {text}") if text.startswith("warning") else None,
         )
     except UserError as exc:

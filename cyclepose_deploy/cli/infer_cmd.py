@@ -55,8 +55,8 @@ def register(app: typer.Typer) -> None:
         chunk: int = typer.Option(
             defaults.CHUNK,
             "--chunk",
-            help="Largest chunk side for the dynamics (px); bounds the memory. Images over 1024 px are cut "
-            "into at least 2 x 2 equal chunks, so the dynamics overlap the network.",
+            help="Largest chunk side for the dynamics (px); bounds the memory. A longest side over 1024 px "
+            "is cut into at least 2 equal chunks, so the dynamics overlap the network.",
         ),
         channel: int | None = typer.Option(
             None, "--channel", help="Channel of a multi-channel or RGB image (0-based)."

@@ -84,7 +84,8 @@ class RunContext:
     folder: Path | None = None
     token: str = ""
     store: ScratchStore | None = None
-    prepared: ChunkResult | None = None  # the one chunk, segmented by a confirmed diameter_guess
+    # (scale, the one chunk) segmented by a confirmed diameter_guess (runtime.run.scale._confirm)
+    prepared: tuple[float, ChunkResult] | None = None
     cluster: Any = None
     temps: dict[Path, Path] = field(default_factory=dict)
     times: dict[str, float] = field(default_factory=dict)

@@ -45,7 +45,7 @@ MIN_SCALE = 1.0 / 16
 @dataclass(frozen=True)
 class DiameterEstimate:
     """Median nucleus diameter in slide pixels and how it was found: 'blob', 'network', 'given', or
-    'guess' (a diameter_guess confirmed: the network's measurement at its scale is the diameter)."""
+    'guess' (a diameter_guess confirmed: runtime.run.scale._confirm)."""
 
     diameter: float
     method: str

@@ -36,8 +36,9 @@ class ScaleOptions:
     diameter_um: the same in µm (needs a pixel size); diameter_fields: in batch mode, estimate once
     from the first N images and use that diameter for all of them (one acquisition; None: per image);
     diameter_guess: px, the automatic estimate's first guess (batch mode passes the first image's
-    estimate): one network pass checks it, and the image's own measurement at that scale is kept
-    when it agrees (runtime.run.scale.estimate); else the image is estimated from scratch."""
+    estimate to the others): one network pass checks it (runtime.run.scale._confirm); when it agrees,
+    a field that runs as one tile keeps the guess and that pass's segmentation, a larger image its
+    measurement at the guess's scale; else the image is estimated from scratch."""
 
     diameter: float | None = None
     diameter_um: float | None = None

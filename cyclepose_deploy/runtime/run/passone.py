@@ -110,12 +110,12 @@ def segment_chunks(ctx: RunContext) -> int:
     assert ctx.store is not None and ctx.folder is not None
     if ctx.cluster is not None:
         return _on_cluster(ctx)
-    prepared, diameter = ctx.prepared, ctx.diameter
-    confirmed = prepared is not None and diameter is not None and diameter.method == "guess"
-    if confirmed and [c.window for c in ctx.todo] == [prepared.chunk.window]:
-        with writing(f"temporary data in {ctx.folder.parent}"):
-            ctx.store.write(prepared)  # segmented by the diameter estimate (scale._whole_field)
-        return 1
+    if ctx.prepared is not None:  # segmented by the diameter estimate (scale._whole_field)
+        scale, prepared = ctx.prepared
+        if scale == ctx.scale and [c.window for c in ctx.todo] == [prepared.chunk.window]:
+            with writing(f"temporary data in {ctx.folder.parent}"):
+                ctx.store.write(prepared)
+            return 1
     pipe = Pipeline(ctx.worker(), ctx.todo, ctx.folder / "tiles")
     total = pipe.plan.tiles_run
     pipe.on_tiles = lambda n: ctx.progress("network", n, total)

@@ -138,8 +138,8 @@ def estimate(ctx: RunContext) -> DiameterEstimate | None:
     guess = ctx.options.scale.diameter_guess
     if guess is not None:
         confirmed = _confirm(ctx, raw, blobs, guess)
-        if confirmed is not None:
-            return _snapped(confirmed, ctx.model)
+        if confirmed is not None:  # snapped already: a segmentation at it may be kept (ctx.prepared)
+            return confirmed
     sample = _sample(raw, blobs, _window_side(first, train, ctx.source.shape))
     points: list[tuple[float, float, int]] = []  # (guess, measured, objects), finite measurements
     for factor in GUESS_FACTORS[:-1]:
@@ -170,7 +170,7 @@ def _confirm(ctx: RunContext, raw: np.ndarray, blobs: Blobs, guess: float) -> Di
         choose(ctx, None)
         if objects < GUESS_OBJECTS or abs(math.log(measured / guess)) > math.log(GUESS_AGREEMENT):
             return None
-        ctx.prepared = whole
+        ctx.prepared = (ctx.model.train_diameter / guess, whole)
         return DiameterEstimate(guess, "guess", blobs.median, objects)
     sample = _sample(raw, blobs, _window_side(guess, ctx.model.train_diameter, ctx.source.shape))
     points: list[tuple[float, float, int]] = []
@@ -179,7 +179,7 @@ def _confirm(ctx: RunContext, raw: np.ndarray, blobs: Blobs, guess: float) -> Di
         return None
     if abs(math.log(points[0][1] / guess)) > math.log(GUESS_AGREEMENT):
         return None
-    return DiameterEstimate(points[0][1], "guess", blobs.median, points[0][2])
+    return _snapped(DiameterEstimate(points[0][1], "guess", blobs.median, points[0][2]), ctx.model)
 
 
 def _whole_field(ctx: RunContext, guess: float) -> ChunkResult | None:

@@ -56,7 +56,8 @@ def _neighbours(coords, size):  # type: ignore[no-untyped-def]
         t = coords[k] - start
         low[k] = min(max(int(start), 0), size - 1)
         high[k] = min(max(int(start) + 1, 0), size - 1)
-        w_low[k], w_high[k] = 1.0 - t, t
+        w_low[k] = 1.0 - t
+        w_high[k] = 1.0 - w_low[k]  # ndimage's last weight: 1 minus the others (not t: 1 ulp apart)
     return low, high, w_low, w_high
 
 
