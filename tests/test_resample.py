@@ -67,5 +67,5 @@ def test_bilinear_kernel_equals_map_coordinates_in_float64() -> None:
         xs = (np.arange(max(1, round(31 * scale))) + 0.5) / scale - 0.5
         reference = ndimage.map_coordinates(raw, np.meshgrid(ys, xs, indexing="ij"), order=1, mode="nearest")
         out = np.empty((ys.size, xs.size))
-        _interpolate(raw, *_neighbours(ys, 30), *_neighbours(xs, 31), out, 0)
+        _interpolate(raw, _neighbours(ys, 30), _neighbours(xs, 31), out, 0)
         assert np.array_equal(out, reference)

@@ -34,13 +34,8 @@ def bilinear(raw: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
         coords = np.meshgrid(ys, xs, indexing="ij")
         return ndimage.map_coordinates(raw, coords, order=1, mode="nearest").astype(np.float32)
     out = np.empty((ys.size, xs.size), np.float64)
-    _interpolate(
-        np.ascontiguousarray(raw),
-        *_neighbours(ys, raw.shape[0]),
-        *_neighbours(xs, raw.shape[1]),
-        out,
-        _ROUNDING[raw.dtype.kind],
-    )
+    rows, columns = _neighbours(ys, raw.shape[0]), _neighbours(xs, raw.shape[1])
+    _interpolate(np.ascontiguousarray(raw), rows, columns, out, _ROUNDING[raw.dtype.kind])
     return out.astype(raw.dtype).astype(np.float32)
 
 
@@ -62,7 +57,10 @@ def _neighbours(coords, size):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True, nogil=True)
-def _interpolate(raw, y0, y1, wy0, wy1, x0, x1, wx0, wx1, out, rounding):  # type: ignore[no-untyped-def]
+def _interpolate(raw, rows, columns, out, rounding):  # type: ignore[no-untyped-def]
+    """out[i, j] from raw's 2 x 2 neighbours; rows, columns: _neighbours of ys and xs."""
+    y0, y1, wy0, wy1 = rows
+    x0, x1, wx0, wx1 = columns
     for i in range(y0.size):
         a, b, p, q = y0[i], y1[i], wy0[i], wy1[i]
         for j in range(x0.size):
