@@ -168,18 +168,17 @@ def _confirm(ctx: RunContext, raw: np.ndarray, blobs: Blobs, guess: float) -> Di
         measured, objects = mask_diameter(_interior(whole.ids))
         measured /= ctx.scale
         choose(ctx, None)
-        if objects < GUESS_OBJECTS or abs(math.log(measured / guess)) > math.log(GUESS_AGREEMENT):
-            return None
-        ctx.prepared = (ctx.model.train_diameter / guess, whole)
-        return DiameterEstimate(guess, "guess", blobs.median, objects)
-    sample = _sample(raw, blobs, _window_side(guess, ctx.model.train_diameter, ctx.source.shape))
-    points: list[tuple[float, float, int]] = []
-    _add_point(ctx, sample, guess, points)
-    if not points or points[0][2] < GUESS_OBJECTS:
+    else:
+        sample = _sample(raw, blobs, _window_side(guess, ctx.model.train_diameter, ctx.source.shape))
+        points: list[tuple[float, float, int]] = []
+        _add_point(ctx, sample, guess, points)
+        _, measured, objects = points[0] if points else (guess, math.nan, 0)
+    if objects < GUESS_OBJECTS or abs(math.log(measured / guess)) > math.log(GUESS_AGREEMENT):
         return None
-    if abs(math.log(points[0][1] / guess)) > math.log(GUESS_AGREEMENT):
-        return None
-    return _snapped(DiameterEstimate(points[0][1], "guess", blobs.median, points[0][2]), ctx.model)
+    if whole is None:
+        return _snapped(DiameterEstimate(measured, "guess", blobs.median, objects), ctx.model)
+    ctx.prepared = (ctx.model.train_diameter / guess, whole)
+    return DiameterEstimate(guess, "guess", blobs.median, objects)
 
 
 def _whole_field(ctx: RunContext, guess: float) -> ChunkResult | None:
