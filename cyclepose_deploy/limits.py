@@ -117,6 +117,7 @@ TRAIN: Mapping[str, Range] = {
     "max_minutes": Range(0.01, 1_000_000, "min", example="85"),
     "refine_steps": Range(0, 1_000_000, "steps", integer=True, example="600"),
     "refine_rounds": Range(1, 20, "rounds", integer=True, example="2"),
+    "init_weight": Range(0.0, 0.9, "(share of the warm start's weights)", example="0.4"),
 }
 MAX_TRAIN_PIXELS = 1 << 22  # tile x tile x batch per step
 MAX_WEIGHTS = 200_000_000  # S's weights: far above any segmenter here (~0.3 to 7 M); guards memory

@@ -113,6 +113,55 @@ def test_warm_start_takes_the_checkpoints_nets_and_shape(
     assert warm.config.init == str(tmp_path / "base.pt")
 
 
+def test_init_weight_averages_the_deployed_s_with_the_warm_start(
+    image_path: Path, tmp_path: Path, tiny_train_config: Callable
+) -> None:
+    """--init-weight W: the checkpoint's S is (1 - W) x the calibrated trained S + W x the start's S,
+    every float entry; training itself (S_train) is untouched, and a resumed finished run applies it."""
+    base = _trainer(tiny_train_config, image_path, steps=2, precision="fp32")
+    run(base, tmp_path / "base.pt", checkpoint_every=0)
+    start = load_checkpoint(tmp_path / "base.pt")["S"]
+    config = tiny_train_config(steps=2, precision="fp32")
+    warm = make_trainer([image_path], config, "cpu", None, tmp_path / "base.pt")
+    run(warm, tmp_path / "warm.pt", checkpoint_every=0)
+    plain = warm.checkpoint(full=False)["S"]
+    warm.config.init_weight = 0.25
+    averaged = warm.checkpoint(full=False)["S"]
+    moved = 0
+    for key, value in plain.items():
+        if value.is_floating_point():
+            expect = 0.75 * value + 0.25 * start[key]
+            assert torch.allclose(averaged[key], expect, atol=1e-6), key
+            moved += not torch.equal(value, start[key])
+        else:
+            assert torch.equal(averaged[key], value), key
+    assert moved > 10  # trained weights differ from the start's: the average is not a no-op
+    # an old finished run (no S_init saved) resumed with the option reads the start from config.init
+    saved = load_checkpoint(tmp_path / "warm.pt")
+    assert torch.equal(
+        saved["S_init"]["downsample.down.res_down_0.conv.conv_0.0.weight"],
+        start["downsample.down.res_down_0.conv.conv_0.0.weight"],
+    )
+    del saved["S_init"]
+    torch.save(saved, tmp_path / "old.pt")
+    resumed = make_trainer(
+        [image_path], tiny_train_config(steps=2, init_weight=0.25), "cpu", tmp_path / "old.pt"
+    )
+    run(resumed, tmp_path / "old.pt", checkpoint_every=0)
+    again = load_checkpoint(tmp_path / "old.pt")
+    assert again["config"]["init_weight"] == 0.25
+    for key, value in averaged.items():
+        assert torch.allclose(again["S"][key].float(), value.float(), atol=1e-6), key
+
+
+def test_init_weight_needs_a_warm_start(image_path: Path, tmp_path: Path) -> None:
+    args = ["train", "--images", str(image_path), "--out", str(tmp_path / "m.pt"), "--steps", "1"]
+    for extra, needle in ((["--init-weight", "0.4"], "--init"), (["--init-weight", "1.5"], "--init-weight")):
+        result = CliRunner().invoke(app, [*args, *extra])
+        assert result.exit_code == 2 and needle in result.output, result.output
+        assert not (tmp_path / "m.pt").exists()
+
+
 @pytest.mark.skipif(
     not __import__("cyclepose_deploy.train.loop", fromlist=["cpu_has_bf16"]).cpu_has_bf16(),
     reason="this CPU has no native bfloat16 (AVX512-BF16 / AMX): bf16 training would be emulated",

@@ -108,6 +108,13 @@ def register(app: typer.Typer) -> None:
             help="Pseudo-labels from S's outputs averaged over flips in y, x and both (Cellpose's augment): "
             "smoother outlines to learn from, 4x the labelling time.",
         ),
+        init_weight: float = typer.Option(
+            0.0,
+            "--init-weight",
+            help="Share of the --init model's weights in the S this run writes: S = (1 - W) x trained + "
+            "W x start (weight-space ensembling, WiSE-FT; a departure), BatchNorm statistics measured "
+            "again on --images. 0: off. Applies to what --resume writes too.",
+        ),
         border: float = typer.Option(
             0.25,
             "--border-crops",
@@ -160,6 +167,7 @@ def register(app: typer.Typer) -> None:
             refine_rounds=refine_rounds,
             refine_synthetic=refine_synthetic,
             refine_tta=refine_tta,
+            init_weight=init_weight,
         )
         start = shipped_or_path(init) if init is not None else None
         trainer = make_trainer([*images, *(more or [])], config, device, out if resume else None, start)

@@ -67,7 +67,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         if key not in data:
             raise UserError(f"{path} lacks {key!r}: the checkpoint is incomplete; train again or re-save it")
     check_config(data["config"], str(path))
-    for key in ("S", "G", "D_image", "D_mask", "S_train"):
+    for key in ("S", "G", "D_image", "D_mask", "S_train", "S_init"):
         if key in data:
             check_state(data[key], f"{path} [{key}]")
     return data

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from cyclepose_deploy import limits
+from cyclepose_deploy.errors import UserError
 from cyclepose_deploy.nets.discriminators import PatchDiscriminator
 from cyclepose_deploy.nets.renderer import Renderer
 from cyclepose_deploy.nets.segmenter import Segmenter
@@ -66,6 +67,8 @@ class TrainConfig:
     refine_synthetic: float = 0.25  # share of each refinement batch rendered from synthetic masks
     refine_flow_error: float = 0.4  # pseudo-label objects whose flow error exceeds it are ignored
     refine_tta: bool = False  # pseudo-labels from S's outputs averaged over flips (4x the labelling)
+    # the deployed S averages its weights with the warm start's (WiSE-FT; a departure, off at 0)
+    init_weight: float = 0.0
 
     def __post_init__(self) -> None:
         """Every number within its declared range (limits.TRAIN), so that a run that starts also writes
@@ -127,6 +130,7 @@ def check_train_config(config: TrainConfig) -> None:
             f"{{refine_synthetic}} {config.refine_synthetic} of a {{batch}} of {config.batch} leaves no "
             "real crop in a refinement batch: lower it or raise {batch}",
         )
+    config.init_weight = table["init_weight"].check("init_weight", config.init_weight)
     if config.precision not in ("auto", "bf16", "fp32"):
         raise OptionError("precision", f"{{precision}} {config.precision!r} must be auto, bf16 or fp32")
 
@@ -214,12 +218,14 @@ class Trainer:
         self.step = 0
         self.seconds = 0.0  # wall time trained, across resumes
         self.refiner: Refiner | None = Refiner(self) if config.refine_steps else None
+        self.S_init: dict[str, torch.Tensor] | None = None  # the warm start's S, for config.init_weight
 
     def warm_start(self, nets: dict[str, dict[str, torch.Tensor]]) -> None:
         """Load the weights of a warm start (train.run.init_config): S always; G and the discriminators
         where the checkpoint has them (a Cellpose model has S only: the others start fresh)."""
         for name, state in nets.items():
             getattr(self, name).load_state_dict(state)
+        self.S_init = {k: v.clone() for k, v in _cpu(self.S.state_dict()).items()}  # S trains in place
 
     def _autocast(self) -> torch.autocast:
         dtype = self.amp_dtype or torch.float32
@@ -307,7 +313,8 @@ class Trainer:
 
     def calibrated_segmenter(self) -> Segmenter:
         """A copy of S whose BatchNorm statistics come from real crops only (AdaBN): in training S
-        saw rendered and real batches, and eval mode must match the real images it will segment."""
+        saw rendered and real batches, and eval mode must match the real images it will segment. With
+        config.init_weight, then averaged with the warm start's S (_average_with_init)."""
         net = copy.deepcopy(self.S)
         bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
         for bn in bns:
@@ -320,7 +327,30 @@ class Trainer:
                 net(self._tensor(self.crops.sample(rng, self.config.batch)[0]))
         for bn in bns:
             bn.momentum = 0.05
+        if self.config.init_weight:
+            self._average_with_init(net, self.config.init_weight)
         return net.eval()
+
+    def _average_with_init(self, net: Segmenter, weight: float) -> None:
+        """net <- (1 - weight) x itself + weight x the warm start's S (in place), every floating-point
+        entry of the state: weights and BatchNorm statistics (each net's own, measured on the images it
+        learned from; measuring the average's again on real crops scored lower on dev).
+
+        Weight-space ensembling of a fine-tuned net with the one it started from (WiSE-FT: Wortsman et
+        al., "Robust fine-tuning of zero-shot models", CVPR 2022): both lie in one basin, and the average
+        keeps most of the fine-tuning's gain with the start's strengths (here: the exact outlines the
+        synthetic prior learned, which self-training on S's own outlines wears down)."""
+        if self.S_init is None:
+            raise UserError(
+                "init_weight averages with the warm start's weights, which this run does not have: "
+                "start it with --init"
+            )
+        state = net.state_dict()
+        with torch.no_grad():
+            for name, value in state.items():
+                if value.is_floating_point():
+                    start = self.S_init[name].to(value.device, value.dtype)
+                    value.mul_(1.0 - weight).add_(start, alpha=weight)
 
     def checkpoint(self, full: bool = True) -> dict[str, Any]:
         """A checkpoint dict: "S" is the calibrated S that export deploys; a full one also carries
@@ -341,8 +371,10 @@ class Trainer:
 
     def _resume_state(self) -> dict[str, Any]:
         refine = {"refine": self.refiner.state_dict()} if self.refiner is not None else {}
+        start = {"S_init": self.S_init} if self.S_init is not None else {}
         return {
             **refine,
+            **start,
             "S_train": _cpu(self.S.state_dict()),
             "optimizers": {
                 "gen": self.opt_gen.state_dict(),
@@ -391,6 +423,8 @@ class Trainer:
             }
         )
         self.step = int(checkpoint["step"])
+        if "S_init" in checkpoint:
+            self.S_init = checkpoint["S_init"]
         if self.refiner is not None and "refine" in checkpoint:
             self.refiner.load_state_dict(checkpoint["refine"])
 

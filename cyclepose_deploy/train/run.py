@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cyclepose_deploy.errors import UserError
+from cyclepose_deploy.errors import OptionError, UserError
 from cyclepose_deploy.train.checkpoint import load_checkpoint, save_checkpoint
 from cyclepose_deploy.train.data import ImageCrops
 from cyclepose_deploy.train.loop import TrainConfig, Trainer
@@ -47,7 +47,8 @@ def make_trainer(
     init: Path | None = None,
 ) -> Trainer:
     """A fresh Trainer (warm-started from the checkpoint `init` when given: init_config), or one
-    restored from a full checkpoint (its config wins, except `steps`)."""
+    restored from a full checkpoint (its config wins, except `steps`, `refine_steps` and
+    `init_weight`). OptionError for init_weight without a warm start."""
     nets: dict[str, Any] = {}
     if init is not None and resume_from is None:
         config, nets = init_config(config, init)
@@ -59,12 +60,17 @@ def make_trainer(
             )
         saved = {k: v for k, v in checkpoint["config"].items() if k in TrainConfig.__dataclass_fields__}
         saved["steps"], saved["refine_steps"] = config.steps, config.refine_steps
+        saved["init_weight"] = config.init_weight  # applies to the S this run writes next
         try:
             config = TrainConfig(**saved)
         except TypeError as exc:
             raise UserError(
                 f"{resume_from} has a config this version cannot use ({exc}); start a new run"
             ) from None
+    if config.init_weight and config.init is None:
+        raise OptionError(
+            "init_weight", "{init_weight} averages S with the weights it started from: give {init} too"
+        )
     crops = image_crops(images, config)
     if resume_from is None and init is None:
         config.in_channels = crops.channels
@@ -86,7 +92,25 @@ def make_trainer(
                 "start a new run without --resume"
             ) from None
         trainer.seconds = float(checkpoint.get("provenance", {}).get("train_seconds", 0.0))
+        if config.init_weight and trainer.S_init is None:
+            _reload_init(trainer)
     return trainer
+
+
+def _reload_init(trainer: Trainer) -> None:
+    """The warm start's S of a run whose full checkpoint predates `S_init`, from the file it names."""
+    from cyclepose_deploy.train.checkpoint import load_init
+
+    path = trainer.config.init
+    if path is None or not Path(path).is_file():
+        raise UserError(
+            f"--init-weight needs the warm start's weights: the run names {path}, which is not a file"
+        )
+    state = load_init(Path(path))[1]["S"]
+    own = trainer.S.state_dict()
+    if set(state) != set(own) or any(state[k].shape != own[k].shape for k in own):
+        raise UserError(f"--init-weight: {path} is not the network this run trained; start a new run")
+    trainer.S_init = state
 
 
 def run(
