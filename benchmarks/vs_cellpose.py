@@ -3,13 +3,13 @@ the same images at the same diameter, plus F1@0.5 of each against the synthetic 
 
     python benchmarks/vs_cellpose.py [--checkpoint cyclepose_deploy/models/cyclepose-synth.pt] \\
         [--export EXPORT_DIR] [--cellpose-python /work/cellpose-venv/bin/python] [--repeats 3] \\
-        [--cases slide,plate] [--size 2048] [--fields 24] [--field-height 520 --field-width 696] \\
+        [--cases slide,plate] [--size 2048] [--slide-seed 3] [--fields 24] [--field-height 520 --field-width 696] \\
         [--threads N] [--work DIR] [--out benchmarks/results/vs-cellpose]       # writes .json and .md
 
 Cellpose runs from its own virtual environment (`cellpose<4`, never a project dependency):
     python3 -m venv /work/cellpose-venv && /work/cellpose-venv/bin/pip install torch==2.13.0 'cellpose<4'
 
-Cases: "slide", one --size^2 synthetic slide (`cyclepose synth`'s writer, seed 3); "plate", --fields
+Cases: "slide", one --size^2 synthetic slide (`cyclepose synth`'s writer, --slide-seed, 3); "plate", --fields
 synthetic fields of --field-height x --field-width (seeds 100, 101, ...) in one folder, segmented in
 one process with one model load by both tools (`cyclepose infer FOLDER --out-dir`, batch mode; a
 Cellpose process that loads the model once and calls `model.eval` per field).
@@ -208,6 +208,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cases", type=lambda s: [c for c in s.split(",") if c], default=["slide", "plate"])
     parser.add_argument("--size", type=int, default=2048, help="slide side (px)")
+    parser.add_argument("--slide-seed", type=int, default=SLIDE_SEED, help="the slide's synthetic seed")
     parser.add_argument("--fields", type=int, default=24, help="fields in the plate")
     parser.add_argument("--field-height", type=int, default=520)
     parser.add_argument("--field-width", type=int, default=696)
@@ -292,7 +293,7 @@ def make_inputs(name: str, args: argparse.Namespace, root: Path) -> dict[str, An
     images.mkdir(parents=True, exist_ok=True)
     truth.mkdir(parents=True, exist_ok=True)
     if name == "slide":
-        specs = [("slide", args.size, args.size, SLIDE_SEED)]
+        specs = [("slide", args.size, args.size, args.slide_seed)]
     else:
         specs = [
             (f"field{i:03d}", args.field_height, args.field_width, FIELD_SEED + i) for i in range(args.fields)

@@ -125,8 +125,11 @@ def test_init_weight_averages_the_deployed_s_with_the_warm_start(
     warm = make_trainer([image_path], config, "cpu", None, tmp_path / "base.pt")
     run(warm, tmp_path / "warm.pt", checkpoint_every=0)
     plain = warm.checkpoint(full=False)["S"]
+    trained = {k: v.clone() for k, v in warm.S.state_dict().items()}
     warm.config.init_weight = 0.25
     averaged = warm.checkpoint(full=False)["S"]
+    for key, value in warm.S.state_dict().items():  # the averaging works on a copy, never on S
+        assert torch.equal(value, trained[key]), key
     moved = 0
     for key, value in plain.items():
         if value.is_floating_point():
@@ -147,19 +150,45 @@ def test_init_weight_averages_the_deployed_s_with_the_warm_start(
     resumed = make_trainer(
         [image_path], tiny_train_config(steps=2, init_weight=0.25), "cpu", tmp_path / "old.pt"
     )
+    assert resumed.init_reloaded == str(tmp_path / "base.pt")
     run(resumed, tmp_path / "old.pt", checkpoint_every=0)
     again = load_checkpoint(tmp_path / "old.pt")
     assert again["config"]["init_weight"] == 0.25
+    for key, value in saved["S_train"].items():
+        assert torch.equal(again["S_train"][key], value), key
     for key, value in averaged.items():
         assert torch.allclose(again["S"][key].float(), value.float(), atol=1e-6), key
+    # a run saved with S_init resumes from its own copy (the start's file may be gone), and keeps its
+    # weight when the caller keeps it (the CLI without --init-weight)
+    (tmp_path / "base.pt").unlink()
+    warm.config.init_weight = 0.25
+    run(warm, tmp_path / "w25.pt", checkpoint_every=0)
+    kept = make_trainer(
+        [image_path], tiny_train_config(steps=2), "cpu", tmp_path / "w25.pt", keep_init_weight=True
+    )
+    assert kept.config.init_weight == 0.25 and kept.init_reloaded is None
+    run(kept, tmp_path / "w25.pt", checkpoint_every=0)
+    for key, value in averaged.items():
+        assert torch.allclose(
+            load_checkpoint(tmp_path / "w25.pt")["S"][key].float(), value.float(), atol=1e-6
+        )
 
 
 def test_init_weight_needs_a_warm_start(image_path: Path, tmp_path: Path) -> None:
     args = ["train", "--images", str(image_path), "--out", str(tmp_path / "m.pt"), "--steps", "1"]
-    for extra, needle in ((["--init-weight", "0.4"], "--init"), (["--init-weight", "1.5"], "--init-weight")):
+    for extra, needle in (
+        (["--init-weight", "0.4"], "give --init"),
+        (["--init-weight", "1.5"], "from 0 to 0.9"),
+    ):
         result = CliRunner().invoke(app, [*args, *extra])
         assert result.exit_code == 2 and needle in result.output, result.output
         assert not (tmp_path / "m.pt").exists()
+    tiny = ["--tile", "64", "--batch", "2", "--widths", "8,16,32,64"]
+    assert CliRunner().invoke(app, [*args, *tiny]).exit_code == 0
+    before = (tmp_path / "m.pt").read_bytes()
+    result = CliRunner().invoke(app, [*args, *tiny, "--resume", "--init-weight", "0.4", "--init", "synth"])
+    assert result.exit_code == 2 and "was not started with --init" in result.output, result.output
+    assert (tmp_path / "m.pt").read_bytes() == before
 
 
 @pytest.mark.skipif(

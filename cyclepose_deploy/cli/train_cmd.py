@@ -109,11 +109,11 @@ def register(app: typer.Typer) -> None:
             "smoother outlines to learn from, 4x the labelling time.",
         ),
         init_weight: float = typer.Option(
-            0.0,
+            None,
             "--init-weight",
             help="Share of the --init model's weights in the S this run writes: S = (1 - W) x trained + "
-            "W x start (weight-space ensembling, WiSE-FT; a departure), BatchNorm statistics measured "
-            "again on --images. 0: off. Applies to what --resume writes too.",
+            "W x start, BatchNorm statistics averaged too (weight-space ensembling, WiSE-FT; a "
+            "departure). Default 0: off; with --resume, the run's own value unless given.",
         ),
         border: float = typer.Option(
             0.25,
@@ -167,10 +167,14 @@ def register(app: typer.Typer) -> None:
             refine_rounds=refine_rounds,
             refine_synthetic=refine_synthetic,
             refine_tta=refine_tta,
-            init_weight=init_weight,
+            init_weight=init_weight if init_weight is not None else 0.0,
         )
         start = shipped_or_path(init) if init is not None else None
-        trainer = make_trainer([*images, *(more or [])], config, device, out if resume else None, start)
+        trainer = make_trainer(
+            [*images, *(more or [])], config, device, out if resume else None, start, init_weight is None
+        )
+        if trainer.init_reloaded is not None:
+            console.print(f"--init-weight averages with the start read again from {trainer.init_reloaded}")
         with progress_callback(trainer.step, trainer.config.total_steps) as on_step:
             summary = run(
                 trainer, out, checkpoint_every, slim_out, max_minutes, on_step, provenance=_provenance()

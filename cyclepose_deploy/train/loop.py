@@ -219,6 +219,7 @@ class Trainer:
         self.seconds = 0.0  # wall time trained, across resumes
         self.refiner: Refiner | None = Refiner(self) if config.refine_steps else None
         self.S_init: dict[str, torch.Tensor] | None = None  # the warm start's S, for config.init_weight
+        self.init_reloaded: str | None = None  # the file S_init was read again from (train.run)
 
     def warm_start(self, nets: dict[str, dict[str, torch.Tensor]]) -> None:
         """Load the weights of a warm start (train.run.init_config): S always; G and the discriminators
@@ -331,6 +332,13 @@ class Trainer:
             self._average_with_init(net, self.config.init_weight)
         return net.eval()
 
+    def set_init(self, state: dict[str, torch.Tensor]) -> None:
+        """Keep `state` as the warm start's S; ValueError unless it has S's keys and shapes."""
+        own = self.S.state_dict()
+        if set(state) != set(own) or any(tuple(state[k].shape) != tuple(own[k].shape) for k in own):
+            raise ValueError("the warm start's S (S_init) is not this run's network")
+        self.S_init = state
+
     def _average_with_init(self, net: Segmenter, weight: float) -> None:
         """net <- (1 - weight) x itself + weight x the warm start's S (in place), every floating-point
         entry of the state: weights and BatchNorm statistics (each net's own, measured on the images it
@@ -424,7 +432,7 @@ class Trainer:
         )
         self.step = int(checkpoint["step"])
         if "S_init" in checkpoint:
-            self.S_init = checkpoint["S_init"]
+            self.set_init(checkpoint["S_init"])
         if self.refiner is not None and "refine" in checkpoint:
             self.refiner.load_state_dict(checkpoint["refine"])
 

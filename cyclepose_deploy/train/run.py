@@ -45,10 +45,13 @@ def make_trainer(
     device: str,
     resume_from: Path | None,
     init: Path | None = None,
+    keep_init_weight: bool = False,
 ) -> Trainer:
     """A fresh Trainer (warm-started from the checkpoint `init` when given: init_config), or one
     restored from a full checkpoint (its config wins, except `steps`, `refine_steps` and
-    `init_weight`). OptionError for init_weight without a warm start."""
+    `init_weight`, which `keep_init_weight` keeps too: the CLI without --init-weight). On a resume,
+    `init` is only read when the checkpoint lacks the start's S (one saved before `S_init` existed).
+    OptionError for init_weight without a warm start."""
     nets: dict[str, Any] = {}
     if init is not None and resume_from is None:
         config, nets = init_config(config, init)
@@ -60,7 +63,8 @@ def make_trainer(
             )
         saved = {k: v for k, v in checkpoint["config"].items() if k in TrainConfig.__dataclass_fields__}
         saved["steps"], saved["refine_steps"] = config.steps, config.refine_steps
-        saved["init_weight"] = config.init_weight  # applies to the S this run writes next
+        if not keep_init_weight:
+            saved["init_weight"] = config.init_weight  # applies to the S this run writes next
         try:
             config = TrainConfig(**saved)
         except TypeError as exc:
@@ -68,6 +72,12 @@ def make_trainer(
                 f"{resume_from} has a config this version cannot use ({exc}); start a new run"
             ) from None
     if config.init_weight and config.init is None:
+        if resume_from is not None:
+            raise OptionError(
+                "init_weight",
+                f"{{init_weight}} needs a warm start, and the run in {resume_from} was not "
+                "started with {init}: resume without {init_weight}, or start a new run with both",
+            )
         raise OptionError(
             "init_weight", "{init_weight} averages S with the weights it started from: give {init} too"
         )
@@ -93,24 +103,30 @@ def make_trainer(
             ) from None
         trainer.seconds = float(checkpoint.get("provenance", {}).get("train_seconds", 0.0))
         if config.init_weight and trainer.S_init is None:
-            _reload_init(trainer)
+            trainer.init_reloaded = _reload_init(trainer, init)
     return trainer
 
 
-def _reload_init(trainer: Trainer) -> None:
-    """The warm start's S of a run whose full checkpoint predates `S_init`, from the file it names."""
+def _reload_init(trainer: Trainer, init: Path | None) -> str:
+    """The warm start's S of a run whose full checkpoint predates `S_init`: from `init` when given,
+    else from the file the run names (which a newer release may have replaced: the caller says which
+    file was read). Returns its path."""
     from cyclepose_deploy.train.checkpoint import load_init
 
-    path = trainer.config.init
+    path = str(init) if init is not None else trainer.config.init
     if path is None or not Path(path).is_file():
         raise UserError(
-            f"--init-weight needs the warm start's weights: the run names {path}, which is not a file"
+            f"--init-weight needs the warm start's weights: the run names {path}, which is not a file; "
+            "pass the model it started from as --init"
         )
     state = load_init(Path(path))[1]["S"]
-    own = trainer.S.state_dict()
-    if set(state) != set(own) or any(state[k].shape != own[k].shape for k in own):
-        raise UserError(f"--init-weight: {path} is not the network this run trained; start a new run")
-    trainer.S_init = state
+    try:
+        trainer.set_init(state)
+    except ValueError:
+        raise UserError(
+            f"--init-weight: {path} is not the network this run trained; start a new run"
+        ) from None
+    return path
 
 
 def run(
