@@ -3,8 +3,9 @@ the same images at the same diameter, plus F1@0.5 of each against the synthetic 
 
     python benchmarks/vs_cellpose.py [--checkpoint cyclepose_deploy/models/cyclepose-synth.pt] \\
         [--export EXPORT_DIR] [--cellpose-python /work/cellpose-venv/bin/python] [--repeats 3] \\
-        [--cases slide,plate] [--size 2048] [--slide-seed 3] [--fields 24] [--field-height 520 --field-width 696] \\
-        [--threads N] [--work DIR] [--out benchmarks/results/vs-cellpose]       # writes .json and .md
+        [--cases slide,plate] [--size 2048] [--slide-seed 3] [--fields 24] \\
+        [--field-height 520 --field-width 696] [--threads N] [--work DIR] \\
+        [--out benchmarks/results/vs-cellpose]       # writes .json and .md
 
 Cellpose runs from its own virtual environment (`cellpose<4`, never a project dependency):
     python3 -m venv /work/cellpose-venv && /work/cellpose-venv/bin/pip install torch==2.13.0 'cellpose<4'
