@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cyclepose_deploy.errors import OptionError, UserError
-from cyclepose_deploy.train.checkpoint import load_checkpoint, save_checkpoint
+from cyclepose_deploy.train.checkpoint import load_checkpoint, load_init, save_checkpoint
 from cyclepose_deploy.train.data import ImageCrops
 from cyclepose_deploy.train.loop import TrainConfig, Trainer
 
@@ -28,8 +28,6 @@ def init_config(config: TrainConfig, init: Path) -> tuple[TrainConfig, dict[str,
     Cellpose 3 model file), the training knobs from `config`. Returns (config, the checkpoint's nets by
     name: "S" always, "G", "D_image", "D_mask" where it has them)."""
     import dataclasses
-
-    from cyclepose_deploy.train.checkpoint import load_init
 
     saved, nets = load_init(init)
     keys = ["in_channels", "widths", "normalization", "render_width", "disc_base"]
@@ -111,8 +109,6 @@ def _reload_init(trainer: Trainer, init: Path | None) -> str:
     """The warm start's S of a run whose full checkpoint predates `S_init`: from `init` when given,
     else from the file the run names (which a newer release may have replaced: the caller says which
     file was read). Returns its path."""
-    from cyclepose_deploy.train.checkpoint import load_init
-
     path = str(init) if init is not None else trainer.config.init
     if path is None or not Path(path).is_file():
         raise UserError(
