@@ -31,10 +31,11 @@ per case and runner: medians over the repeats, the ratio Cellpose / ours, and po
 
 S goes into Cellpose like this. `CellposeModel` hard-codes the widths [32, 64, 128, 256] when it builds
 its CPnet, and `pretrained_model=PATH` loads into that net, so a narrower S (the shipped models are
-[16, 32, 64, 128]) fails there with a size mismatch. benchmarks/cellpose_child.py builds `CellposeModel(gpu=False,
-pretrained_model=False, nchan=2)` and replaces `model.net` with a `resnet_torch.CPnet([2, *widths], 3,
-sz=3, mkldnn=model.mkldnn, max_pool=True, diam_mean=...)` holding the checkpoint's "S" (strict load: the
-keys are Cellpose's), and sets `model.diam_mean` / `diam_labels` to the checkpoint config's `diam_mean`.
+[16, 32, 64, 128]) fails there with a size mismatch. benchmarks/cellpose_child.py builds
+`CellposeModel(gpu=False, pretrained_model=False, nchan=2)` and replaces `model.net` with a
+`resnet_torch.CPnet([2, *widths], 3, sz=3, mkldnn=model.mkldnn, max_pool=True, diam_mean=...)`
+holding the checkpoint's "S" (strict load: the keys are Cellpose's), and sets `model.diam_mean` /
+`diam_labels` to the checkpoint config's `diam_mean`.
 Two more Cellpose 3.1 limits are worked around without changing what S computes:
 - it cannot run a one-channel CPnet at a diameter other than its own (`resize_image` drops the channel
   axis of an (H, W, 1) image, then `run_net`'s transpose fails), so a one-channel S is widened to
