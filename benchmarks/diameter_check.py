@@ -9,10 +9,13 @@ equivalent-circle diameter of its true labels: images within 15 %, mean |log err
 and the estimate's time per image.
 
     python benchmarks/diameter_check.py --model EXPORT_DIR [--diameters 10,20,40] [--seed 5] \\
-        [--dev [DEV_DIR] [--guesses]] [--out benchmarks/results/diameter-check]   # writes .json and .md
+        [--dev [DEV_DIR] [--guesses] | --slides [SEEDS] [--size 2048]] [--apparent A] \\
+        [--out benchmarks/results/diameter-check]   # writes .json and .md
 
 `--dev --guesses`: the batch's first guess (`diameter_guess`) on the dev images, right and wrong
-(`guess_check`).
+(`guess_check`). `--slides`: the estimate alone on synthetic slides of the default size prior (10-30 px
+nuclei, a broad distribution; seeds 3,5,7,8,9,11,13,17,21,42) against each slide's true median.
+`--apparent`: the estimate's target (runtime.run.scale.APPARENT) for an ablation.
 """
 
 from __future__ import annotations
@@ -22,8 +25,11 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import tifffile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cyclepose_deploy import Segmenter
 from cyclepose_deploy.metrics import match_instances
@@ -57,6 +63,62 @@ def check(model_path: Path, diameter: float, seed: int, folder: Path) -> dict[st
 
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018-fluo" / "dev"
+SLIDE_SEEDS = "3,5,7,8,9,11,13,17,21,42"
+
+
+def write(out: Path | None, payload: dict[str, Any], text: str) -> None:
+    """OUT.json (payload, with the machine and scale.APPARENT) and OUT.md (a machine line, then text)."""
+    from machine import machine_info, machine_name
+
+    from cyclepose_deploy.runtime.run import scale
+
+    print(text)
+    if out is None:
+        return
+    info = machine_info()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {**payload, "apparent": scale.APPARENT, "machine": info}
+    out.with_suffix(".json").write_text(json.dumps(payload, indent=1))
+    header = f"Machine: {machine_name(info)}; scale.APPARENT {scale.APPARENT:g}.\n\n"
+    out.with_suffix(".md").write_text(header + text + "\n")
+
+
+def slides_check(model_path: Path, seeds: str, size: int, out: Path | None) -> int:
+    """The estimate alone on synthetic size x size slides of the default size prior (10-30 px nuclei,
+    clustered: a broad size distribution), one per seed, against the median equivalent-circle
+    diameter of the slide's truth."""
+    import math
+
+    import numpy as np
+
+    rows = []
+    with Segmenter(model_path) as seg:
+        for seed in (int(s) for s in seeds.split(",")):
+            image, truth = make_slide(size, size, seed)
+            estimate = seg.estimate_diameter(image)
+            rows.append(
+                {
+                    "seed": seed,
+                    "truth": mask_diameter(truth)[0],
+                    "estimate": estimate.diameter if estimate is not None else float("nan"),
+                }
+            )
+    errors = np.array([math.log(r["estimate"] / r["truth"]) for r in rows])
+    summary = {
+        "slides": len(rows),
+        "within_15_percent": int((np.abs(errors) < math.log(1.15)).sum()),
+        "mean_log_error": float(errors.mean()),
+        "mean_abs_log_error": float(np.abs(errors).mean()),
+        "ratios": [round(float(math.exp(e)), 3) for e in errors],
+    }
+    text = (
+        f"{summary['within_15_percent']} of {len(rows)} synthetic {size}^2 slides (seeds {seeds}) within "
+        f"15 % of the true median diameter; mean log error {summary['mean_log_error']:+.3f}, mean |log "
+        f"error| {summary['mean_abs_log_error']:.3f}; estimate / truth "
+        + " ".join(f"{r:.2f}" for r in summary["ratios"])
+    )
+    write(out, {"model": str(model_path), "summary": summary, "rows": rows}, text)
+    return 0
 
 
 def dev_check(model_path: Path, dev: Path, out: Path | None) -> int:
@@ -89,13 +151,7 @@ def dev_check(model_path: Path, dev: Path, out: Path | None) -> int:
         f"diameter; mean |log error| {summary['mean_abs_log_error']:.3f}; "
         f"worst {summary['worst_ratio']:.2f}x; {summary['seconds_per_image']:.2f} s per image"
     )
-    print(text)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(
-            json.dumps({"model": str(model_path), "summary": summary, "rows": rows}, indent=1)
-        )
-        out.with_suffix(".md").write_text(text + "\n")
+    write(out, {"model": str(model_path), "summary": summary, "rows": rows}, text)
     return 0
 
 
@@ -150,12 +206,7 @@ def guess_check(model_path: Path, dev: Path, out: Path | None) -> int:
             f"| {sum(e < math.log(1.15) for e in errors)} | {sum(errors) / len(errors):.3f} "
             f"| {math.exp(max(errors)):.2f}x | {sum(r['seconds'] for r in mine) / len(mine):.2f} |"
         )
-    text = "\n".join(lines)
-    print(text)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps({"model": str(model_path), "rows": rows}, indent=1))
-        out.with_suffix(".md").write_text(text + "\n")
+    write(out, {"model": str(model_path), "rows": rows}, "\n".join(lines))
     return 0
 
 
@@ -167,7 +218,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--dev", nargs="?", const=DEV, type=Path, default=None)
     parser.add_argument("--guesses", action="store_true", help="with --dev: the diameter_guess check")
+    parser.add_argument("--slides", nargs="?", const=SLIDE_SEEDS, default=None, help="synthetic slide seeds")
+    parser.add_argument("--size", type=int, default=2048, help="with --slides: the slides' side (px)")
+    parser.add_argument("--apparent", type=float, default=None, help="ablation: scale.APPARENT")
     args = parser.parse_args(argv)
+    if args.apparent is not None:
+        from cyclepose_deploy.runtime.run import scale
+
+        scale.APPARENT = args.apparent
+    if args.slides is not None:
+        return slides_check(args.model, args.slides, args.size, args.out)
     if args.dev is not None and args.guesses:
         return guess_check(args.model, args.dev, args.out)
     if args.dev is not None:
@@ -186,14 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {100 * r['error']:+.1f} % | {r['f1_auto']:.3f} | {r['f1_given']:.3f} "
             f"| {r['f1_auto'] - r['f1_given']:+.3f} |"
         )
-    text = "\n".join(lines)
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(
-            json.dumps({"model": str(args.model), "rows": rows}, indent=1)
-        )
-        args.out.with_suffix(".md").write_text(text + "\n")
+    write(args.out, {"model": str(args.model), "rows": rows}, "\n".join(lines))
     return 0
 
 
