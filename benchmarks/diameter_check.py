@@ -66,8 +66,8 @@ DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018-fluo" /
 SLIDE_SEEDS = "3,5,7,8,9,11,13,17,21,42"
 
 
-def write(out: Path | None, payload: dict[str, Any], text: str) -> None:
-    """OUT.json (payload, with the machine and scale.APPARENT) and OUT.md (a machine line, then text)."""
+def write(out: Path | None, payload: dict[str, Any], text: str, title: str) -> None:
+    """OUT.json (payload, with the machine and scale.APPARENT) and OUT.md (title, machine line, text)."""
     from machine import machine_info, machine_name
 
     from cyclepose_deploy.runtime.run import scale
@@ -79,7 +79,7 @@ def write(out: Path | None, payload: dict[str, Any], text: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {**payload, "apparent": scale.APPARENT, "machine": info}
     out.with_suffix(".json").write_text(json.dumps(payload, indent=1))
-    header = f"Machine: {machine_name(info)}; scale.APPARENT {scale.APPARENT:g}.\n\n"
+    header = f"# {title}\n\nMachine: {machine_name(info)}; scale.APPARENT {scale.APPARENT:g}.\n\n"
     out.with_suffix(".md").write_text(header + text + "\n")
 
 
@@ -117,7 +117,8 @@ def slides_check(model_path: Path, seeds: str, size: int, out: Path | None) -> i
         f"error| {summary['mean_abs_log_error']:.3f}; estimate / truth "
         + " ".join(f"{r:.2f}" for r in summary["ratios"])
     )
-    write(out, {"model": str(model_path), "summary": summary, "rows": rows}, text)
+    title = "The automatic diameter on synthetic slides of the default size prior (`--slides`)"
+    write(out, {"model": str(model_path), "summary": summary, "rows": rows}, text, title)
     return 0
 
 
@@ -151,7 +152,8 @@ def dev_check(model_path: Path, dev: Path, out: Path | None) -> int:
         f"diameter; mean |log error| {summary['mean_abs_log_error']:.3f}; "
         f"worst {summary['worst_ratio']:.2f}x; {summary['seconds_per_image']:.2f} s per image"
     )
-    write(out, {"model": str(model_path), "summary": summary, "rows": rows}, text)
+    title = "The automatic diameter on the dev images (`--dev`)"
+    write(out, {"model": str(model_path), "summary": summary, "rows": rows}, text, title)
     return 0
 
 
@@ -206,7 +208,11 @@ def guess_check(model_path: Path, dev: Path, out: Path | None) -> int:
             f"| {sum(e < math.log(1.15) for e in errors)} | {sum(errors) / len(errors):.3f} "
             f"| {math.exp(max(errors)):.2f}x | {sum(r['seconds'] for r in mine) / len(mine):.2f} |"
         )
-    write(out, {"model": str(model_path), "rows": rows}, "\n".join(lines))
+    title = (
+        "diameter_guess on the dev images (`--dev --guesses`): no guess, the image's own estimate, another"
+        " image's (7 on), 0.5x, 0.7x, 1.4x, 2x its own; seconds: the estimate alone"
+    )
+    write(out, {"model": str(model_path), "rows": rows}, "\n".join(lines), title)
     return 0
 
 
@@ -246,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
             f"| {100 * r['error']:+.1f} % | {r['f1_auto']:.3f} | {r['f1_given']:.3f} "
             f"| {r['f1_auto'] - r['f1_given']:+.3f} |"
         )
-    write(args.out, {"model": str(args.model), "rows": rows}, "\n".join(lines))
+    title = "The automatic diameter on synthetic slides rendered at known diameters"
+    write(args.out, {"model": str(args.model), "rows": rows}, "\n".join(lines), title)
     return 0
 
 

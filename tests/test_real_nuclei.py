@@ -107,6 +107,25 @@ def test_blob_scales_on_the_half_resolution_image_find_the_same_blobs(
     assert pyramid.median == pytest.approx(full.median, rel=0.05)
 
 
+def test_blob_pyramid_interpolation_is_scipys_linear_one() -> None:
+    """diameter._upsample: at 2x, the values of scipy's map_coordinates (order 1, edges held) that it
+    replaced; at 8x a linear ramp stays linear between the block centres and a constant stays
+    constant."""
+    from scipy import ndimage
+
+    from cyclepose_deploy.runtime.run.diameter import _upsample
+
+    coarse = np.random.default_rng(0).random((37, 23)).astype(np.float32)
+    ys = np.clip((np.arange(75) - 0.5) / 2.0, 0, 36)
+    xs = np.clip((np.arange(47) - 0.5) / 2.0, 0, 22)
+    expected = ndimage.map_coordinates(coarse, np.meshgrid(ys, xs, indexing="ij"), order=1, mode="nearest")
+    np.testing.assert_allclose(_upsample(coarse, 2, (75, 47)), expected, atol=1e-6)
+    ramp = np.tile(np.arange(8, dtype=np.float32), (3, 1))  # centres of 8 px blocks at 3.5 + 8 k
+    up = _upsample(ramp, 8, (24, 64))
+    np.testing.assert_allclose(up[:, 4:60], ((np.arange(4, 60) - 3.5) / 8)[None].repeat(24, 0), atol=1e-5)
+    assert np.all(_upsample(np.full((4, 4), 0.3, np.float32), 4, (16, 16)) == np.float32(0.3))
+
+
 def test_blob_diameter_of_an_empty_field_is_nothing() -> None:
     noise = np.random.default_rng(1).normal(100, 5, (256, 256))
     norm = Normalization.from_sample(noise)
@@ -224,6 +243,58 @@ def synth_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert result.exit_code == 0, result.output
     return out
+
+
+WARM_CHECK = """
+import json, sys
+import numpy as np
+import numba
+from cyclepose_deploy.runtime.dynamics import follow, flows, halo, local, masks, segment
+from cyclepose_deploy.runtime.dynamics.halo import warm_up
+from cyclepose_deploy.synth.shapes import ShapePrior
+from cyclepose_deploy.synth.slide import make_slide
+
+def signatures():
+    out = {}
+    for module in (follow, flows, halo, local, masks, segment):
+        for name, value in vars(module).items():
+            if isinstance(value, numba.core.registry.CPUDispatcher):
+                out[module.__name__ + "." + name] = sorted(map(str, value.signatures))
+    return out
+
+found = warm_up()
+before = signatures()
+image, _ = make_slide(640, 640, 2, ShapePrior(16.0, 24.0))
+from cyclepose_deploy import Segmenter
+with Segmenter(sys.argv[1]) as seg:
+    objects = seg.segment(image.astype(np.float32), diameter=20.0, chunk=256, tile=128).objects
+after = signatures()
+new = {k: sorted(set(v) - set(before.get(k, []))) for k, v in after.items()}
+print(json.dumps({"found": found, "objects": objects, "warmed": sum(map(len, before.values())),
+                  "new": {k: v for k, v in new.items() if v}}))
+"""
+
+
+@pytest.mark.slow
+def test_the_dynamics_warm_up_loads_what_a_chunked_run_uses(synth_export: Path, tmp_path: Path) -> None:
+    """halo.warm_up (run in a thread at the start of a run so that loading the numba kernels overlaps
+    reading the slide): in a fresh process, a chunked run after it (cores smaller than their windows,
+    real network outputs) needs no kernel signature of the dynamics that the warm-up did not load."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-c", WARM_CHECK, str(synth_export)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["found"] == 1 and report["objects"] > 100 and report["warmed"] >= 15
+    assert report["new"] == {}
 
 
 @pytest.mark.slow

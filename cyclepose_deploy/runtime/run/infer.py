@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cyclepose_deploy.atomic import atomic_dir, atomic_path, check_writable, sweep_leftovers
 from cyclepose_deploy.errors import OptionError, UserError, literal
+from cyclepose_deploy.runtime.dynamics.halo import warm_up_in_background
 from cyclepose_deploy.runtime.run import passone, passtwo, scale
 from cyclepose_deploy.runtime.run.context import RunContext
 from cyclepose_deploy.runtime.run.diameter import DiameterEstimate
@@ -27,6 +28,8 @@ def run(ctx: RunContext) -> SegmentResult:
     """Segment ctx's image into ctx.outputs (module docstring). Raises UserError (OptionError for a
     setting) for bad options and inputs, before any output is written."""
     with ctx:
+        if ctx.cluster is None:
+            warm_up_in_background()  # the dynamics' kernels load while the slide is read
         _prepare(ctx)
         t0 = time.perf_counter()
         given = scale.given_diameter(ctx)
@@ -48,6 +51,7 @@ def measure_diameter(ctx: RunContext) -> DiameterEstimate | None:
     """The diameter a run of ctx would use (the given one, or the estimate; None for an empty field),
     without segmenting: the image is opened and normalised, nothing is written."""
     with ctx:
+        warm_up_in_background()
         _open(ctx)
         given = scale.given_diameter(ctx)
         if given is not None:
