@@ -22,9 +22,7 @@ more than D + 12 px from any seed that matters.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import threading
 
 import numba
 import numpy as np
@@ -148,8 +146,6 @@ def owned_ids(ids: np.ndarray, core_origin: tuple[int, int], image_shape: tuple[
 
 
 WARM_SIDE = 64  # px: the warm-up's synthetic chunk
-_warm = threading.Lock()
-_warmed = False
 
 
 def warm_up(settings: DynamicsSettings = DynamicsSettings()) -> int:
@@ -158,9 +154,8 @@ def warm_up(settings: DynamicsSettings = DynamicsSettings()) -> int:
     centre, a (H, W) logit and image view of one C-contiguous (4, H, W) array, as runtime.run.worker
     passes them, a core smaller than the window, and a noise sigma so the contrast tests run. Two discs
     of 20 and 12 px: the bright one is kept, the second, as dark as the background, is removed by the
-    contrast check. Returns the objects kept (1). In a fresh process loading the 20 kernels takes about
-    0.5 s, mostly in LLVM, which releases the GIL: `warm_up_in_background` overlaps it with reading and
-    normalising the slide instead of paying it on the first chunk or in the diameter estimate."""
+    contrast check. Returns the objects kept (1). runtime.run.warmup runs it in a thread while a run
+    reads its slide."""
     blended = np.zeros((4, WARM_SIDE, WARM_SIDE), np.float32)
     blended[2:] = np.array([-5.0, 0.1], np.float32)[:, None, None]
     yy, xx = np.mgrid[0:WARM_SIDE, 0:WARM_SIDE].astype(np.float32)
@@ -172,7 +167,7 @@ def warm_up(settings: DynamicsSettings = DynamicsSettings()) -> int:
         blended[1][inside] = -dx[inside] / np.maximum(radius[inside], 1.0)
         blended[2][inside] = 5.0
         blended[3][inside] = brightness
-    flows = blended[:2] / np.float32(1.0)
+    flows = blended[:2] / np.float32(1.0)  # a new C-contiguous array, as worker.segment divides by flow_scale
     core = (slice(8, WARM_SIDE - 8), slice(8, WARM_SIDE - 8))
     _, seeds = chunk_ids(
         flows,
@@ -185,19 +180,3 @@ def warm_up(settings: DynamicsSettings = DynamicsSettings()) -> int:
         noise=0.01,
     )
     return int(seeds.size)
-
-
-def warm_up_in_background() -> None:
-    """`warm_up` once per process, in a daemon thread; a failure there is ignored (the run then loads
-    the kernels itself, as without a warm-up)."""
-    global _warmed
-    with _warm:
-        if _warmed:
-            return
-        _warmed = True
-
-    def work() -> None:
-        with contextlib.suppress(Exception):
-            warm_up()
-
-    threading.Thread(target=work, name="dynamics-warm-up", daemon=True).start()

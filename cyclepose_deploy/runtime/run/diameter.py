@@ -6,9 +6,10 @@
    nuclei twice its trained size splits them, and would then measure its fragments).
 2. `mask_diameter` (Cellpose's `utils.diameters`) and `area_weighted_diameter` (the diameter of the
    nucleus the median foreground pixel belongs to) measure a segmentation.
-3. `fixed_point`: where the network, shown the image rescaled so that a guessed diameter becomes its
-   trained one, measures the guess again (runtime.run.scale.estimate uses it to refine the blob guess,
-   as Cellpose refines its size model's guess with a first segmentation).
+3. `fixed_point`: where a measurement crosses its guess, the network having been shown the image
+   rescaled so that the guessed diameter becomes its trained one (runtime.run.scale.estimate finds
+   where it measures APPARENT x the guess, to refine the blob guess, as Cellpose refines its size
+   model's guess with a first segmentation).
 All are functions of the image alone (never of a chunk), so chunked == whole-image still holds.
 """
 
@@ -34,13 +35,14 @@ SAMPLE_SIDE = 1024  # estimation sample: at most this many px per side, at slide
 BLOB_DOWNSAMPLE = 2  # blobs are found on the sample averaged in 2 x 2 blocks (8x fewer LoG operations)
 MIN_OBJECTS = 3
 LOG_THREADS = 4  # at most this many threads for the LoG scales
-# Scales from this sigma (px) run on the image averaged in 2^k x 2^k blocks, at sigma / 2^k in
-# [PYRAMID_SIGMA / 2, PYRAMID_SIGMA), and are interpolated back: 8x less work per scale where the
-# kernel is widest (the blob step's cost 0.15 -> 0.05 s on a 520 x 696 field with one level; the block
-# mean blurs by 2^k / 4 px, little at these scales). Levels beyond the first are used only while they
-# keep PYRAMID_MIN_SIDE px per side: on 16-32 px levels of small dev images the held edges of the
-# interpolation became maxima of 130-230 px (5 of 60 estimates off by 3-20x). On the central 1024 px
-# sample of a 2048^2 slide, 3 levels instead of 1 and a compiled disc-painting loop: 0.27 -> 0.10 s,
+# Scales from this sigma (px) run on the image averaged in 2^k x 2^k blocks, at sigma / 2^k (from
+# PYRAMID_SIGMA / 2; above PYRAMID_SIGMA only where the levels run out), and are interpolated back:
+# 2^k x less work per dimension where the kernel is widest (the blob step's cost 0.15 -> 0.05 s on a
+# 520 x 696 field with one level; the block mean blurs by sqrt((4^k - 1) / 12) px: 0.5, 1.1, 2.3 at
+# k = 1, 2, 3, little at these scales). Levels beyond the first are used only while they keep
+# PYRAMID_MIN_SIDE px per side: on 16-32 px levels of small dev images the edges of the interpolation
+# became maxima of 130-230 px (5 of 60 estimates off by 3-20x with held edges). On the central 1024
+# px sample of a 2048^2 slide, 4 levels instead of 2 and a compiled disc-painting loop: 0.27 -> 0.10 s,
 # the same median blob (AMD EPYC, 2 cores).
 PYRAMID_SIGMA = 4.0
 PYRAMID_MIN_SIDE = 64
@@ -153,13 +155,17 @@ def blob_diameter(
 
 def _upsample(coarse: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarray:
     """(H, W) float32: linear interpolation of an image averaged in factor x factor blocks back to full
-    resolution (block centres at (factor - 1) / 2 + factor k; edges held), one axis after the other:
-    no plateaus of equal values that would each count as a maximum."""
+    resolution (block centres at (factor - 1) / 2 + factor k), one axis after the other, so that no
+    plateau of equal values counts as several maxima. Beyond the outer block centres the values are
+    held at 2x (scipy's map_coordinates, which this replaced) and extrapolated linearly at 4x and more,
+    where holding would leave strips of 2-10 equal rows at the edges."""
     out = coarse
     for axis, n in enumerate(shape):
         size = coarse.shape[axis]
-        pos = np.clip((np.arange(n) - (factor - 1) / 2.0) / factor, 0, size - 1)
-        low = np.minimum(pos.astype(np.int64), max(size - 2, 0))
+        pos = (np.arange(n) - (factor - 1) / 2.0) / factor
+        if factor <= 2 or size < 2:
+            pos = np.clip(pos, 0, size - 1)
+        low = np.clip(np.floor(pos), 0, max(size - 2, 0)).astype(np.int64)
         high = np.minimum(low + 1, size - 1)
         frac = (pos - low).astype(np.float32)
         if axis == 0:

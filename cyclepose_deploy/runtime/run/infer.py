@@ -13,8 +13,7 @@ from pathlib import Path
 
 from cyclepose_deploy.atomic import atomic_dir, atomic_path, check_writable, sweep_leftovers
 from cyclepose_deploy.errors import OptionError, UserError, literal
-from cyclepose_deploy.runtime.dynamics.halo import warm_up_in_background
-from cyclepose_deploy.runtime.run import passone, passtwo, scale
+from cyclepose_deploy.runtime.run import passone, passtwo, scale, warmup
 from cyclepose_deploy.runtime.run.context import RunContext
 from cyclepose_deploy.runtime.run.diameter import DiameterEstimate
 from cyclepose_deploy.runtime.run.result import SegmentResult
@@ -28,8 +27,6 @@ def run(ctx: RunContext) -> SegmentResult:
     """Segment ctx's image into ctx.outputs (module docstring). Raises UserError (OptionError for a
     setting) for bad options and inputs, before any output is written."""
     with ctx:
-        if ctx.cluster is None:
-            warm_up_in_background()  # the dynamics' kernels load while the slide is read
         _prepare(ctx)
         t0 = time.perf_counter()
         given = scale.given_diameter(ctx)
@@ -37,6 +34,7 @@ def run(ctx: RunContext) -> SegmentResult:
         estimate = DiameterEstimate(given, "given") if given is not None else scale.estimate(ctx)
         scale.choose(ctx, estimate)
         ctx.timed("diameter", t0)
+        warmup.join()
         passone.plan(ctx)
         ctx.temps = {p: ctx.stack.enter_context(atomic_path(p)) for p in ctx.outputs.files()}
         if ctx.outputs.zarr is not None:
@@ -51,11 +49,11 @@ def measure_diameter(ctx: RunContext) -> DiameterEstimate | None:
     """The diameter a run of ctx would use (the given one, or the estimate; None for an empty field),
     without segmenting: the image is opened and normalised, nothing is written."""
     with ctx:
-        warm_up_in_background()
         _open(ctx)
         given = scale.given_diameter(ctx)
         if given is not None:
             return DiameterEstimate(given, "given")
+        warmup.start(ctx.stack.callback)
         scale.choose(ctx, None)
         return scale.estimate(ctx)
 
@@ -82,6 +80,8 @@ def _prepare(ctx: RunContext) -> None:
         from cyclepose_deploy.runtime.run.distributed import Cluster
 
         ctx.cluster = ctx.stack.enter_context(Cluster(run.scheduler, run.threads))
+    else:  # the kernels load while the slide is opened and normalised (runtime.run.warmup)
+        warmup.start(ctx.stack.callback)
     _open(ctx)
 
 

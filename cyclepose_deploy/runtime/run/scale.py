@@ -8,12 +8,12 @@ run's network work):
 1. blobs (runtime.run.diameter.coarse_blobs) on the central SAMPLE_SIDE px of the slide, averaged in
    2 x 2 blocks, give a first guess g (the median blob diameter) and where the nuclei are;
 2. the network segments one window of the sample holding the most blobs, rescaled so that g, then 2g
-   and 4g (skipped when 2g already measured less than 2g: it could not change the result), become its
-   trained diameter, and measures the median mask diameter each time (Cellpose's
+   and 4g (skipped when 2g already measured less than APPARENT x 2g: it could not change the result),
+   become its trained diameter, and measures the median mask diameter each time (Cellpose's
    `utils.diameters`; one tile per pass, no overlap: the window is PASS_SIDE x PASS_SIDE px at the
    scale of g, and the same slide window is 4x and 16x cheaper at 2g and 4g);
 3. the guess at which the network measures APPARENT x the guess (it sees the median nucleus at
-   APPARENT x its trained diameter; runtime.run.diameter.fixed_point on measured / APPARENT) gives the
+   APPARENT x its trained diameter; runtime.run.diameter.fixed_point against APPARENT x guess) gives the
    estimate, the measurement there (APPARENT x that guess), after one secant step: the network's
    response is not log-linear between guesses 2x apart (nuclei shown too large are split), so a
    crossing more than 10 % from every guess is measured once more there and the crossing is taken
@@ -55,12 +55,14 @@ mean |log error| 0.088, worst 1.84x (merged clumps gain weight): not kept.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
 
 from cyclepose_deploy.errors import OptionError
 from cyclepose_deploy.runtime.model.artifacts import Model
+from cyclepose_deploy.runtime.run import warmup
 from cyclepose_deploy.runtime.run.context import RunContext
 from cyclepose_deploy.runtime.run.diameter import (
     AGREEMENT,
@@ -149,31 +151,51 @@ def estimate(ctx: RunContext) -> DiameterEstimate | None:
     if blobs.count == 0 or not math.isfinite(blobs.median):
         return None
     first = blobs.median
+    warmup.join()  # the dynamics' kernels (runtime.run.warmup), loaded in a thread during the blob step
     guess = ctx.options.scale.diameter_guess
     if guess is not None:
         confirmed = _confirm(ctx, raw, blobs, guess)
         if confirmed is not None:  # snapped already: a segmentation at it may be kept (ctx.prepared)
             return confirmed
     sample = _sample(raw, blobs, _window_side(first, train, ctx.source.shape))
-    points: list[tuple[float, float, int]] = []  # (guess, measured, objects), finite measurements
+    points = search(first, lambda guess: _point(ctx, sample, guess))
+    return _snapped(_decide(first, blobs.count, points), ctx.model)
+
+
+Point = tuple[float, float, int]  # (guess px, measured px, objects)
+
+
+def search(first: float, point: Callable[[float], Point | None]) -> list[Point]:
+    """The passes of the estimate from the blob guess `first` (px), in ascending order of guess:
+    point(guess) measures the sample with `guess` as its diameter (None: too few nuclei); g and 2g,
+    then 4g unless `_settled`, then one secant pass at the crossing when it lies more than REFINE_LOG
+    from every guess (the response is not log-linear)."""
+    points: list[Point] = []
+
+    def add(guess: float) -> None:
+        found = point(guess)
+        if found is not None:
+            points.append(found)
+            points.sort()
+
     for factor in GUESS_FACTORS[:-1]:
-        _add_point(ctx, sample, first * factor, points)
+        add(first * factor)
     if not _settled(points):
-        _add_point(ctx, sample, first * GUESS_FACTORS[-1], points)
+        add(first * GUESS_FACTORS[-1])
     crossing = _crossing(points)
     if crossing is not None and min(abs(math.log(crossing / g)) for g, _, _ in points) > REFINE_LOG:
-        _add_point(ctx, sample, crossing, points)  # one secant step: the response is not log-linear
-    return _snapped(_decide(first, blobs.count, points), ctx.model)
+        add(crossing)
+    return points
 
 
 def _confirm(ctx: RunContext, raw: np.ndarray, blobs: Blobs, guess: float) -> DiameterEstimate | None:
     """The image's nuclei measured at the scale of `guess` (px; e.g. another field of the acquisition):
-    one pass over the densest window, the measurement kept when it lies within GUESS_AGREEMENT of the
-    guess (the network measures nuclei near its trained size faithfully: the guess is near the fixed
-    point) and the blob median within GUESS_BLOBS of it (nuclei twice the guess, which the network
-    splits into pieces of about the guess, double the blobs); None: estimate from scratch. A field
-    that runs as one tile is checked on its whole segmentation at the guess: confirmed, the guess is
-    its diameter and that segmentation is the run's (ctx.prepared), so the check costs no pass."""
+    one pass over the densest window; the guess is kept when the measurement lies within
+    GUESS_AGREEMENT of it (at an estimate E the network sees the median nucleus at its trained size and
+    measures 0.9-1x E: module docstring) and the blob median within GUESS_BLOBS of it (nuclei twice the
+    guess, which the network splits into pieces of about the guess, double the blobs); None: estimate
+    from scratch. A field that runs as one tile is checked on its whole segmentation at the guess:
+    confirmed, that segmentation is the run's (ctx.prepared), so the check costs no pass."""
     guess = _snapped(DiameterEstimate(guess, "guess"), ctx.model).diameter
     if not GUESS_BLOBS[0] <= blobs.median / guess <= GUESS_BLOBS[1]:
         return None
@@ -184,14 +206,11 @@ def _confirm(ctx: RunContext, raw: np.ndarray, blobs: Blobs, guess: float) -> Di
         choose(ctx, None)
     else:
         sample = _sample(raw, blobs, _window_side(guess, ctx.model.train_diameter, ctx.source.shape))
-        points: list[tuple[float, float, int]] = []
-        _add_point(ctx, sample, guess, points)
-        _, measured, objects = points[0] if points else (guess, math.nan, 0)
+        _, measured, objects = _point(ctx, sample, guess) or (guess, math.nan, 0)
     if objects < GUESS_OBJECTS or abs(math.log(measured / guess)) > math.log(GUESS_AGREEMENT):
         return None
-    if whole is None:
-        return _snapped(DiameterEstimate(measured, "guess", blobs.median, objects), ctx.model)
-    ctx.prepared = (ctx.model.train_diameter / guess, whole)
+    if whole is not None:
+        ctx.prepared = (ctx.model.train_diameter / guess, whole)
     return DiameterEstimate(guess, "guess", blobs.median, objects)
 
 
@@ -216,29 +235,29 @@ def _sample(raw: np.ndarray, blobs: Blobs, side: int) -> ArraySource:
     return ArraySource(raw[y0:y1, x0:x1], filled=True)
 
 
-def _add_point(
-    ctx: RunContext, sample: ArraySource, guess: float, points: list[tuple[float, float, int]]
-) -> None:
-    """Measure the sample with `guess` as its diameter and keep (guess, measured, objects) in
-    ascending order of guess when enough nuclei were measured."""
+def _point(ctx: RunContext, sample: ArraySource, guess: float) -> Point | None:
+    """(guess, measured in slide px, objects): the sample measured with `guess` as its diameter; None
+    when fewer than MIN_OBJECTS whole nuclei were measured."""
     scale = float(np.clip(ctx.model.train_diameter / guess, MIN_SCALE, MAX_SCALE))
     measured, objects = _measure(ctx, ScaledSource(sample, scale))
-    if objects >= MIN_OBJECTS:
-        points.append((guess, measured / scale, objects))
-        points.sort()
+    return (guess, measured / scale, objects) if objects >= MIN_OBJECTS else None
 
 
-def _crossing(points: list[tuple[float, float, int]]) -> float | None:
+def _crossing(points: list[Point]) -> float | None:
     """The guess (px) at which the network measures APPARENT x the guess, i.e. sees the median nucleus
-    at APPARENT x its trained diameter; None without a crossing."""
-    return fixed_point([(g, m / APPARENT) for g, m, _ in points])
+    at APPARENT x its trained diameter; None without a crossing. (fixed_point against APPARENT x guess:
+    its test m >= APPARENT x g is the one `_settled` and `_decide` use.)"""
+    crossing = fixed_point([(APPARENT * g, m) for g, m, _ in points])
+    return None if crossing is None else crossing / APPARENT
 
 
-def _settled(points: list[tuple[float, float, int]]) -> bool:
+def _settled(points: list[Point]) -> bool:
     """True when the last guess (4g) cannot change the decision: the largest guess measured so far
-    measured less than itself. A crossing needs measured >= guess at its lower end, so none can lie
+    measured less than APPARENT x itself. A crossing needs measured >= APPARENT x guess at its lower
+    end, so none can lie
     between that guess and 4g, and `_decide` without a crossing looks at the first point and at
-    whether every guess measured more. Saves the 4g pass on most images, with the same estimate."""
+    whether every guess measured more than APPARENT x itself. Saves the 4g pass on most images, with
+    the same estimate."""
     return bool(points) and points[-1][1] < APPARENT * points[-1][0]
 
 
@@ -293,7 +312,7 @@ def _interior(ids: np.ndarray) -> np.ndarray:
     return np.where(np.isin(ids, edge[edge > 0]), 0, ids)
 
 
-def _decide(first: float, blobs: int, points: list[tuple[float, float, int]]) -> DiameterEstimate:
+def _decide(first: float, blobs: int, points: list[Point]) -> DiameterEstimate:
     crossing = _crossing(points)
     if crossing is not None:
         nearest = min(points, key=lambda p: abs(math.log(p[0] / crossing)))
