@@ -28,8 +28,9 @@ shipped `synth`, int8) the plain fixed point measured 0.79-0.99x the truth (mean
 of 10 within 15 %); APPARENT 0.9: 0.86-1.04x (-0.048, 9 of 10), 0.85: -0.030, 0.8: +0.017. Its cost
 on the 60 DSB2018 dev images (`nuclei`, int8, AMD EPYC): 48 within 15 % at 1.0 and at 0.9, 47 at 0.85
 and 0.8; dev F1 (benchmarks/real_quality.py) 0.832 / 0.668 / 0.339 at 1.0, 0.843 / 0.672 / 0.335 at
-0.9. On the seed-11 slide the default run's estimate went from 16.0 to 17.4 px (truth 19.2): its
-network works on 1.2x fewer pixels and F1@0.5 rose from 0.821 to 0.850 (given 19.2: 0.863).
+0.9 (0.833 / 0.671 / 0.336 with the later blob pyramid, which moved 3 dev estimates by 2-7 %). On the
+seed-11 slide the default run's estimate went from 16.0 to 17.4 px (truth 19.2): its network works on
+1.2x fewer pixels and F1@0.5 rose from 0.821 to 0.850 (given 19.2: 0.863).
 With a `diameter_guess` (batch mode: the first image's estimate), the image is first measured at the
 guess's scale, in one pass (`_confirm`); when it agrees, that is the estimate, else the steps above run
 as without a guess. Measured on the 60 dev images (benchmarks/diameter_check.py --dev --guesses;
