@@ -167,11 +167,8 @@ def _upsample(coarse: np.ndarray, factor: int, shape: tuple[int, int]) -> np.nda
             pos = np.clip(pos, 0, size - 1)
         low = np.clip(np.floor(pos), 0, max(size - 2, 0)).astype(np.int64)
         high = np.minimum(low + 1, size - 1)
-        frac = (pos - low).astype(np.float32)
-        if axis == 0:
-            out = out[low] * (1 - frac)[:, None] + out[high] * frac[:, None]
-        else:
-            out = out[:, low] * (1 - frac) + out[:, high] * frac
+        frac = (pos - low).astype(np.float32).reshape((-1, 1) if axis == 0 else (1, -1))
+        out = np.take(out, low, axis) * (1 - frac) + np.take(out, high, axis) * frac
     return np.ascontiguousarray(out, np.float32)
 
 

@@ -255,10 +255,9 @@ def _crossing(points: list[Point]) -> float | None:
 def _settled(points: list[Point]) -> bool:
     """True when the last guess (4g) cannot change the decision: the largest guess measured so far
     measured less than APPARENT x itself. A crossing needs measured >= APPARENT x guess at its lower
-    end, so none can lie
-    between that guess and 4g, and `_decide` without a crossing looks at the first point and at
-    whether every guess measured more than APPARENT x itself. Saves the 4g pass on most images, with
-    the same estimate."""
+    end, so none can lie between that guess and 4g, and `_decide` without a crossing looks at the
+    first point and at whether every guess measured more than APPARENT x itself. Saves the 4g pass on
+    most images, with the same estimate."""
     return bool(points) and points[-1][1] < APPARENT * points[-1][0]
 
 

@@ -17,8 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 _lock = threading.Lock()
-_thread: threading.Thread | None = None
-_started = False
+_thread: threading.Thread | None = None  # set once per process
 
 
 def _work() -> None:
@@ -34,11 +33,10 @@ def _work() -> None:
 def start(register: Callable[[Callable[[], None]], object] | None = None) -> None:
     """Start loading once per process (later calls do nothing); `register(join)` (e.g. a run's
     ExitStack.callback) makes sure the run waits for the thread before it ends, error or not."""
-    global _thread, _started
+    global _thread
     with _lock:
-        if _started:
+        if _thread is not None:
             return
-        _started = True
         _thread = threading.Thread(target=_work, name="numba-warm-up", daemon=True)
         _thread.start()
     if register is not None:
