@@ -272,6 +272,31 @@ def test_chunked_equals_whole_with_nuclei_on_the_slide_edge() -> None:
         np.testing.assert_array_equal(_chunked(flows, logits, 160, settings), whole)
 
 
+def test_keep_largest_piece_equals_scipy_pieces() -> None:
+    """The run-based union-find keeps, per label, what scipy's 4-connected pieces give: the largest
+    piece, the first in row-major order on a tie (ndimage.label numbers pieces in that order), on
+    random label images with many pieces, touching labels and one-pixel rows and columns."""
+    from cyclepose_deploy.runtime.dynamics.masks import keep_largest_piece
+
+    four = ndimage.generate_binary_structure(2, 1)
+    rng = np.random.default_rng(7)
+    for case in range(120):
+        h, w = (int(v) for v in rng.integers(1, 40, 2))
+        count = int(rng.integers(1, 6))
+        labels = rng.integers(0, count + 1, (h, w)).astype(np.int32)
+        if case % 2:  # blocky labels: pieces of several runs
+            labels = np.kron(labels, np.ones((3, 2), np.int32))[:h, :w].copy()
+        expected = labels.copy()
+        for k in range(1, count + 1):
+            pieces, n = ndimage.label(labels == k, four)
+            if n > 1:
+                keep = int(np.argmax(np.bincount(pieces.ravel())[1:])) + 1
+                expected[(pieces > 0) & (pieces != keep)] = 0
+        got = labels.copy()
+        assert keep_largest_piece(got, count) == (not np.array_equal(expected, labels)), case
+        np.testing.assert_array_equal(got, expected, err_msg=str(case))
+
+
 def test_every_mask_is_one_connected_piece() -> None:
     """Stray pixels a mask holds apart from its body go to the background, in whole and chunked runs;
     4-connectivity, so no mask is two pieces joined at a corner (an invalid polygon)."""

@@ -211,3 +211,70 @@ def test_work_block_cuts_the_grid_into_equal_chunks_of_at_most_chunk(
     assert sum((c.core[1] - c.core[0]) * (c.core[3] - c.core[2]) for c in cores) == shape[0] * shape[1]
     if max(shape) > PIPELINE_SIDE:
         assert len(cores) >= 2
+
+
+def test_pipeline_stops_all_stages_when_the_dynamics_fail(tmp_path: Path) -> None:
+    """The blender waits for a result slot the dynamics release: a failure in the dynamics must not
+    leave it (or the reader) waiting forever."""
+    from cyclepose_deploy.runtime.dynamics import DynamicsSettings
+    from cyclepose_deploy.runtime.model.artifacts import Model
+    from cyclepose_deploy.runtime.run.pipeline import Pipeline
+    from cyclepose_deploy.runtime.run.worker import ChunkJob, ChunkWorker
+
+    class Net:
+        def infer(self, images: np.ndarray) -> np.ndarray:
+            return fake_net(images)
+
+    source = BoundedSource(np.zeros((1024, 1024), np.float32))
+    tiling = Tiling(tile=64, overlap=16, batch=2, chunk=256)
+    job = ChunkJob(tiling, DynamicsSettings(), Model(Path("m.onnx"), "onnx", "fp32"), IDENTITY, source.shape)
+    worker = ChunkWorker(job, source, Net())  # type: ignore[arg-type]
+    segmented: list[int] = []
+
+    def segment(chunk: object, blended: np.ndarray) -> object:
+        segmented.append(1)
+        raise RuntimeError("out of memory")
+
+    worker.segment = segment  # type: ignore[method-assign]
+    chunks = chunk_windows(source.shape, 256, 16)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        list(Pipeline(worker, chunks, tmp_path).results())
+    assert segmented == [1]
+
+
+def test_read_ahead_keeps_order_raises_in_turn_and_stops_when_closed() -> None:
+    import threading
+
+    from cyclepose_deploy.runtime.run.readahead import read_ahead
+
+    assert list(read_ahead(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing():  # noqa: ANN202
+        yield 1
+        yield 2
+        raise ValueError("bad block")
+
+    got = []
+    with pytest.raises(ValueError, match="bad block"):
+        for item in read_ahead(failing()):
+            got.append(item)
+    assert got == [1, 2]
+
+    made, closed = [], threading.Event()
+
+    def endless():  # noqa: ANN202
+        try:
+            k = 0
+            while True:
+                made.append(k)
+                yield k
+                k += 1
+        finally:
+            closed.set()
+
+    ahead = read_ahead(endless(), depth=2)
+    assert next(ahead) == 0
+    ahead.close()  # the caller failed: the thread stops and closes the source
+    assert closed.wait(5)
+    assert len(made) <= 5
+    assert not any(t.name == "read-ahead" for t in threading.enumerate())

@@ -356,43 +356,75 @@ def _root(parent: np.ndarray, i: int) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
-def _drop_small_pieces(labels: np.ndarray, count: int) -> bool:
-    """Union-find over 4-neighbours of equal label; per label keep the piece with most pixels (ties:
-    the piece whose first pixel comes first in row-major order), zero the others. True if any pixel
-    changed."""
+def _label_runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The runs of equal nonzero label along each row, in row-major order: their row, start and stop
+    columns (stop exclusive), label, and first[y]..first[y + 1] the runs of row y."""
     h, w = labels.shape
-    flat = labels.ravel()
-    parent = np.empty(h * w, np.int32)
-    for i in range(h * w):
-        parent[i] = i
+    n = 0
     for y in range(h):
+        before = 0
         for x in range(w):
-            k = flat[y * w + x]
+            k = labels[y, x]
+            if k != 0 and k != before:
+                n += 1
+            before = k
+    row, start, stop = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
+    label = np.empty(n, labels.dtype)
+    first = np.empty(h + 1, np.int64)
+    r = 0
+    for y in range(h):
+        first[y] = r
+        x = 0
+        while x < w:
+            k = labels[y, x]
             if k == 0:
+                x += 1
                 continue
-            i = y * w + x
-            for j in (i - 1 if x > 0 else -1, i - w if y > 0 else -1):
-                if j >= 0 and flat[j] == k:
-                    a, b = _root(parent, i), _root(parent, j)
-                    if a != b:  # the smaller index becomes the root: a piece's root is its first pixel
-                        if a < b:
-                            parent[b] = a
+            row[r], start[r], label[r] = y, x, k
+            while x < w and labels[y, x] == k:
+                x += 1
+            stop[r] = x
+            r += 1
+    first[h] = r
+    return row, start, stop, label, first
+
+
+@numba.njit(cache=True, nogil=True)
+def _drop_small_pieces(labels: np.ndarray, count: int) -> bool:
+    """Per label keep its 4-connected piece with most pixels (ties: the piece whose first pixel comes
+    first in row-major order) and zero the others; True if any pixel changed. Union-find over runs of
+    equal label along the rows (a run joins the runs of the same label it overlaps in the row above),
+    not over pixels: a nucleus is about one run per row, so 10-20x fewer unions and finds."""
+    row, start, stop, label, first = _label_runs(labels)
+    n = row.size
+    parent = np.arange(n)
+    for y in range(1, labels.shape[0]):
+        i, above_end = first[y - 1], first[y]
+        for j in range(first[y], first[y + 1]):
+            while i < above_end and stop[i] <= start[j]:  # runs above that end before run j starts
+                i += 1
+            a = i
+            while a < above_end and start[a] < stop[j]:  # runs above that share a column with run j
+                if label[a] == label[j]:
+                    ra, rj = _root(parent, a), _root(parent, j)
+                    if ra != rj:  # the earlier run becomes the root: a piece's root is its first run
+                        if ra < rj:
+                            parent[rj] = ra
                         else:
-                            parent[a] = b
-    size = np.zeros(h * w, np.int32)
-    for i in range(h * w):
-        if flat[i] != 0:
-            size[_root(parent, i)] += 1
+                            parent[ra] = rj
+                a += 1
+    size = np.zeros(n, np.int64)
+    for r in range(n):
+        size[_root(parent, r)] += stop[r] - start[r]
     best = np.full(count + 1, -1, np.int64)
-    for i in range(h * w):  # roots in row-major order: on a tie the first piece stays
-        k = flat[i]
-        if k != 0 and parent[i] == i and (best[k] < 0 or size[i] > size[best[k]]):
-            best[k] = i
+    for r in range(n):  # roots in row-major order of their first pixel: on a tie the first piece stays
+        k = label[r]
+        if parent[r] == r and (best[k] < 0 or size[r] > size[best[k]]):
+            best[k] = r
     changed = False
-    for i in range(h * w):
-        k = flat[i]
-        if k != 0 and _root(parent, i) != best[k]:
-            flat[i] = 0
+    for r in range(n):
+        if _root(parent, r) != best[label[r]]:
+            labels[row[r], start[r] : stop[r]] = 0
             changed = True
     return changed
 

@@ -100,6 +100,15 @@ def _labels_of(ids: np.ndarray, table: np.ndarray) -> np.ndarray:
     return out
 
 
+@numba.njit(cache=True, nogil=True)
+def _pick_into(out: np.ndarray, labels: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> None:
+    """out[i, j] = labels[ys[i], xs[j]] (labels[np.ix_(ys, xs)] without the index arrays numpy builds)."""
+    for i in range(ys.size):
+        row, dst = labels[ys[i]], out[i]
+        for j in range(xs.size):
+            dst[j] = row[xs[j]]
+
+
 class PyramidSpool:
     """The sub-resolution levels of labels on the slide's own grid, picked from the level-0 blocks as
     they stream by (`observe`) and kept in .npy files in `folder` until the TIFF writer asks for them
@@ -119,7 +128,7 @@ class PyramidSpool:
             i0, i1 = np.searchsorted(ys, [r0, r0 + labels.shape[0]])
             j0, j1 = np.searchsorted(xs, [c0, c0 + labels.shape[1]])
             if i1 > i0 and j1 > j0:
-                level[i0:i1, j0:j1] = labels[np.ix_(ys[i0:i1] - r0, xs[j0:j1] - c0)]
+                _pick_into(level[i0:i1, j0:j1], labels, ys[i0:i1] - r0, xs[j0:j1] - c0)
 
     def blocks(self, k: int) -> Iterator[Block]:
         """Level k in the blocks label_blocks would give (TIFF_TILE rows, BLOCK_COLS columns)."""

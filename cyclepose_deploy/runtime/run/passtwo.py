@@ -23,6 +23,7 @@ from cyclepose_deploy.runtime.outputs.tiff import (
     write_tiled_tiff,
 )
 from cyclepose_deploy.runtime.run.context import RunContext
+from cyclepose_deploy.runtime.run.readahead import read_ahead
 
 Reader = Callable[[int, int, int, int], np.ndarray]
 # uncompressed levels on disk (1.3 bytes per slide px): slides up to about 28,000^2 px; larger ones
@@ -43,19 +44,21 @@ def write(ctx: RunContext) -> tuple[int, np.ndarray | None]:
     observers: list[BlockObserver] = [o.observe for o in (objects, preview) if o is not None]
     rows = source.shape[0]
     observers.append(lambda r0, c0, block: ctx.progress("labels", block.shape[0] if c0 == 0 else 0, rows))
-    blocks = label_blocks(store.ids, table, source.shape)
+    # the next block of labels is decoded and numbered while the observers and the writer take this one
+    blocks = contextlib.closing(read_ahead(label_blocks(store.ids, table, source.shape)))
     in_memory = None
     if outputs.labels is None:
         in_memory = np.zeros(source.shape, np.uint32)
-        for r0, c0, block in blocks:
-            for observe in observers:
-                observe(r0, c0, block)
-            in_memory[r0 : r0 + block.shape[0], c0 : c0 + block.shape[1]] = block
+        with blocks as numbered:
+            for r0, c0, block in numbered:
+                for observe in observers:
+                    observe(r0, c0, block)
+                in_memory[r0 : r0 + block.shape[0], c0 : c0 + block.shape[1]] = block
     else:
-        with writing(outputs.labels), _pyramid(ctx, table, observers) as levels:
+        with writing(outputs.labels), _pyramid(ctx, table, observers) as levels, blocks as numbered:
             write_tiled_tiff(
                 ctx.temps[outputs.labels],
-                blocks,
+                numbered,
                 source.shape,
                 labels_dtype(len(table)),
                 source.pixel_size,

@@ -1,7 +1,14 @@
 """Pass 1 in this process: the chunk worker's steps (runtime.run.worker) as a pipeline of threads,
-reader -> network -> blend and dynamics -> caller, with bounded queues, so the slowest stage sets the
+reader -> network -> blend -> dynamics -> caller, with bounded queues, so the slowest stage sets the
 pace and memory stays bounded. Tiles that neighbouring chunks' halos share run once
-(runtime.run.tilecache)."""
+(runtime.run.tilecache).
+
+Blend and dynamics are separate threads so that the next chunk is blended while the dynamics run
+(their kernels release the GIL): when the network is cheap (a GPU, or the CPU side measured on its
+own) the dynamics thread is the slowest, and blending in it added the blend's time to every chunk.
+The two threads share two result slots of the worker's blend memory (merger.BlendBuffers): the
+blender finalizes a chunk only into a slot the dynamics have released, so at most two blended
+windows exist at once."""
 
 from __future__ import annotations
 
@@ -26,8 +33,11 @@ class _Stopped(Exception):
     """Unwinds a worker once another stage has failed or the consumer has gone."""
 
 
+SLOTS = 2  # blended windows in flight: one in the dynamics, one finalized or waiting for them
+
+
 class Pipeline:
-    """Runs `chunks` through three threads; `results()` yields ChunkResults in chunk order.
+    """Runs `chunks` through four threads; `results()` yields ChunkResults in chunk order.
     on_tiles(n): called as each batch of n tiles leaves the network."""
 
     def __init__(
@@ -43,15 +53,18 @@ class Pipeline:
         self.tiles_run = 0
         # one chunk in flight between stages: the network sets the pace, and each queued chunk costs
         # ~100 MB (blended flows of 2048^2 + halo), so deeper queues only raise and jitter the peak
-        self.queues: list[queue.Queue[Any]] = [queue.Queue(maxsize=1) for _ in range(3)]
+        self.queues: list[queue.Queue[Any]] = [queue.Queue(maxsize=1) for _ in range(4)]
+        self.free_slots: queue.Queue[int] = queue.Queue()
+        for slot in range(SLOTS):
+            self.free_slots.put(slot)
 
     def results(self) -> Iterator[ChunkResult]:
-        stages = [self._reader, self._network, self._dynamics]
+        stages = [self._reader, self._network, self._blend, self._dynamics]
         threads = [threading.Thread(target=self._guard, args=(s,), daemon=True) for s in stages]
         for t in threads:
             t.start()
         try:
-            while (item := self._get(self.queues[2])) is not DONE:
+            while (item := self._get(self.queues[3])) is not DONE:
                 yield item
         finally:
             self.stop.set()
@@ -87,6 +100,12 @@ class Pipeline:
                 if self.stop.is_set():
                     return DONE
 
+    def _slot(self) -> int:
+        """A result slot the dynamics have released (waits for one)."""
+        if (slot := self._get(self.free_slots)) is DONE:
+            raise _Stopped
+        return slot
+
     def _timed(self, stage: str, start: float) -> None:
         self.times[stage] += time.perf_counter() - start
 
@@ -113,7 +132,7 @@ class Pipeline:
             self._put(self.queues[1], item)
         self._put(self.queues[1], DONE)
 
-    def _dynamics(self) -> None:
+    def _blend(self) -> None:
         merger: Merger | None = None
         while (item := self._get(self.queues[1])) is not DONE:
             chunk, payload = item
@@ -129,12 +148,22 @@ class Pipeline:
                     self.cache.put(origin, output)
                 self._timed("blend", start)
                 continue
-            blended = merger.finalize()
+            self._timed("blend", start)
+            slot = self._slot()  # not timed: waiting for the dynamics
+            start = time.perf_counter()
+            blended = merger.finalize(slot)
             merger = None
             self._timed("blend", start)
+            self._put(self.queues[2], (chunk, blended, slot))
+        self._put(self.queues[2], DONE)
+
+    def _dynamics(self) -> None:
+        while (item := self._get(self.queues[2])) is not DONE:
+            chunk, blended, slot = item
             start = time.perf_counter()
             result = self.worker.segment(chunk, blended)
             del blended
+            self.free_slots.put(slot)
             self._timed("dynamics", start)
-            self._put(self.queues[2], result)
-        self._put(self.queues[2], DONE)
+            self._put(self.queues[3], result)
+        self._put(self.queues[3], DONE)

@@ -94,7 +94,7 @@ class ChunkResult:
 class ChunkWorker:
     """The steps of one chunk for a job, a source on the working grid and an active runner. Its chunks
     are blended one after the other in the same memory (merger.BlendBuffers): a window returned by
-    Merger.finalize is valid until the next chunk's blend finalizes."""
+    Merger.finalize(slot) is valid until the next chunk's blend finalizes into the same slot."""
 
     def __init__(self, job: ChunkJob, source: Source, runner: Runner) -> None:
         self.job, self.source, self.runner = job, source, runner

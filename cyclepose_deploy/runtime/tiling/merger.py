@@ -10,16 +10,17 @@ from cyclepose_deploy.runtime.tiling.grid import TileGrid, Window
 
 class BlendBuffers:
     """Reusable memory for the Mergers of one worker, one chunk after the other: the float64 sums and
-    weights and the float32 result of the largest window seen so far. A fresh array of 100+ MB costs a
-    page fault per 4 KiB page on first touch (about a third of the blend's time on a 2048 px chunk);
-    reused memory does not. The sums are handed out zeroed: `_divide` zeroes them as it reads them
-    (cheaper than a separate pass); after a Merger that never finalized they are zeroed again. A
-    finalized window lives in `result` until the next Merger finalizes."""
+    weights and the float32 results (one per slot) of the largest window seen so far. A fresh array of
+    100+ MB costs a page fault per 4 KiB page on first touch (about a third of the blend's time on a
+    2048 px chunk); reused memory does not. The sums are handed out zeroed: `_divide` zeroes them as
+    it reads them (cheaper than a separate pass); after a Merger that never finalized they are zeroed
+    again. A window finalized into a slot lives there until the next Merger finalizes into the same
+    slot: the threaded pipeline blends the next chunk into slot 1 while the dynamics read slot 0."""
 
     def __init__(self) -> None:
         self.sums = np.zeros(0, np.float64)
         self.weights = np.zeros(0, np.float64)
-        self.result = np.empty(0, np.float32)
+        self.results: list[np.ndarray] = []
         self.clean = True  # sums and weights are all zero
 
     @staticmethod
@@ -42,8 +43,11 @@ class BlendBuffers:
         self.clean = False
         return sums, weights
 
-    def result_for(self, shape: tuple[int, int, int]) -> np.ndarray:
-        self.result, result = self._take(self.result, shape)
+    def result_for(self, shape: tuple[int, int, int], slot: int = 0) -> np.ndarray:
+        """A (C, h, w) float32 view on the memory of `slot` (0, 1, ...; a new slot starts empty)."""
+        while len(self.results) <= slot:
+            self.results.append(np.empty(0, np.float32))
+        self.results[slot], result = self._take(self.results[slot], shape)
         return result
 
 
@@ -89,12 +93,13 @@ class Merger:
         for output, origin in zip(outputs, origins, strict=True):
             self.add(output, origin)
 
-    def finalize(self) -> np.ndarray:
+    def finalize(self, slot: int = 0) -> np.ndarray:
         """The blended (C, h, w) float32 window; the weights are released (the merger takes no more
-        tiles). With shared buffers, the window stays valid until the next Merger on them finalizes."""
+        tiles). With shared buffers, the window stays valid until the next Merger on them finalizes
+        into the same `slot` (BlendBuffers)."""
         self._check_open()
         self.finalized = True
-        out = self.buffers.result_for(self.values.shape)
+        out = self.buffers.result_for(self.values.shape, slot)
         _divide(self.values, self.weights, out)
         self.buffers.clean = True
         self.values, self.weights = np.empty((0, 0, 0)), np.empty((0, 0))
