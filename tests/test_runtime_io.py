@@ -187,3 +187,61 @@ def test_preview_png_decodes_with_outlines(tmp_path: Path) -> None:
     assert rgb.shape == (32, 40, 3)
     assert tuple(rgb[5, 5]) == (255, 64, 64) and tuple(rgb[0, 0]) == (127, 127, 127)
     assert encode_png(np.zeros((2, 3, 3), np.uint8))[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_read_ahead_keeps_order_raises_in_turn_and_always_ends_its_thread() -> None:
+    """Pass 2's read-ahead (runtime.run.readahead): the same items in order; an error while making
+    an item arrives after the items before it, with the source closed; a caller that stops early
+    stops the thread and closes the source; no thread outlives the iteration."""
+    import threading
+
+    from cyclepose_deploy.runtime.run.readahead import read_ahead
+
+    def alive() -> int:
+        return sum(t.name == "read-ahead" for t in threading.enumerate())
+
+    assert list(read_ahead(iter(range(50)), depth=3)) == list(range(50))
+    assert alive() == 0
+
+    closed: list[str] = []
+
+    def failing():  # noqa: ANN202
+        try:
+            yield 1
+            yield 2
+            raise ValueError("bad block")
+        finally:
+            closed.append("failing")
+
+    got = []
+    with pytest.raises(ValueError, match="bad block"):
+        for item in read_ahead(failing()):
+            got.append(item)
+    assert got == [1, 2] and closed == ["failing"] and alive() == 0
+
+    made: list[int] = []
+
+    def endless():  # noqa: ANN202
+        try:
+            k = 0
+            while True:
+                made.append(k)
+                yield k
+                k += 1
+        finally:
+            closed.append("endless")
+
+    ahead = read_ahead(endless(), depth=2)
+    assert next(ahead) == 0
+    ahead.close()  # the caller failed: the thread stops after the item it is making
+    assert closed[-1] == "endless" and len(made) <= 4 and alive() == 0
+
+    class BadClose:
+        def __iter__(self):  # noqa: ANN204
+            return iter([1])
+
+        def close(self) -> None:
+            raise OSError("cannot close")
+
+    with pytest.raises(OSError, match="cannot close"):  # reported, not a caller waiting forever
+        list(read_ahead(BadClose()))  # type: ignore[arg-type]

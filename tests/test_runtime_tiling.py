@@ -213,68 +213,78 @@ def test_work_block_cuts_the_grid_into_equal_chunks_of_at_most_chunk(
         assert len(cores) >= 2
 
 
-def test_pipeline_stops_all_stages_when_the_dynamics_fail(tmp_path: Path) -> None:
-    """The blender waits for a result slot the dynamics release: a failure in the dynamics must not
-    leave it (or the reader) waiting forever."""
+def _pipeline_case(tmp_path: Path) -> tuple[object, list]:
+    """A ChunkWorker on a 1024^2 zero image in 16 chunks of 256 px (fake network), and its chunks."""
     from cyclepose_deploy.runtime.dynamics import DynamicsSettings
     from cyclepose_deploy.runtime.model.artifacts import Model
-    from cyclepose_deploy.runtime.run.pipeline import Pipeline
     from cyclepose_deploy.runtime.run.worker import ChunkJob, ChunkWorker
 
     class Net:
         def infer(self, images: np.ndarray) -> np.ndarray:
             return fake_net(images)
 
-    source = BoundedSource(np.zeros((1024, 1024), np.float32))
+    source = BoundedSource(np.random.default_rng(3).random((1024, 1024)).astype(np.float32))
     tiling = Tiling(tile=64, overlap=16, batch=2, chunk=256)
     job = ChunkJob(tiling, DynamicsSettings(), Model(Path("m.onnx"), "onnx", "fp32"), IDENTITY, source.shape)
-    worker = ChunkWorker(job, source, Net())  # type: ignore[arg-type]
-    segmented: list[int] = []
+    return ChunkWorker(job, source, Net()), chunk_windows(source.shape, 256, 16)  # type: ignore[arg-type]
+
+
+def test_pipeline_keeps_each_blended_window_until_its_dynamics_are_done(tmp_path: Path) -> None:
+    """The blender finalizes the next chunks into the other result slot while the dynamics read one:
+    a window must not change under the dynamics (slow dynamics let the blender run ahead)."""
+    import time
+
+    from cyclepose_deploy.runtime.run.pipeline import Pipeline
+
+    worker, chunks = _pipeline_case(tmp_path)
+    segment = worker.segment  # type: ignore[attr-defined]
+    changed: list[int] = []
+
+    def slow_segment(chunk: object, blended: np.ndarray) -> object:
+        before = blended.copy()
+        time.sleep(0.03)  # the blender finalizes the next chunk meanwhile
+        if not np.array_equal(before, blended):
+            changed.append(1)
+        return segment(chunk, blended)
+
+    worker.segment = slow_segment  # type: ignore[attr-defined]
+    piped = {r.chunk.index: r.ids for r in Pipeline(worker, chunks, tmp_path / "a").results()}  # type: ignore[arg-type]
+    assert changed == [] and sorted(piped) == list(range(len(chunks)))
+    for chunk in chunks[:3]:  # the same ids as the chunk on its own
+        np.testing.assert_array_equal(piped[chunk.index], worker.process(chunk).ids)  # type: ignore[attr-defined]
+
+
+def test_pipeline_stops_all_stages_when_the_dynamics_fail(tmp_path: Path) -> None:
+    """The dynamics fail while the blender waits for a result slot (both slots taken): every stage
+    ends and the error reaches the caller, instead of the blender (or the reader) waiting forever."""
+    import threading
+    import time
+
+    from cyclepose_deploy.runtime.run.pipeline import Pipeline
+
+    worker, chunks = _pipeline_case(tmp_path)
+    pipe = Pipeline(worker, chunks, tmp_path)  # type: ignore[arg-type]
+    waited: list[bool] = []
 
     def segment(chunk: object, blended: np.ndarray) -> object:
-        segmented.append(1)
+        deadline = time.monotonic() + 10
+        while not (pipe.free_slots.empty() and pipe.queues[2].full()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        waited.append(pipe.free_slots.empty() and pipe.queues[2].full())
         raise RuntimeError("out of memory")
 
-    worker.segment = segment  # type: ignore[method-assign]
-    chunks = chunk_windows(source.shape, 256, 16)
-    with pytest.raises(RuntimeError, match="out of memory"):
-        list(Pipeline(worker, chunks, tmp_path).results())
-    assert segmented == [1]
+    worker.segment = segment  # type: ignore[attr-defined]
+    raised: list[BaseException] = []
 
-
-def test_read_ahead_keeps_order_raises_in_turn_and_stops_when_closed() -> None:
-    import threading
-
-    from cyclepose_deploy.runtime.run.readahead import read_ahead
-
-    assert list(read_ahead(iter(range(50)), depth=3)) == list(range(50))
-
-    def failing():  # noqa: ANN202
-        yield 1
-        yield 2
-        raise ValueError("bad block")
-
-    got = []
-    with pytest.raises(ValueError, match="bad block"):
-        for item in read_ahead(failing()):
-            got.append(item)
-    assert got == [1, 2]
-
-    made, closed = [], threading.Event()
-
-    def endless():  # noqa: ANN202
+    def consume() -> None:
         try:
-            k = 0
-            while True:
-                made.append(k)
-                yield k
-                k += 1
-        finally:
-            closed.set()
+            list(pipe.results())
+        except RuntimeError as exc:
+            raised.append(exc)
 
-    ahead = read_ahead(endless(), depth=2)
-    assert next(ahead) == 0
-    ahead.close()  # the caller failed: the thread stops and closes the source
-    assert closed.wait(5)
-    assert len(made) <= 5
-    assert not any(t.name == "read-ahead" for t in threading.enumerate())
+    runner = threading.Thread(target=consume, daemon=True)
+    runner.start()
+    runner.join(timeout=30)
+    assert not runner.is_alive(), "the pipeline hung after the dynamics failed"
+    assert waited == [True]  # the blender was waiting for a slot when the dynamics failed
+    assert [str(e) for e in raised] == ["out of memory"]

@@ -357,8 +357,9 @@ def _root(parent: np.ndarray, i: int) -> int:
 
 @numba.njit(cache=True, nogil=True)
 def _label_runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The runs of equal nonzero label along each row, in row-major order: their row, start and stop
-    columns (stop exclusive), label, and first[y]..first[y + 1] the runs of row y."""
+    """The runs of equal nonzero label along each row of (H, W) `labels`, in row-major order: their
+    row, start and stop columns (stop exclusive; int64), label (labels' dtype), and the int64 (H + 1)
+    `first`: runs first[y]..first[y + 1] - 1 lie in row y."""
     h, w = labels.shape
     n = 0
     for y in range(h):

@@ -102,7 +102,9 @@ def _labels_of(ids: np.ndarray, table: np.ndarray) -> np.ndarray:
 
 @numba.njit(cache=True, nogil=True)
 def _pick_into(out: np.ndarray, labels: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> None:
-    """out[i, j] = labels[ys[i], xs[j]] (labels[np.ix_(ys, xs)] without the index arrays numpy builds)."""
+    """out[i, j] = labels[ys[i], xs[j]] (labels[np.ix_(ys, xs)] without the index arrays numpy builds).
+    out: (len(ys), len(xs)) view of a level (a memmap), labels: (h, w) of the same dtype (uint32),
+    ys / xs: int64 rows / columns of labels."""
     for i in range(ys.size):
         row, dst = labels[ys[i]], out[i]
         for j in range(xs.size):

@@ -44,7 +44,7 @@ def write(ctx: RunContext) -> tuple[int, np.ndarray | None]:
     observers: list[BlockObserver] = [o.observe for o in (objects, preview) if o is not None]
     rows = source.shape[0]
     observers.append(lambda r0, c0, block: ctx.progress("labels", block.shape[0] if c0 == 0 else 0, rows))
-    # the next block of labels is decoded and numbered while the observers and the writer take this one
+    # the next blocks of labels are decoded and numbered while the observers and the writer take this one
     blocks = contextlib.closing(read_ahead(label_blocks(store.ids, table, source.shape)))
     in_memory = None
     if outputs.labels is None:

@@ -26,14 +26,12 @@ from cyclepose_deploy.runtime.tiling.chunks import Chunk
 from cyclepose_deploy.runtime.tiling.merger import Merger
 
 DONE = object()
+SLOTS = 2  # blended windows at once: one in the dynamics, one finalized and waiting for them
 Advance = Callable[[int], None]
 
 
 class _Stopped(Exception):
     """Unwinds a worker once another stage has failed or the consumer has gone."""
-
-
-SLOTS = 2  # blended windows in flight: one in the dynamics, one finalized or waiting for them
 
 
 class Pipeline:
@@ -51,8 +49,8 @@ class Pipeline:
         self.errors: list[BaseException] = []
         self.times: dict[str, float] = defaultdict(float)
         self.tiles_run = 0
-        # one chunk in flight between stages: the network sets the pace, and each queued chunk costs
-        # ~100 MB (blended flows of 2048^2 + halo), so deeper queues only raise and jitter the peak
+        # one item in flight between stages: the network sets the pace; blended windows (~80 MB at a
+        # 2048 px chunk + halo) are bounded by the SLOTS of the blend memory, not by these queues
         self.queues: list[queue.Queue[Any]] = [queue.Queue(maxsize=1) for _ in range(4)]
         self.free_slots: queue.Queue[int] = queue.Queue()
         for slot in range(SLOTS):
@@ -61,15 +59,16 @@ class Pipeline:
     def results(self) -> Iterator[ChunkResult]:
         stages = [self._reader, self._network, self._blend, self._dynamics]
         threads = [threading.Thread(target=self._guard, args=(s,), daemon=True) for s in stages]
-        for t in threads:
-            t.start()
         try:
+            for t in threads:
+                t.start()
             while (item := self._get(self.queues[3])) is not DONE:
                 yield item
         finally:
             self.stop.set()
             for t in threads:
-                t.join()
+                if t.is_alive():
+                    t.join()
         if self.errors:
             raise self.errors[0]
 
@@ -102,7 +101,7 @@ class Pipeline:
 
     def _slot(self) -> int:
         """A result slot the dynamics have released (waits for one)."""
-        if (slot := self._get(self.free_slots)) is DONE:
+        if self.stop.is_set() or (slot := self._get(self.free_slots)) is DONE:
             raise _Stopped
         return slot
 
@@ -155,11 +154,13 @@ class Pipeline:
             merger = None
             self._timed("blend", start)
             self._put(self.queues[2], (chunk, blended, slot))
+            del blended  # the dynamics hold it now
         self._put(self.queues[2], DONE)
 
     def _dynamics(self) -> None:
         while (item := self._get(self.queues[2])) is not DONE:
             chunk, blended, slot = item
+            del item  # no reference to the window may outlive its slot
             start = time.perf_counter()
             result = self.worker.segment(chunk, blended)
             del blended

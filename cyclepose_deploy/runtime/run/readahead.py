@@ -14,11 +14,12 @@ _END = object()
 
 
 def read_ahead(items: Iterator[T], depth: int = 2) -> Iterator[T]:
-    """What `items` yields, in order, with up to `depth` items made ahead in a daemon thread. Worth it
-    when both sides release the GIL for much of their time (numba kernels compiled with nogil, zarr's
-    and tifffile's decoders, numpy). An exception raised while making an item is raised here, after
-    the items made before it; closing this generator early (the caller failed) stops the thread after
-    the item it is making, and `items` is closed in that thread."""
+    """What `items` yields, in order, made in a daemon thread that starts at the first item asked for
+    and keeps up to `depth` finished items waiting (and one more in the making). Worth it when both
+    sides release the GIL for much of their time (numba kernels compiled with nogil, zarr's and
+    tifffile's decoders, numpy). An exception raised while making an item (or closing `items`) is
+    raised here, after the items made before it; closing this generator early (the caller failed)
+    stops the thread after the item it is making, and `items` is closed in that thread."""
     made: queue.Queue[Any] = queue.Queue(maxsize=depth)
     stop = threading.Event()
     failure: list[BaseException] = []
@@ -40,10 +41,14 @@ def read_ahead(items: Iterator[T], depth: int = 2) -> Iterator[T]:
         except BaseException as exc:  # raised in the caller's thread
             failure.append(exc)
         finally:
-            close = getattr(items, "close", None)
-            if close is not None:
-                close()
-            hand_over(_END)
+            try:
+                close = getattr(items, "close", None)
+                if close is not None:
+                    close()
+            except BaseException as exc:
+                failure.append(exc)
+            finally:  # always: the caller waits for it
+                hand_over(_END)
 
     thread = threading.Thread(target=make, name="read-ahead", daemon=True)
     thread.start()

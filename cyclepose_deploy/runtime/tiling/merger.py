@@ -15,7 +15,8 @@ class BlendBuffers:
     2048 px chunk); reused memory does not. The sums are handed out zeroed: `_divide` zeroes them as
     it reads them (cheaper than a separate pass); after a Merger that never finalized they are zeroed
     again. A window finalized into a slot lives there until the next Merger finalizes into the same
-    slot: the threaded pipeline blends the next chunk into slot 1 while the dynamics read slot 0."""
+    slot: the threaded pipeline (runtime.run.pipeline) finalizes chunks into two slots in turn, so the
+    next chunk is blended while the dynamics read the previous one. Used by one thread at a time."""
 
     def __init__(self) -> None:
         self.sums = np.zeros(0, np.float64)
