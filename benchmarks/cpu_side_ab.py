@@ -7,8 +7,9 @@ round writing its own result, so slow spells of a shared machine hit both sides 
         [--labels BASE,NEW] [--out benchmarks/results/cpu-side-ab]
 
 Per slide size and core count: the median over all pooled runs of the whole-run wall time (and the
-MPix/s it gives), of MPix per CPU-second, and of each stage's seconds. Writes NAME.json (the pooled
-runs, with the machine info of the first result) and NAME.md.
+MPix/s it gives), of MPix per CPU-second, and of each stage's seconds, and each result's own MPix/s
+(the spread from round to round). Writes NAME.json (also the pooled runs, each with its file, and every
+result's machine info) and NAME.md.
 """
 
 from __future__ import annotations
@@ -27,12 +28,21 @@ from cpu_side import STAGES  # noqa: E402
 
 
 def pooled(paths: list[Path]) -> dict[tuple[int, int], list[dict[str, Any]]]:
-    """Timed runs of every result, keyed by (size, cores)."""
+    """Timed runs of every result, keyed by (size, cores); each run notes its file."""
     runs: dict[tuple[int, int], list[dict[str, Any]]] = {}
     for path in paths:
         for row in json.loads(path.read_text())["results"]:
-            runs.setdefault((row["size"], row["cores"]), []).extend(row["runs"])
+            found = [{**run, "file": path.name} for run in row["runs"]]
+            runs.setdefault((row["size"], row["cores"]), []).extend(found)
     return runs
+
+
+def per_file(runs: list[dict[str, Any]], size: int) -> dict[str, float]:
+    """MPix/s of each file's median wall time (the spread from round to round)."""
+    walls: dict[str, list[float]] = {}
+    for run in runs:
+        walls.setdefault(run["file"], []).append(run["wall"])
+    return {name: size**2 / 1e6 / statistics.median(w) for name, w in walls.items()}
 
 
 def summary(runs: list[dict[str, Any]], size: int) -> dict[str, float]:
@@ -58,10 +68,11 @@ def main() -> None:
     rows = []
     for key in sorted(set(sides[labels[0]]) & set(sides[labels[1]])):
         for label in labels:
-            rows.append(
-                {"size": key[0], "cores": key[1], "side": label, **summary(sides[label][key], key[0])}
-            )
-    report = {"machine": machine, "labels": labels, "rows": rows}
+            runs = sides[label][key]
+            row = {"size": key[0], "cores": key[1], "side": label, **summary(runs, key[0])}
+            rows.append({**row, "mpix_s_per_file": per_file(runs, key[0]), "pooled_runs": runs})
+    machines = {p.name: json.loads(p.read_text()).get("machine", {}) for p in [*args.base, *args.new]}
+    report = {"machine": machine, "labels": labels, "rows": rows, "machines": machines}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=1))
     args.out.with_suffix(".md").write_text(_markdown(report, args))
@@ -85,6 +96,10 @@ def _markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
             f"| {row['size']}^2 | {row['cores']} | {row['side']} | {row['runs']} | {row['mpix_s']:.2f} | "
             f"{row['wall']:.3f} | {row['mpix_cpu_s']:.2f} | {cells} |"
         )
+    lines += ["", "MPix/s of each result (its median wall time), in the order given:", ""]
+    for row in report["rows"]:
+        spread = ", ".join(f"{v:.2f}" for v in row["mpix_s_per_file"].values())
+        lines.append(f"- {row['size']}^2, {row['cores']} core(s), {row['side']}: {spread}")
     return "\n".join(lines) + "\n"
 
 

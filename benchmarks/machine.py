@@ -96,7 +96,7 @@ def _memory_gib() -> float | None:
 
 def _cpu_flags() -> list[str]:
     """The SIMD features that decide CPU inference speed (AVX-512, VNNI for int8, AMX)."""
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16", "fma")
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16", "fma")
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:

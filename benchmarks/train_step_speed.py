@@ -84,6 +84,7 @@ def main() -> None:
         return
     from machine import machine_info
 
+    machine = machine_info()  # before the runs: the load average of a quiet machine
     rows: list[dict[str, Any]] = []
     for name, widths in WIDTHS.items():
         for precision in ("auto", "fp32"):
@@ -93,16 +94,22 @@ def main() -> None:
                     cmd += ["--steps", str(args.steps), "--threads", str(args.threads)]
                     cmd += ["--compile"] if compiled else []
                     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "XDG_CACHE_HOME": cache}
-                    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-                row: dict[str, Any] = {"widths": name, "precision": precision, "compile": compiled}
-                if done.returncode == 0:
+                    row: dict[str, Any] = {"widths": name, "precision": precision, "compile": compiled}
+                    try:
+                        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+                    except subprocess.TimeoutExpired:
+                        done = None
+                if done is None:
+                    row["error"] = "no result within 30 min"
+                elif done.returncode == 0:
                     row.update(json.loads(done.stdout.strip().splitlines()[-1]))
                 else:
                     lines = [ln for ln in done.stderr.strip().splitlines() if ln.strip()]
                     row["error"] = lines[-1] if lines else f"exit {done.returncode}"
+                    row["stderr_tail"] = lines[-12:]
                 rows.append(row)
                 print(row, flush=True)
-    report = {"machine": machine_info(), "steps": args.steps, "threads": args.threads, "rows": rows}
+    report = {"machine": machine, "steps": args.steps, "threads": args.threads, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=1))
     args.out.with_suffix(".md").write_text(_markdown(report))

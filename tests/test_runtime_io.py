@@ -243,5 +243,16 @@ def test_read_ahead_keeps_order_raises_in_turn_and_always_ends_its_thread() -> N
         def close(self) -> None:
             raise OSError("cannot close")
 
-    with pytest.raises(OSError, match="cannot close"):  # reported, not a caller waiting forever
-        list(read_ahead(BadClose()))  # type: ignore[arg-type]
+    raised: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            list(read_ahead(BadClose()))  # type: ignore[arg-type]
+        except OSError as exc:
+            raised.append(exc)
+
+    caller = threading.Thread(target=consume, daemon=True)
+    caller.start()
+    caller.join(timeout=30)
+    assert not caller.is_alive(), "the caller waits forever when closing the source fails"
+    assert [str(e) for e in raised] == ["cannot close"]  # reported to the caller
