@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -210,6 +211,30 @@ def _needs_onnx() -> None:
 def identity_net() -> Callable[[Path], Path]:
     _needs_onnx()
     return build_identity_net
+
+
+def ends_within(work: Callable[[], object], seconds: float = 30.0) -> list[BaseException]:
+    """Run `work` in a daemon thread; fail unless it ends within `seconds` (a hang fails the test
+    instead of holding the suite); returns what it raised (empty when it returned)."""
+    raised: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            work()
+        except BaseException as exc:  # handed to the test
+            raised.append(exc)
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(timeout=seconds)
+    assert not thread.is_alive(), f"still running after {seconds:g} s: it waits forever"
+    return raised
+
+
+@pytest.fixture(scope="session")
+def finishes() -> Callable[..., list[BaseException]]:
+    """ends_within, for tests of code that must not hang when a part of it fails."""
+    return ends_within
 
 
 @pytest.fixture(scope="session")
